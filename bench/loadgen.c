@@ -1,0 +1,471 @@
+/*
+ * loadgen: the benchmark's load client, built so that it is never the bottleneck.
+ *
+ * Talks to bench/target.c (directly or through a tunnel) and verifies every byte it gets back:
+ * downloads must be the pattern byte i = (i % 251), echoes must equal what was sent. Any
+ * mismatch, short read, or timeout prints one line on stderr and exits 1. Results are one JSON
+ * object on stdout. Latencies are in milliseconds, percentiles are nearest-rank.
+ *
+ *   loadgen bulk HOST PORT BYTES          one connection downloads BYTES
+ *   loadgen rtt  HOST PORT COUNT SIZE     one connection, COUNT sequential SIZE-byte echoes
+ *   loadgen conc HOST PORT CONNS SECONDS SIZE
+ *                                         CONNS connections doing back-to-back SIZE-byte echoes
+ *                                         for SECONDS (one thread, epoll)
+ *   loadgen ttfb HOST PORT COUNT          COUNT times in a row: connect, "GET 64", first byte
+ *   loadgen idle HOST PORT CONNS          open CONNS verified echo connections, print a JSON line,
+ *                                         hold them until stdin closes
+ *   loadgen fair HOST PORT SECONDS SIZE   SIZE-byte echoes on one connection for SECONDS while a
+ *                                         second connection downloads as fast as it can
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATTERN_PERIOD 251
+#define CHUNK (1u << 20)
+#define PATTERN_LEN (CHUNK + PATTERN_PERIOD)
+#define IO_TIMEOUT_S 30
+#define WARMUP 50
+#define TTFB_BYTES 64
+#define FOREVER 4611686018427387904ULL /* 2**62 bytes: "until I hang up" */
+
+static unsigned char *pattern;
+static struct sockaddr_in target_addr;
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("loadgen: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- samples ---------------------------------------------------------------------------- */
+
+typedef struct {
+    double *v; /* seconds */
+    size_t n, cap;
+} samples_t;
+
+static void add_sample(samples_t *s, double value) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 1024;
+        s->v = realloc(s->v, s->cap * sizeof *s->v);
+        if (s->v == NULL)
+            die("out of memory");
+    }
+    s->v[s->n++] = value;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile(const samples_t *sorted, double p) {
+    if (sorted->n == 0)
+        return 0.0;
+    size_t rank = (size_t)(p / 100.0 * (double)sorted->n + 0.999999999); /* ceil */
+    if (rank < 1)
+        rank = 1;
+    if (rank > sorted->n)
+        rank = sorted->n;
+    return sorted->v[rank - 1];
+}
+
+static void print_latency(const char *name, samples_t *s) {
+    qsort(s->v, s->n, sizeof *s->v, cmp_double);
+    double sum = 0;
+    for (size_t i = 0; i < s->n; i++)
+        sum += s->v[i];
+    printf("\"%s\": {\"n\": %zu, \"mean_ms\": %.4f, \"p50_ms\": %.4f, \"p90_ms\": %.4f, "
+           "\"p99_ms\": %.4f, \"max_ms\": %.4f}",
+           name, s->n, s->n ? sum / (double)s->n * 1e3 : 0.0, percentile(s, 50) * 1e3,
+           percentile(s, 90) * 1e3, percentile(s, 99) * 1e3,
+           s->n ? s->v[s->n - 1] * 1e3 : 0.0);
+}
+
+/* ---- sockets ---------------------------------------------------------------------------- */
+
+static int dial(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&target_addr, sizeof target_addr) < 0)
+        die("connect: %s", strerror(errno));
+    return fd;
+}
+
+static void send_all(int fd, const void *data, size_t len) {
+    const unsigned char *p = data;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("send: %s", strerror(errno));
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void recv_exact(int fd, unsigned char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = recv(fd, buf, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("recv: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+        if (n == 0)
+            die("recv: connection closed early");
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void send_line(int fd, const char *fmt, ...) {
+    char line[96];
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    send_all(fd, line, (size_t)len);
+}
+
+/* The i-th echo message of connection c: different every time, so stale bytes are caught. */
+static void fill_message(unsigned char *msg, size_t size, unsigned long seq, unsigned conn) {
+    for (size_t j = 0; j < size; j++)
+        msg[j] = (unsigned char)(seq * 31u + conn * 17u + j * 7u);
+}
+
+/* Receive a download and check it against the pattern; returns bytes received before EOF/error
+ * when tolerate_end is set, otherwise dies unless exactly `total` bytes arrive. */
+static unsigned long long download(int fd, unsigned long long total, unsigned char *buf,
+                                   _Atomic unsigned long long *progress, atomic_int *stop) {
+    unsigned long long got = 0;
+    while (got < total) {
+        unsigned long long left = total - got;
+        ssize_t n = recv(fd, buf, left < CHUNK ? (size_t)left : CHUNK, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (stop != NULL && atomic_load(stop))
+                return got;
+            die("download: %s after %llu of %llu bytes",
+                n == 0 ? "connection closed" : strerror(errno), got, total);
+        }
+        if (memcmp(buf, pattern + got % PATTERN_PERIOD, (size_t)n) != 0)
+            die("download: wrong byte in [%llu, %llu)", got, got + (unsigned long long)n);
+        got += (unsigned long long)n;
+        if (progress != NULL)
+            atomic_store(progress, got);
+    }
+    return got;
+}
+
+/* ---- modes ------------------------------------------------------------------------------ */
+
+static int mode_bulk(unsigned long long bytes) {
+    unsigned char *buf = malloc(CHUNK);
+    int fd = dial();
+    double t0 = now();
+    send_line(fd, "GET %llu\n", bytes);
+    download(fd, bytes, buf, NULL, NULL);
+    double seconds = now() - t0;
+    close(fd);
+    printf("{\"mode\": \"bulk\", \"bytes\": %llu, \"seconds\": %.6f, \"mb_per_s\": %.3f}\n", bytes,
+           seconds, (double)bytes / seconds / 1e6);
+    return 0;
+}
+
+static void echo_round_trip(int fd, unsigned char *msg, unsigned char *reply, size_t size,
+                            unsigned long seq) {
+    fill_message(msg, size, seq, 0);
+    send_all(fd, msg, size);
+    recv_exact(fd, reply, size);
+    if (memcmp(msg, reply, size) != 0)
+        die("echo: reply %lu differs from what was sent", seq);
+}
+
+static int mode_rtt(unsigned long count, size_t size) {
+    unsigned char *msg = malloc(size), *reply = malloc(size);
+    samples_t s = {0};
+    int fd = dial();
+    send_line(fd, "ECHO\n");
+    for (unsigned long i = 0; i < WARMUP + count; i++) {
+        double t0 = now();
+        echo_round_trip(fd, msg, reply, size, i);
+        if (i >= WARMUP)
+            add_sample(&s, now() - t0);
+    }
+    close(fd);
+    printf("{\"mode\": \"rtt\", \"size\": %zu, ", size);
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
+typedef struct {
+    int fd;
+    unsigned index;
+    unsigned long seq;
+    size_t got;
+    double started;
+    int active;
+} conn_t;
+
+static void conc_send(conn_t *c, unsigned char *msg, size_t size) {
+    fill_message(msg, size, c->seq, c->index);
+    c->got = 0;
+    c->started = now();
+    /* Blocking socket, empty send buffer (the previous reply was read in full): never blocks. */
+    send_all(c->fd, msg, size);
+}
+
+static int mode_conc(unsigned conns, double seconds, size_t size) {
+    conn_t *cs = calloc(conns, sizeof *cs);
+    unsigned char *msg = malloc(size), *expect = malloc(size);
+    unsigned char **rx = calloc(conns, sizeof *rx);
+    samples_t s = {0};
+    int ep = epoll_create1(0);
+    for (unsigned i = 0; i < conns; i++) {
+        cs[i] = (conn_t){.fd = dial(), .index = i, .active = 1};
+        rx[i] = malloc(size);
+        send_line(cs[i].fd, "ECHO\n");
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev);
+    }
+    /* Warm-up: one round trip on every connection before the clock starts. */
+    unsigned warm = 0;
+    for (unsigned i = 0; i < conns; i++)
+        conc_send(&cs[i], msg, size);
+    double start = 0, end = 0;
+    unsigned long done = 0;
+    unsigned active = conns;
+    struct epoll_event events[256];
+    while (active > 0) {
+        int n = epoll_wait(ep, events, 256, IO_TIMEOUT_S * 1000);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die("conc: no reply for %d s", IO_TIMEOUT_S);
+        for (int k = 0; k < n; k++) {
+            conn_t *c = &cs[events[k].data.u32];
+            ssize_t r = recv(c->fd, rx[c->index] + c->got, size - c->got, MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (r <= 0)
+                die("conc: connection %u: %s", c->index, r == 0 ? "closed" : strerror(errno));
+            c->got += (size_t)r;
+            if (c->got < size)
+                continue;
+            double t = now();
+            fill_message(expect, size, c->seq, c->index);
+            if (memcmp(expect, rx[c->index], size) != 0)
+                die("conc: connection %u: reply %lu differs", c->index, c->seq);
+            c->seq++;
+            if (start == 0) { /* still warming up */
+                if (++warm == conns) {
+                    start = now();
+                    end = start + seconds;
+                    for (unsigned i = 0; i < conns; i++)
+                        conc_send(&cs[i], msg, size);
+                }
+                continue;
+            }
+            if (t > end) { /* the window closed while this one was in flight: stop here */
+                c->active = 0;
+                active--;
+                continue;
+            }
+            done++;
+            add_sample(&s, t - c->started);
+            conc_send(c, msg, size);
+        }
+    }
+    for (unsigned i = 0; i < conns; i++)
+        close(cs[i].fd);
+    printf("{\"mode\": \"conc\", \"conns\": %u, \"seconds\": %.3f, \"round_trips\": %lu, "
+           "\"per_s\": %.1f, ",
+           conns, seconds, done, (double)done / seconds);
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
+static int mode_ttfb(unsigned long count) {
+    unsigned char buf[TTFB_BYTES];
+    samples_t s = {0};
+    for (unsigned long i = 0; i < count; i++) {
+        double t0 = now();
+        int fd = dial();
+        send_line(fd, "GET %u\n", TTFB_BYTES);
+        ssize_t n;
+        do
+            n = recv(fd, buf, sizeof buf, 0);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            die("ttfb: connection %lu: %s", i, n == 0 ? "closed" : strerror(errno));
+        add_sample(&s, now() - t0);
+        if ((size_t)n < sizeof buf)
+            recv_exact(fd, buf + n, sizeof buf - (size_t)n);
+        if (memcmp(buf, pattern, sizeof buf) != 0)
+            die("ttfb: connection %lu: wrong bytes", i);
+        close(fd);
+    }
+    printf("{\"mode\": \"ttfb\", ");
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
+static int mode_idle(unsigned conns) {
+    int *fds = calloc(conns, sizeof *fds);
+    double t0 = now();
+    for (unsigned i = 0; i < conns; i++) {
+        unsigned char hello[6] = {'E', 'C', 'H', 'O', '\n', (unsigned char)i}, back;
+        fds[i] = dial();
+        send_all(fds[i], hello, sizeof hello);
+        recv_exact(fds[i], &back, 1);
+        if (back != (unsigned char)i)
+            die("idle: connection %u echoed the wrong byte", i);
+    }
+    printf("{\"mode\": \"idle\", \"conns\": %u, \"open_seconds\": %.3f}\n", conns, now() - t0);
+    fflush(stdout);
+    char sink[64];
+    while (read(STDIN_FILENO, sink, sizeof sink) > 0) /* until the harness closes stdin */
+        ;
+    for (unsigned i = 0; i < conns; i++)
+        close(fds[i]);
+    return 0;
+}
+
+typedef struct {
+    int fd;
+    unsigned char *buf;
+    _Atomic unsigned long long received;
+    atomic_int stop;
+} bulk_job_t;
+
+static void *bulk_thread(void *arg) {
+    bulk_job_t *job = arg;
+    download(job->fd, FOREVER, job->buf, &job->received, &job->stop);
+    return NULL;
+}
+
+static int mode_fair(double seconds, size_t size) {
+    unsigned char *msg = malloc(size), *reply = malloc(size);
+    samples_t s = {0};
+    int fd = dial();
+    send_line(fd, "ECHO\n");
+    for (unsigned long i = 0; i < WARMUP; i++)
+        echo_round_trip(fd, msg, reply, size, i);
+
+    bulk_job_t job = {.fd = dial(), .buf = malloc(CHUNK)};
+    send_line(job.fd, "GET %llu\n", FOREVER);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, bulk_thread, &job) != 0)
+        die("pthread_create failed");
+    double deadline = now() + IO_TIMEOUT_S;
+    while (atomic_load(&job.received) < 16u * CHUNK) { /* until the download is in full flow */
+        if (now() > deadline)
+            die("fair: download did not start");
+        usleep(1000);
+    }
+    unsigned long long bytes0 = atomic_load(&job.received);
+    double t0 = now(), t = t0;
+    for (unsigned long i = WARMUP; t - t0 < seconds; i++) {
+        double r0 = now();
+        echo_round_trip(fd, msg, reply, size, i);
+        t = now();
+        add_sample(&s, t - r0);
+    }
+    unsigned long long bulk_bytes = atomic_load(&job.received) - bytes0;
+    atomic_store(&job.stop, 1);
+    shutdown(job.fd, SHUT_RDWR);
+    pthread_join(thread, NULL);
+    close(job.fd);
+    close(fd);
+    printf("{\"mode\": \"fair\", \"size\": %zu, \"seconds\": %.3f, \"bulk_mb_per_s\": %.3f, ", size,
+           t - t0, (double)bulk_bytes / (t - t0) / 1e6);
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+static unsigned long long number(const char *text, const char *what) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0')
+        die("bad %s: %s", what, text);
+    return value;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: loadgen bulk HOST PORT BYTES | rtt HOST PORT COUNT SIZE |\n"
+                    "       conc HOST PORT CONNS SECONDS SIZE | ttfb HOST PORT COUNT |\n"
+                    "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4)
+        usage();
+    signal(SIGPIPE, SIG_IGN);
+    const char *mode = argv[1];
+    target_addr.sin_family = AF_INET;
+    target_addr.sin_port = htons((uint16_t)number(argv[3], "port"));
+    if (inet_pton(AF_INET, argv[2], &target_addr.sin_addr) != 1)
+        die("bad address: %s", argv[2]);
+    pattern = malloc(PATTERN_LEN);
+    for (size_t i = 0; i < PATTERN_LEN; i++)
+        pattern[i] = (unsigned char)(i % PATTERN_PERIOD);
+
+    if (strcmp(mode, "bulk") == 0 && argc == 5)
+        return mode_bulk(number(argv[4], "bytes"));
+    if (strcmp(mode, "rtt") == 0 && argc == 6)
+        return mode_rtt((unsigned long)number(argv[4], "count"),
+                        (size_t)number(argv[5], "size"));
+    if (strcmp(mode, "conc") == 0 && argc == 7)
+        return mode_conc((unsigned)number(argv[4], "conns"), (double)number(argv[5], "seconds"),
+                         (size_t)number(argv[6], "size"));
+    if (strcmp(mode, "ttfb") == 0 && argc == 5)
+        return mode_ttfb((unsigned long)number(argv[4], "count"));
+    if (strcmp(mode, "idle") == 0 && argc == 5)
+        return mode_idle((unsigned)number(argv[4], "conns"));
+    if (strcmp(mode, "fair") == 0 && argc == 6)
+        return mode_fair((double)number(argv[4], "seconds"), (size_t)number(argv[5], "size"));
+    usage();
+    return 2;
+}
