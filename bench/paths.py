@@ -1,0 +1,457 @@
+"""The four ways from the load client to the target that the benchmark compares.
+
+Each path is set up fresh for every run as separate processes on loopback and torn down after it.
+`start` returns the port the load client dials once a real echo has made it through end to end;
+`roots` are the pids whose process trees are the tunnel (their CPU and memory are measured).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+
+from bench import keys
+from bench.procs import (
+    BenchError,
+    Proc,
+    Supervisor,
+    free_ports,
+    run_quiet,
+    wait_until,
+)
+
+READY_TIMEOUT = 30.0
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port, read from /proc (no connection is made,
+    so a tunnel does not see a stray stream before the benchmark starts)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(line.split()[1] == want and line.split()[3] == "0A" for line in lines)
+
+
+def echo_probe(port: int) -> bool:
+    """One verified echo through the path: the whole chain is up, not only its first listener."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            s.sendall(b"ECHO\nprobe")
+            got = b""
+            while len(got) < 5:
+                chunk = s.recv(5 - len(got))
+                if not chunk:
+                    return False
+                got += chunk
+            return got == b"probe"
+    except OSError:
+        return False
+
+
+def find_program(*names: str) -> str | None:
+    extra = os.pathsep.join(["/usr/sbin", "/usr/bin", "/sbin"])
+    for name in names:
+        found = shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
+        if found:
+            return found
+    return None
+
+
+class TunnelPath(ABC):
+    """One way from load client to target."""
+
+    name: str  # key in the JSON
+    title: str  # column heading
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+        self.details: dict[str, str] = {}
+
+    def prepare(self, workdir: Path) -> None:  # noqa: B027  (optional hook)
+        """Once per benchmark: keys, certificates, anything that is not a process.
+        Raises BenchError when the path cannot run here; the reason is shown in the table."""
+
+    @abstractmethod
+    def start(self, sup: Supervisor, target_port: int) -> int:
+        """Start the processes; return the port the load client dials, once it works."""
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if not proc.alive():
+                raise BenchError(proc.why_dead())
+
+    def stop(self, sup: Supervisor) -> None:
+        """Stop in reverse order of start (the dialling side first)."""
+        for proc in reversed(self.procs):
+            sup.stop(proc)
+        self.procs = []
+
+    def _ready(self, port: int) -> None:
+        wait_until(lambda: listening(port), self.procs, READY_TIMEOUT, f"{self.name} listener")
+        wait_until(lambda: echo_probe(port), self.procs, READY_TIMEOUT, f"{self.name} echo")
+
+
+class Direct(TunnelPath):
+    name, title = "direct", "direct"
+
+    def start(self, sup: Supervisor, target_port: int) -> int:
+        return target_port
+
+
+class Stunnel(TunnelPath):
+    """Client-side stunnel (plaintext in, TLS with a client certificate out) to a server-side
+    stunnel (verifies that certificate, forwards to the target): two hops, mutual TLS."""
+
+    name, title = "stunnel", "stunnel"
+
+    def prepare(self, workdir: Path) -> None:
+        program = find_program("stunnel4", "stunnel")
+        if program is None:
+            raise BenchError("stunnel not installed (run bench/install-deps.sh)")
+        self.program = program
+        self.dir = workdir
+        self.tls = keys.make_tls(workdir / "pki")
+        version = version_text([program, "-version"])
+        self.details["version"] = _first_match(r"stunnel \S+", version, "?")
+
+    def _config(self, name: str, accept: int, connect: int, client: bool) -> Path:
+        t = self.tls
+        cert, key = (t.client_cert, t.client_key) if client else (t.server_cert, t.server_key)
+        lines = [
+            "foreground = yes",
+            "pid =",
+            "debug = warning",  # per-connection notices would cost the peer log writes
+            "[bench]",
+            f"accept = 127.0.0.1:{accept}",
+            f"connect = 127.0.0.1:{connect}",
+            f"cert = {cert}",
+            f"key = {key}",
+            f"CAfile = {t.ca}",
+            "verifyChain = yes",
+            "sslVersionMin = TLSv1.2",
+            "socket = l:TCP_NODELAY=1",
+            "socket = r:TCP_NODELAY=1",
+        ]
+        lines += ["client = yes", "checkHost = localhost"] if client else ["requireCert = yes"]
+        path = self.dir / f"{name}.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, sup: Supervisor, target_port: int) -> int:
+        server_port, client_port = free_ports(2)
+        server = self._config("stunnel-server", server_port, target_port, client=False)
+        client = self._config("stunnel-client", client_port, server_port, client=True)
+        self.procs.append(sup.start("stunnel-server", [self.program, str(server)]))
+        wait_until(lambda: listening(server_port), self.procs, READY_TIMEOUT, "stunnel server")
+        self.procs.append(sup.start("stunnel-client", [self.program, str(client)]))
+        self._ready(client_port)
+        if "tls" not in self.details:
+            self.details["tls"] = tls_summary(
+                server_port,
+                self.tls.ca,
+                ["-cert", str(self.tls.client_cert), "-key", str(self.tls.client_key)],
+            )
+        return client_port
+
+
+class OpenSSH(TunnelPath):
+    """`sshd` with its own config on a high port, and `ssh -N -R` from the target's side:
+    load client -> port forwarded by sshd -> ssh client -> target."""
+
+    name, title = "openssh", "OpenSSH"
+
+    def prepare(self, workdir: Path) -> None:
+        sshd, ssh = find_program("sshd"), find_program("ssh")
+        if sshd is None or ssh is None:
+            raise BenchError("sshd or ssh not installed (run bench/install-deps.sh)")
+        self.sshd, self.ssh = sshd, ssh
+        self.dir = workdir
+        self.keys = keys.make_ssh(workdir / "keys")
+        self.user = _user()
+        if os.geteuid() == 0:  # sshd's privilege separation directory, normally made at boot
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.details["version"] = version_text([ssh, "-V"]).strip()
+
+    def _ssh_argv(self, sshd_port: int, *extra: str) -> list[str]:
+        k = self.keys
+        return [
+            self.ssh,
+            "-F",
+            "/dev/null",
+            "-p",
+            str(sshd_port),
+            "-i",
+            str(k.user_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={k.known_hosts}",
+            "-o",
+            f"HostKeyAlias={k.host_alias}",
+            *extra,
+            f"{self.user}@127.0.0.1",
+        ]
+
+    def start(self, sup: Supervisor, target_port: int) -> int:
+        sshd_port, forward_port = free_ports(2)
+        config = self.dir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {sshd_port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.keys.host_key}",
+                    "PidFile none",
+                    f"AuthorizedKeysFile {self.keys.authorized_keys}",
+                    "UsePAM no",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "StrictModes no",
+                    "AllowTcpForwarding remote",
+                    "GatewayPorts no",
+                    "X11Forwarding no",
+                    "PermitTTY no",
+                    "PrintMotd no",
+                    "UseDNS no",
+                    "LogLevel INFO",
+                ]
+            )
+            + "\n"
+        )
+        self.procs.append(sup.start("sshd", [self.sshd, "-D", "-e", "-f", str(config)]))
+        wait_until(lambda: listening(sshd_port), self.procs, READY_TIMEOUT, "sshd")
+        forward = f"127.0.0.1:{forward_port}:127.0.0.1:{target_port}"
+        argv = self._ssh_argv(sshd_port, "-N", "-o", "ExitOnForwardFailure=yes", "-R", forward)
+        self.procs.append(sup.start("ssh", argv))
+        self._ready(forward_port)
+        if "cipher" not in self.details:
+            self.details["cipher"] = self._negotiated(sshd_port)
+        return forward_port
+
+    def _negotiated(self, sshd_port: int) -> str:
+        """The cipher and MAC of a separate short session (the tunnel itself runs without -v)."""
+        argv = self._ssh_argv(sshd_port, "-v", "-N", "-o", "ConnectTimeout=10")
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        except OSError as e:
+            return f"unknown ({e})"
+        lines = []
+        try:
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace")
+                lines.append(line)
+                if "Authenticated to" in line or len(lines) > 400:
+                    break
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            if proc.stderr is not None:
+                proc.stderr.close()
+        text = "".join(lines)
+        return _first_match(r"(?<=server->client cipher: ).*", text, "unknown").strip()
+
+
+class Ours(TunnelPath):
+    """`gateway relay`, `gateway run` (dials the relay, mutual TLS, HTTP/2) and the engineer's
+    `gateway connect`: load client -> connect -> relay -> tunnel -> gateway -> target."""
+
+    name, title = "ours", "ours"
+
+    def __init__(self, repo: Path, extra_env: Mapping[str, str]) -> None:
+        super().__init__()
+        self.repo = repo
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
+        env.update(extra_env)
+        self.env = env
+        if extra_env:
+            self.details["env"] = " ".join(f"{k}={v}" for k, v in sorted(extra_env.items()))
+
+    def _gateway(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gateway", *args]
+
+    def _cli(self, *args: str, timeout: float = 60) -> str:
+        return run_quiet(self._gateway(*args), timeout=timeout, cwd=self.repo, env=self.env)
+
+    def prepare(self, workdir: Path) -> None:
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        version = version_text(self._gateway("--version"), self.env)
+        self.details["version"] = version.splitlines()[-1]
+        self._cli("pki", "init-ca", "--dir", str(workdir))
+        self._cli(
+            "pki",
+            "issue-relay",
+            "--ca-dir",
+            str(workdir),
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+            "--out",
+            str(workdir / "relay"),
+        )
+        self._cli(
+            "pki",
+            "issue-gateway",
+            "--ca-dir",
+            str(workdir),
+            "--id",
+            "bench-gw",
+            "--out",
+            str(workdir / "gateway"),
+        )
+        names = ("gateways", "engineers", "relay_metrics")
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self._write_relay_config()
+        out = self._cli("relay", "add-engineer", "bench", "-c", str(workdir / "relay.toml"))
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if not lines:
+            raise BenchError("`gateway relay add-engineer` printed no token")
+        self.token = lines[-1]
+
+    def _write_relay_config(self) -> None:
+        p = self.ports
+        (self.dir / "relay.toml").write_text(
+            "[gateways]\n"
+            f'listen = "127.0.0.1:{p["gateways"]}"\n'
+            'ca = "ca.pem"\ncert = "relay.pem"\nkey = "relay.key"\n\n'
+            "[engineers]\n"
+            f'listen = "127.0.0.1:{p["engineers"]}"\n'
+            'tokens = "engineers.toml"\n\n'
+            "[metrics]\n"
+            f'listen = "127.0.0.1:{p["relay_metrics"]}"\n'
+        )
+
+    def _write_gateway_config(self, target_port: int) -> None:
+        p = self.ports
+        (self.dir / "gateway.toml").write_text(
+            "[relay]\n"
+            f'address = "127.0.0.1:{p["gateways"]}"\n'
+            'ca = "ca.pem"\ncert = "gateway.pem"\nkey = "gateway.key"\n\n'
+            "[[target]]\n"
+            'name = "web"\n'
+            f'address = "127.0.0.1:{target_port}"\n\n'
+            '[access]\nmode = "unattended"\n\n'
+            f'[status]\nlisten = "127.0.0.1:{p["status"]}"\n\n'
+            f'[metrics]\nlisten = "127.0.0.1:{p["gateway_metrics"]}"\n'
+        )
+
+    def _gateway_connected(self) -> bool:
+        url = f"http://127.0.0.1:{self.ports['relay_metrics']}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode(errors="replace")
+        except OSError:
+            return False
+        return metric_value(text, "relay_gateways_connected") == 1.0
+
+    def start(self, sup: Supervisor, target_port: int) -> int:
+        names = ("gateways", "engineers", "relay_metrics", "status", "gateway_metrics", "listen")
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self._write_relay_config()
+        self._write_gateway_config(target_port)
+        d, env = self.dir, self.env
+        relay = self._gateway("relay", "-c", str(d / "relay.toml"))
+        self.procs.append(sup.start("relay", relay, cwd=self.repo, env=env))
+        wait_until(
+            lambda: listening(self.ports["gateways"]), self.procs, READY_TIMEOUT, "relay listener"
+        )
+        gateway = self._gateway("run", "-c", str(d / "gateway.toml"))
+        self.procs.append(sup.start("gateway", gateway, cwd=self.repo, env=env))
+        wait_until(self._gateway_connected, self.procs, READY_TIMEOUT, "gateway tunnel")
+        listen = self.ports["listen"]
+        connect = self._gateway(
+            "connect",
+            "--relay",
+            f"127.0.0.1:{self.ports['engineers']}",
+            "--ca",
+            str(d / "ca.pem"),
+            "--token",
+            self.token,
+            "--gateway",
+            "bench-gw",
+            "--target",
+            "web",
+            "--listen",
+            f"127.0.0.1:{listen}",
+        )
+        self.procs.append(sup.start("connect", connect, cwd=self.repo, env=env))
+        self._ready(listen)
+        if "tls" not in self.details:
+            self.details["tls"] = (
+                tls_summary(self.ports["engineers"], d / "ca.pem", []) + " (engineer listener)"
+            )
+        return listen
+
+
+def metric_value(exposition: str, name: str) -> float | None:
+    """The value of an unlabelled (or first labelled) sample in Prometheus text format."""
+    pattern = rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+(\S+)"
+    match = re.search(pattern, exposition, re.MULTILINE)
+    if match is None:
+        return None
+    try:
+        return float(match.group(1))
+    except ValueError:
+        return None
+
+
+def tls_summary(port: int, ca: Path, extra: list[str]) -> str:
+    """Protocol and cipher suite that `openssl s_client` negotiates with a listener."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca), "-brief"]
+    try:
+        done = subprocess.run(
+            argv + extra, capture_output=True, timeout=10, check=False, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = done.stderr.decode(errors="replace") + done.stdout.decode(errors="replace")
+    protocol = _first_match(r"(?<=Protocol version: )\S+", text, "?")
+    cipher = _first_match(r"(?<=Ciphersuite: )\S+", text, "?")
+    return f"{protocol} {cipher}"
+
+
+def version_text(argv: list[str], env: Mapping[str, str] | None = None) -> str:
+    """What a `--version`-style command prints on either stream, whatever its exit code."""
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    return (done.stdout + done.stderr).decode(errors="replace").strip() or "unknown"
+
+
+def _first_match(pattern: str, text: str, default: str) -> str:
+    match = re.search(pattern, text)
+    return match.group(0) if match else default
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name

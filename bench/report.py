@@ -1,0 +1,187 @@
+"""Aggregation over runs (median and min-max spread), the markdown table, and the targets.
+
+Pure functions over plain data, so they are unit-tested without running anything.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+PEERS = ("stunnel", "openssh")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    tunnel_only: bool = False  # no tunnel processes on the direct path: nothing to measure
+
+
+METRICS = (
+    Metric("bulk_mb_s", "One-stream bulk, MB/s (higher is better)", True),
+    Metric("bulk_cpu_s_per_gib", "CPU-seconds per GiB, tunnel processes", False, True),
+    Metric("rtt_p50_ms", "1 KiB round trip p50, ms", False),
+    Metric("rtt_p99_ms", "1 KiB round trip p99, ms", False),
+    Metric("conc_per_s", "Round trips/s, 50 connections (higher is better)", True),
+    Metric("ttfb_p50_ms", "New connection, time to first byte p50, ms", False),
+    Metric("ttfb_p99_ms", "New connection, time to first byte p99, ms", False),
+    Metric("idle_kib", "Memory per idle connection (1000 open), KiB", False, True),
+    Metric("fair_p99_ms", "1 KiB round trip p99 during a bulk download, ms", False),
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    low: float
+    high: float
+    samples: tuple[float, ...]
+
+
+def summarize(values: Sequence[float]) -> Summary | None:
+    if not values:
+        return None
+    return Summary(statistics.median(values), min(values), max(values), tuple(values))
+
+
+def aggregate(
+    runs: Sequence[Mapping[str, Mapping[str, float]]],
+) -> dict[str, dict[str, Summary]]:
+    """runs[i][path][metric] -> {path: {metric: Summary}} over the runs that measured it."""
+    collected: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for path, metrics in run.items():
+            for key, value in metrics.items():
+                collected.setdefault(path, {}).setdefault(key, []).append(value)
+    result: dict[str, dict[str, Summary]] = {}
+    for path, by_key in collected.items():
+        for key, values in by_key.items():
+            s = summarize(values)
+            if s is not None:
+                result.setdefault(path, {})[key] = s
+    return result
+
+
+def fmt(value: float) -> str:
+    """Three significant digits, never scientific notation: 4396, 271, 12.3, 0.812, 0.0590."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:.0f}" if math.isfinite(value) else str(value)
+    digits = max(0, min(4, 2 - math.floor(math.log10(abs(value)))))
+    return f"{value:.{digits}f}"
+
+
+def cell(summary: Summary | None) -> str:
+    if summary is None:
+        return "error"
+    if len(summary.samples) == 1:
+        return fmt(summary.median)
+    return f"{fmt(summary.median)} ({fmt(summary.low)}-{fmt(summary.high)})"
+
+
+def ratio(ours: Summary | None, peer: Summary | None) -> str:
+    if ours is None or peer is None or peer.median == 0:
+        return "-"
+    return f"{ours.median / peer.median:.2f}x"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # path key
+    title: str
+    status: str  # "ok", or why there is no data ("unavailable: ...")
+
+
+def render_table(summary: Mapping[str, Mapping[str, Summary]], columns: Sequence[Column]) -> str:
+    """Rows: metrics; columns: the paths, then ours relative to each peer."""
+    titles = [c.title for c in columns]
+    by_name = {c.name: c for c in columns}
+    has_ours = "ours" in by_name
+    peers = [p for p in PEERS if p in by_name] if has_ours else []
+    head = ["Metric (median of runs, min-max)", *titles]
+    head += [f"ours/{by_name[p].title}" for p in peers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in METRICS:
+        row = [m.label]
+        for c in columns:
+            if c.status != "ok":
+                row.append("n/a")
+            elif m.tunnel_only and c.name == "direct":
+                row.append("-")
+            else:
+                row.append(cell(summary.get(c.name, {}).get(m.key)))
+        ours = summary.get("ours", {}).get(m.key)
+        for p in peers:
+            row.append(ratio(ours, summary.get(p, {}).get(m.key)))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 8's targets for our path: ours <= factor * reference (or >=)."""
+
+    text: str
+    key: str
+    at_least: bool  # ours must be >= limit (else <=)
+    factor: float
+    reference: str | None  # a path, or None for an absolute limit (= factor)
+    unit: str
+
+
+TARGETS = (
+    Target("bulk >= 75% of stunnel's", "bulk_mb_s", True, 0.75, "stunnel", "MB/s"),
+    Target("bulk >= OpenSSH's", "bulk_mb_s", True, 1.0, "openssh", "MB/s"),
+    Target("CPU-s/GiB <= 1.5x stunnel's", "bulk_cpu_s_per_gib", False, 1.5, "stunnel", "s"),
+    Target("new connection TTFB p50 <= stunnel's", "ttfb_p50_ms", False, 1.0, "stunnel", "ms"),
+    Target("1 KiB round trip p50 <= 3x stunnel's", "rtt_p50_ms", False, 3.0, "stunnel", "ms"),
+    Target("<= 8 KiB per idle stream", "idle_kib", False, 8.0, None, "KiB"),
+    Target("fairness p99 <= 20 ms", "fair_p99_ms", False, 20.0, None, "ms"),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    ours: float | None
+    limit: float | None
+    met: bool | None  # None: not measured
+    unit: str
+
+
+def evaluate_targets(summary: Mapping[str, Mapping[str, Summary]]) -> list[Verdict]:
+    verdicts = []
+    for t in TARGETS:
+        ours = summary.get("ours", {}).get(t.key)
+        if t.reference is None:
+            limit: float | None = t.factor
+        else:
+            ref = summary.get(t.reference, {}).get(t.key)
+            limit = None if ref is None else ref.median * t.factor
+        if ours is None or limit is None:
+            verdicts.append(
+                Verdict(t.text, None if ours is None else ours.median, limit, None, t.unit)
+            )
+            continue
+        met = ours.median >= limit if t.at_least else ours.median <= limit
+        verdicts.append(Verdict(t.text, ours.median, limit, met, t.unit))
+    return verdicts
+
+
+def render_targets(verdicts: Sequence[Verdict]) -> str:
+    lines = ["| Target (issue 8) | ours | limit | met |", "|---|---|---|---|"]
+    for v in verdicts:
+        ours = "-" if v.ours is None else f"{fmt(v.ours)} {v.unit}"
+        limit = "-" if v.limit is None else f"{fmt(v.limit)} {v.unit}"
+        if v.met is None:
+            met = "not measured"
+        elif v.met:
+            met = "yes"
+        else:
+            assert v.ours is not None and v.limit is not None
+            met = f"no ({v.ours / v.limit:.2f}x the limit)" if v.limit else "no"
+        lines.append(f"| {v.target} | {ours} | {limit} | {met} |")
+    return "\n".join(lines)
