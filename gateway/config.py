@@ -1,0 +1,447 @@
+"""Configuration files: TOML in, typed frozen objects out, or one clear error.
+
+Plant IT edits ``gateway.toml`` by hand and vendor operators edit ``relay.toml``; a mistake must
+come back as one line naming the file, the key and the problem (``ConfigError``), never as a
+traceback from deep inside the daemon.  Everything is validated here, once, so that the programs
+can trust what they are given.  This module knows nothing of Twisted.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from attrs import field, frozen
+
+T = TypeVar("T")
+
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix: which file, which key, what is wrong."""
+
+    def __init__(self, file: Path | str, key: str, problem: str) -> None:
+        super().__init__(file, key, problem)
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}: " if self.key else f"{self.file}: "
+        return where + self.problem
+
+
+class AccessMode(enum.Enum):
+    """Who may open streams through the gateway (BRIEF section 2: the gateway decides)."""
+
+    ATTENDED = "attended"
+    UNATTENDED = "unattended"
+    DISABLED = "disabled"
+
+
+@frozen
+class Address:
+    """A ``host:port`` pair; IPv6 hosts are written ``[::1]:443``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
+    """Parse ``host:port``; raises ``ValueError`` with a message fit for a user."""
+    text = text.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError(f"not host:port ({text!r})")
+        host, port_text = text[1:close], text[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"not host:port ({text!r})")
+        if ":" in host:
+            raise ValueError(f"IPv6 addresses need brackets, like [::1]:443 ({text!r})")
+        if not _is_ip(host) and not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is not a valid host name or IP address")
+    if not port_text.isdigit():
+        raise ValueError(f"port {port_text!r} is not a number ({text!r})")
+    port = int(port_text)
+    low = 0 if allow_port_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port {port} is out of range {low}-65535")
+    return Address(host, port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@frozen
+class Heartbeat:
+    """PING cadence: a dead peer is noticed within ``interval + timeout`` seconds."""
+
+    interval: float = 10.0
+    timeout: float = 10.0
+
+
+@frozen
+class RelayLink:
+    """How the gateway reaches its relay (``[relay]`` in gateway.toml)."""
+
+    address: Address
+    ca: Path
+    cert: Path
+    key: Path
+    proxy: Address | None = None
+    server_name: str | None = None
+    heartbeat: Heartbeat = field(factory=Heartbeat)
+    connect_timeout: float = 10.0
+    reconnect_cap: float = 60.0
+
+    @property
+    def expected_name(self) -> str:
+        """The name the relay's certificate must carry."""
+        return self.server_name or self.address.host
+
+
+@frozen
+class Target:
+    """One processor the gateway may forward to: nothing off this list is reachable."""
+
+    name: str
+    address: Address
+    connect_timeout: float = 5.0
+
+
+@frozen
+class GatewayConfig:
+    path: Path
+    relay: RelayLink
+    targets: tuple[Target, ...]
+    access_mode: AccessMode
+    status_listen: Address | None
+    metrics_listen: Address | None
+    drain_timeout: float = 10.0
+
+    def target(self, name: str) -> Target | None:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        return None
+
+
+@frozen
+class GatewayListener:
+    """The relay's mutual-TLS listener for gateways (``[gateways]``)."""
+
+    listen: Address
+    ca: Path
+    cert: Path
+    key: Path
+    heartbeat: Heartbeat = field(factory=Heartbeat)
+
+
+@frozen
+class EngineerListener:
+    """The relay's TLS listener for engineer clients (``[engineers]``)."""
+
+    listen: Address
+    tokens: Path
+    cert: Path
+    key: Path
+
+
+@frozen
+class RelayConfig:
+    path: Path
+    gateways: GatewayListener
+    engineers: EngineerListener
+    metrics_listen: Address | None
+    drain_timeout: float = 10.0
+
+
+class _Table:
+    """A TOML table being read: typed getters, and a record of which keys were used."""
+
+    def __init__(self, file: Path, prefix: str, data: dict[str, Any]) -> None:
+        self.file, self.prefix, self.data = file, prefix, data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), problem)
+
+    def _get(self, name: str, kind: type[T], kind_name: str, default: T | None) -> T | None:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.error(name, f"must be {kind_name}, not {_toml_type(value)}")
+        return value
+
+    def required_str(self, name: str) -> str:
+        value = self._get(name, str, "a string", None)
+        if value is None:
+            raise self.error(name, "is required")
+        return value
+
+    def optional_str(self, name: str) -> str | None:
+        return self._get(name, str, "a string", None)
+
+    def seconds(self, name: str, default: float, *, low: float = 0.1, high: float = 3600) -> float:
+        value = self._get(name, float, "a number of seconds", default)
+        assert value is not None
+        if not low <= value <= high:
+            raise self.error(name, f"must be between {low:g} and {high:g} seconds, not {value:g}")
+        return value
+
+    def address(self, name: str, *, listen: bool = False, required: bool = True) -> Address | None:
+        text = self.required_str(name) if required else self.optional_str(name)
+        if text is None:
+            return None
+        try:
+            return parse_address(text, allow_port_zero=listen)
+        except ValueError as e:
+            raise self.error(name, str(e)) from None
+
+    def path(self, name: str, *, must_exist: bool = True, required: bool = True) -> Path | None:
+        text = self.required_str(name) if required else self.optional_str(name)
+        if text is None:
+            return None
+        path = (self.file.parent / Path(text).expanduser()).resolve()
+        if must_exist and not path.is_file():
+            raise self.error(name, f"file {str(path)!r} does not exist")
+        return path
+
+    def table(self, name: str, *, required: bool = True) -> _Table | None:
+        self.used.add(name)
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise ConfigError(self.file, self.key(name), "section is missing")
+            return None
+        if not isinstance(value, dict):
+            raise self.error(name, f"must be a [{self.key(name)}] section, not {_toml_type(value)}")
+        return _Table(self.file, self.key(name), value)
+
+    def tables(self, name: str) -> Iterator[_Table]:
+        self.used.add(name)
+        value = self.data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(name, f"must be written as [[{self.key(name)}]] sections")
+        for index, item in enumerate(value):
+            yield _Table(self.file, f"{self.key(name)}[{index}]", item)
+
+    def finish(self) -> None:
+        """Refuse keys nobody read: a typo must not silently fall back to a default."""
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self.file, self.key(unknown[0]), "unknown key")
+
+
+def _toml_type(value: object) -> str:
+    return {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a section",
+    }.get(type(value), type(value).__name__)
+
+
+def read_toml(path: Path | str) -> tuple[Path, dict[str, Any]]:
+    """Read a TOML file, turning every way that can fail into a ``ConfigError``."""
+    file = Path(path).expanduser().absolute()
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(file, "", "permission denied") from None
+    except OSError as e:
+        raise ConfigError(file, "", e.strerror or str(e)) from None
+    try:
+        return file, tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"not valid TOML: {e}") from None
+
+
+def _heartbeat(table: _Table) -> Heartbeat:
+    default = Heartbeat()
+    interval = table.seconds("heartbeat_interval", default.interval, low=0.5, high=300)
+    timeout = table.seconds("heartbeat_timeout", default.timeout, low=0.5, high=300)
+    return Heartbeat(interval=interval, timeout=timeout)
+
+
+def load_gateway_config(path: Path | str) -> GatewayConfig:
+    file, data = read_toml(path)
+    top = _Table(file, "", data)
+
+    relay_table = top.table("relay")
+    assert relay_table is not None
+    relay = RelayLink(
+        address=_required(relay_table.address("address")),
+        ca=_required(relay_table.path("ca")),
+        cert=_required(relay_table.path("cert")),
+        key=_required(relay_table.path("key")),
+        proxy=_proxy(relay_table),
+        server_name=relay_table.optional_str("server_name"),
+        heartbeat=_heartbeat(relay_table),
+        connect_timeout=relay_table.seconds("connect_timeout", 10.0, high=300),
+        reconnect_cap=relay_table.seconds("reconnect_max_delay", 60.0, low=1, high=3600),
+    )
+    relay_table.finish()
+
+    targets: list[Target] = []
+    for table in top.tables("target"):
+        name = table.required_str("name")
+        if not _TARGET_NAME.match(name):
+            raise table.error("name", f"{name!r} is not a target name (letters, digits, . _ -)")
+        if any(t.name == name for t in targets):
+            raise table.error("name", f"target {name!r} is listed twice")
+        targets.append(
+            Target(
+                name=name,
+                address=_required(table.address("address")),
+                connect_timeout=table.seconds("connect_timeout", 5.0, high=120),
+            )
+        )
+        table.finish()
+
+    access = top.table("access", required=False)
+    mode = AccessMode.ATTENDED
+    if access is not None:
+        text = access.optional_str("mode") or "attended"
+        try:
+            mode = AccessMode(text)
+        except ValueError:
+            choices = ", ".join(m.value for m in AccessMode)
+            raise access.error("mode", f"{text!r} is not one of {choices}") from None
+        access.finish()
+
+    status = _listener(top, "status")
+    metrics = _listener(top, "metrics")
+    service = top.table("service", required=False)
+    drain = 10.0
+    if service is not None:
+        drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
+        service.finish()
+    top.finish()
+    return GatewayConfig(
+        path=file,
+        relay=relay,
+        targets=tuple(targets),
+        access_mode=mode,
+        status_listen=status,
+        metrics_listen=metrics,
+        drain_timeout=drain,
+    )
+
+
+def _proxy(table: _Table) -> Address | None:
+    text = table.optional_str("proxy")
+    if text is None:
+        return None
+    rest = text
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme != "http":
+            raise table.error("proxy", f"only http:// proxies are supported, not {scheme}://")
+    rest = rest.rstrip("/")
+    try:
+        return parse_address(rest)
+    except ValueError as e:
+        raise table.error("proxy", str(e)) from None
+
+
+def _listener(top: _Table, name: str) -> Address | None:
+    table = top.table(name, required=False)
+    if table is None:
+        return None
+    address = table.address("listen", listen=True)
+    table.finish()
+    return address
+
+
+def load_relay_config(path: Path | str) -> RelayConfig:
+    file, data = read_toml(path)
+    top = _Table(file, "", data)
+
+    gw = top.table("gateways")
+    assert gw is not None
+    gateways = GatewayListener(
+        listen=_required(gw.address("listen", listen=True)),
+        ca=_required(gw.path("ca")),
+        cert=_required(gw.path("cert")),
+        key=_required(gw.path("key")),
+        heartbeat=_heartbeat(gw),
+    )
+    gw.finish()
+
+    eng = top.table("engineers")
+    assert eng is not None
+    engineers = EngineerListener(
+        listen=_required(eng.address("listen", listen=True)),
+        tokens=_required(eng.path("tokens", must_exist=False)),
+        cert=eng.path("cert", required=False) or gateways.cert,
+        key=eng.path("key", required=False) or gateways.key,
+    )
+    eng.finish()
+
+    metrics = _listener(top, "metrics")
+    service = top.table("service", required=False)
+    drain = 10.0
+    if service is not None:
+        drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
+        service.finish()
+    top.finish()
+    return RelayConfig(
+        path=file,
+        gateways=gateways,
+        engineers=engineers,
+        metrics_listen=metrics,
+        drain_timeout=drain,
+    )
+
+
+def _required(value: T | None) -> T:
+    """Narrow a getter's result that was asked for with ``required=True``."""
+    assert value is not None
+    return value

@@ -1,0 +1,220 @@
+"""Streams the relay asks for: decide each one, then splice it to its processor.
+
+This is the gateway's ``IStreamHandler``.  ``CONNECT`` streams go through the ``AccessPolicy``;
+allowed ones are connected to the processor's TCP address and spliced with backpressure.  A
+processor that refuses or does not answer in time ends that one stream with a reason the engineer
+sees; everything else carries on.  ``GET /v1/...`` requests are the control channel (the relay
+asks about the gateway; sessions and approvals will use it too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError, TimeoutError
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import __version__
+from gateway.config import Target
+from gateway.endpoints import quiet_factory
+from gateway.edge.policy import AccessPolicy, Allowed
+from gateway.splice import SpliceEnd, splice
+from gateway.tunnel.connection import IStreamHandler
+from gateway.tunnel.errors import Refusal
+from gateway.tunnel.stream import TunnelStream
+
+log = Logger()
+
+
+@define
+class ActiveConnection:
+    """One engineer connection through this gateway, as the status page shows it."""
+
+    id: int
+    target: str
+    engineer: str
+    started: float
+    to_target: SpliceEnd = field(repr=False)
+    from_target: SpliceEnd = field(repr=False)
+
+    @property
+    def bytes_to_target(self) -> int:
+        return self.to_target.bytes
+
+    @property
+    def bytes_from_target(self) -> int:
+        return self.from_target.bytes
+
+
+class StreamEvents:
+    """What the forwarder reports; metrics implement it (kept apart so tests can count)."""
+
+    def stream_opened(self, target: str) -> None:
+        pass
+
+    def stream_closed(self, target: str) -> None:
+        pass
+
+    def stream_refused(self, target: str, token: str) -> None:
+        pass
+
+    def bytes_to_target(self, n: int) -> None:
+        pass
+
+    def bytes_from_target(self, n: int) -> None:
+        pass
+
+
+TargetConnector = Callable[[Target, SpliceEnd], Deferred[object]]
+
+
+def tcp_connector(reactor: IReactorTCP) -> TargetConnector:
+    """Connect to a processor by host name or address, bounded by its connect timeout."""
+
+    def connect(target: Target, end: SpliceEnd) -> Deferred[object]:
+        endpoint = HostnameEndpoint(
+            reactor, target.address.host, target.address.port, timeout=target.connect_timeout
+        )
+        return endpoint.connect(quiet_factory(lambda: end))
+
+    return connect
+
+
+@implementer(IStreamHandler)
+class StreamForwarder:
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        policy: AccessPolicy,
+        connect: TargetConnector,
+        clock: IReactorTime,
+        events: StreamEvents | None = None,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.policy = policy
+        self._connect = connect
+        self._clock = clock
+        self.events = events or StreamEvents()
+        self.active: dict[int, ActiveConnection] = {}
+        self._ids = itertools.count(1)
+
+    def stream_requested(self, stream: TunnelStream) -> None:
+        request = stream.request
+        assert request is not None
+        if request.method == "GET" and request.path.startswith("/v1/"):
+            self._control(stream)
+            return
+        if request.method != "CONNECT":
+            stream.refuse(Refusal.BAD_REQUEST, f"method {request.method} is not supported")
+            return
+        engineer = request.headers.get("engineer", "unknown engineer")
+        decision = self.policy.decide(request.authority)
+        if not isinstance(decision, Allowed):
+            self.events.stream_refused(request.authority, decision.refusal.token)
+            stream.refuse(decision.refusal, decision.reason)
+            return
+        target = decision.target
+        processor_end = SpliceEnd(on_bytes=self.events.bytes_from_target)
+        d = self._connect(target, processor_end)
+        d.addCallbacks(
+            lambda _: self._connected(stream, target, engineer, processor_end),
+            lambda f: self._failed(stream, target, f),
+        )
+        d.addErrback(lambda f: log.failure("forwarding stream to {t}", f, t=target.name))
+
+    def _connected(
+        self, stream: TunnelStream, target: Target, engineer: str, processor_end: SpliceEnd
+    ) -> None:
+        if stream.finished:
+            # The engineer gave up while we were connecting.
+            processor_end.transport.loseConnection()
+            return
+        stream_end = SpliceEnd(on_bytes=self.events.bytes_to_target)
+        conn = ActiveConnection(
+            id=next(self._ids),
+            target=target.name,
+            engineer=engineer,
+            started=self._clock.seconds(),
+            to_target=stream_end,
+            from_target=processor_end,
+        )
+        self.active[conn.id] = conn
+        self.events.stream_opened(target.name)
+        log.info(
+            "stream {sid}: {engineer} connected to {target} ({address})",
+            sid=stream.stream_id,
+            engineer=engineer,
+            target=target.name,
+            address=str(target.address),
+        )
+        stream_end.on_lost = lambda reason: self._closed(conn, reason)
+        stream.accept()
+        stream.attach(stream_end)
+        splice(stream_end, processor_end)
+
+    def _closed(self, conn: ActiveConnection, reason: Failure) -> None:
+        if self.active.pop(conn.id, None) is None:
+            return
+        self.events.stream_closed(conn.target)
+        log.info(
+            "stream to {target} by {engineer} ended: {down} bytes to it, {up} back",
+            target=conn.target,
+            engineer=conn.engineer,
+            down=conn.bytes_to_target,
+            up=conn.bytes_from_target,
+        )
+
+    def _failed(self, stream: TunnelStream, target: Target, failure: Failure) -> None:
+        if failure.check(TimeoutError):
+            refusal = Refusal.TARGET_TIMEOUT
+            why = f"did not answer within {target.connect_timeout:g}s"
+        elif failure.check(ConnectError):
+            refusal = Refusal.TARGET_UNREACHABLE
+            why = _connect_error_text(failure)
+        else:
+            refusal = Refusal.TARGET_UNREACHABLE
+            why = str(failure.value) or type(failure.value).__name__
+        self.events.stream_refused(target.name, refusal.token)
+        if not stream.finished:
+            stream.refuse(
+                refusal, f"processor {target.name!r} at {target.address} is unreachable: {why}"
+            )
+
+    def _control(self, stream: TunnelStream) -> None:
+        assert stream.request is not None
+        if stream.request.path != "/v1/info":
+            stream.refuse(Refusal.BAD_REQUEST, f"unknown control path {stream.request.path}")
+            return
+        body = json.dumps(
+            {
+                "id": self.gateway_id,
+                "version": __version__,
+                "access_mode": self.policy.mode.value,
+                "targets": self.policy.target_names,
+                "connections": len(self.active),
+            }
+        ).encode()
+        stream.respond(200, [(b"content-type", b"application/json")])
+        stream.write(body)
+        stream.loseWriteConnection()
+
+    def abort_all(self) -> None:
+        for conn in list(self.active.values()):
+            conn.to_target.transport.abortConnection()
+
+
+def _connect_error_text(failure: Failure) -> str:
+    text = str(failure.value.osError if hasattr(failure.value, "osError") else failure.value)
+    text = text or type(failure.value).__name__
+    if "refused" in text.lower():
+        return "connection refused (is the processor switched on and its web server running?)"
+    return text.rstrip(".")

@@ -1,0 +1,24 @@
+"""Small helpers for Twisted endpoints and factories shared by the programs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTCP, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+
+from gateway.config import Address
+
+
+def listen_endpoint(reactor: IReactorTCP, address: Address) -> IStreamServerEndpoint:
+    if ":" in address.host:
+        return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
+    return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
+
+
+def quiet_factory(build: Callable[[], IProtocol]) -> Factory:
+    """A factory that does not log "Starting factory" for every processor connection."""
+    factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+    factory.noisy = False
+    return factory

@@ -1,0 +1,148 @@
+"""Engineer streams on the relay: authenticate, find the gateway, ask it, relay its answer.
+
+Each stream from ``gateway connect`` carries a bearer token, the gateway id and the target name.
+The relay never decides whether a target is allowed: it asks the gateway, which alone knows its
+allowlist and access mode, and passes the gateway's refusal (status, token, reason) back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+from h2.errors import ErrorCodes
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.metrics import RelayMetrics
+from gateway.relay.registry import ICredentialStore, IGatewayRegistry
+from gateway.splice import SpliceEnd, splice
+from gateway.tunnel.connection import IStreamHandler
+from gateway.tunnel.errors import ERROR_HEADER, REASON_HEADER, Refusal, StreamRefused, clean_reason
+from gateway.tunnel.stream import StreamResponse, TunnelStream
+
+log = Logger()
+
+GATEWAY_HEADER = "gateway"
+ENGINEER_HEADER = b"engineer"
+
+
+@implementer(IStreamHandler)
+class EngineerStreams:
+    def __init__(
+        self,
+        *,
+        registry: IGatewayRegistry,
+        credentials: ICredentialStore,
+        metrics: RelayMetrics,
+        clock: IReactorTime,
+    ) -> None:
+        self.registry = registry
+        self.credentials = credentials
+        self.metrics = metrics
+        self.clock = clock
+
+    def stream_requested(self, stream: TunnelStream) -> None:
+        request = stream.request
+        assert request is not None
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        engineer = (
+            self.credentials.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        )
+        if engineer is None:
+            self.metrics.bad_tokens.inc()
+            self._refuse(stream, Refusal.BAD_TOKEN, "the engineer token was not accepted")
+            return
+        gateway_id = request.headers.get(GATEWAY_HEADER, "")
+        record = self.registry.lookup(gateway_id)
+        if record is None:
+            self._refuse(
+                stream,
+                Refusal.UNKNOWN_GATEWAY,
+                f"no gateway named {gateway_id!r} has connected to this relay",
+            )
+            return
+        if request.method == "GET" and request.path == "/v1/gateway":
+            self._gateway_info(stream, gateway_id, record.tunnel is not None)
+            return
+        tunnel = record.tunnel
+        if tunnel is None or tunnel.draining:
+            self._refuse(
+                stream,
+                Refusal.GATEWAY_OFFLINE,
+                f"gateway {gateway_id!r} is offline (its tunnel to the relay is down)",
+            )
+            return
+        if request.method != "CONNECT" or not request.authority:
+            self._refuse(stream, Refusal.BAD_REQUEST, "expected CONNECT to a target name")
+            return
+        started = self.clock.seconds()
+        upstream = tunnel.open_stream(
+            request.authority, headers=[(ENGINEER_HEADER, clean_reason(engineer.name))]
+        )
+        log.info(
+            "{engineer} asks gateway {gw} for {target}",
+            engineer=engineer.name,
+            gw=gateway_id,
+            target=request.authority,
+        )
+        upstream.response.addCallbacks(
+            lambda response: self._answered(stream, upstream, response, started),
+            lambda failure: self._not_answered(stream, gateway_id, failure),
+        )
+        upstream.response.addErrback(lambda f: log.failure("relaying a stream", f))
+
+    def _answered(
+        self,
+        stream: TunnelStream,
+        upstream: TunnelStream,
+        response: StreamResponse,
+        started: float,
+    ) -> None:
+        self.metrics.stream_open_seconds.observe(self.clock.seconds() - started)
+        if stream.finished:
+            upstream.reset(ErrorCodes.CANCEL)
+            return
+        self.metrics.stream_result("opened")
+        self.metrics.streams_active.inc()
+        engineer_end = SpliceEnd(on_bytes=self.metrics.to_gateway.inc)
+        gateway_end = SpliceEnd(on_bytes=self.metrics.from_gateway.inc)
+        engineer_end.on_lost = lambda _: self.metrics.streams_active.dec()
+        stream.accept()
+        stream.attach(engineer_end)
+        upstream.attach(gateway_end)
+        splice(engineer_end, gateway_end)
+
+    def _not_answered(self, stream: TunnelStream, gateway_id: str, failure: Failure) -> None:
+        if failure.check(StreamRefused):
+            refused = failure.value
+            assert isinstance(refused, StreamRefused)
+            self.metrics.stream_result(refused.token)
+            if not stream.finished:
+                stream.respond(
+                    refused.status,
+                    [
+                        (ERROR_HEADER, refused.token.encode()),
+                        (REASON_HEADER, clean_reason(refused.reason)),
+                    ],
+                    end=True,
+                )
+                stream.reset(ErrorCodes.NO_ERROR)
+            return
+        self._refuse(
+            stream,
+            Refusal.GATEWAY_OFFLINE,
+            f"gateway {gateway_id!r} went away before answering",
+        )
+
+    def _refuse(self, stream: TunnelStream, refusal: Refusal, reason: str) -> None:
+        self.metrics.stream_result(refusal.token)
+        stream.refuse(refusal, reason)
+
+    def _gateway_info(self, stream: TunnelStream, gateway_id: str, online: bool) -> None:
+        body = json.dumps({"gateway": gateway_id, "online": online}).encode()
+        stream.respond(200, [(b"content-type", b"application/json")])
+        stream.write(body)
+        stream.loseWriteConnection()

@@ -1,0 +1,109 @@
+"""``gateway relay``: the vendor relay's service tree.  ``makeService`` starts nothing."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.twisted import MetricsResource
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import Factory
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from gateway.config import RelayConfig
+from gateway.endpoints import listen_endpoint
+from gateway.metrics import RelayMetrics
+from gateway.reactor import IGatewayReactor
+from gateway.relay.engineers import EngineerStreams
+from gateway.relay.gateways import GatewayPeer
+from gateway.relay.registry import MemoryGatewayRegistry, TokenFile
+from gateway.tls import TLSServerEndpoint, server_options
+from gateway.tunnel.connection import TunnelConnection
+
+
+class TrackingFactory(Factory):
+    noisy = False
+    """Builds tunnel connections and remembers the live ones, so shutdown can drain them."""
+
+    def __init__(self, build: type[TunnelConnection] | object) -> None:
+        self._build = build
+        self.live: set[TunnelConnection] = set()
+
+    def buildProtocol(self, addr: object) -> TunnelConnection:  # type: ignore[override]
+        connection: TunnelConnection = self._build()  # type: ignore[operator]
+        self.live.add(connection)
+        connection.when_lost().addCallback(lambda _: self.live.discard(connection))
+        return connection
+
+
+class RelayDaemon(MultiService):
+    def __init__(self, config: RelayConfig, reactor: IGatewayReactor) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self.registry = MemoryGatewayRegistry(reactor)
+        self.credentials = TokenFile(config.engineers.tokens)
+        self.metrics = RelayMetrics(CollectorRegistry())
+        heartbeat = config.gateways.heartbeat
+        metrics = self.metrics
+
+        def gateway_tunnel() -> TunnelConnection:
+            return TunnelConnection(
+                client_side=True,
+                clock=reactor,
+                observer=GatewayPeer(self.registry, metrics),
+                heartbeat_interval=heartbeat.interval,
+                heartbeat_timeout=heartbeat.timeout,
+            )
+
+        self.engineer_streams = EngineerStreams(
+            registry=self.registry, credentials=self.credentials, metrics=metrics, clock=reactor
+        )
+
+        def engineer_connection() -> TunnelConnection:
+            return TunnelConnection(
+                client_side=False,
+                clock=reactor,
+                handler=self.engineer_streams,
+                heartbeat_interval=heartbeat.interval,
+                heartbeat_timeout=heartbeat.timeout,
+            )
+
+        self.gateway_factory = TrackingFactory(gateway_tunnel)
+        self.engineer_factory = TrackingFactory(engineer_connection)
+        gw = config.gateways
+        gateway_tls = server_options(gw.cert, gw.key, client_ca=gw.ca)
+        eng = config.engineers
+        engineer_tls = server_options(eng.cert, eng.key, client_ca=None)
+        self.gateway_listener = StreamServerEndpointService(
+            TLSServerEndpoint(listen_endpoint(reactor, gw.listen), gateway_tls, reactor),
+            self.gateway_factory,
+        )
+        self.gateway_listener.setServiceParent(self)
+        self.engineer_listener = StreamServerEndpointService(
+            TLSServerEndpoint(listen_endpoint(reactor, eng.listen), engineer_tls, reactor),
+            self.engineer_factory,
+        )
+        self.engineer_listener.setServiceParent(self)
+        if config.metrics_listen is not None:
+            root = Resource()
+            root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+            StreamServerEndpointService(
+                listen_endpoint(reactor, config.metrics_listen), Site(root)
+            ).setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, let open streams finish (bounded), then close every tunnel."""
+        stopped = super().stopService()
+        drains = [
+            c.drain(self.config.drain_timeout)
+            for factory in (self.engineer_factory, self.gateway_factory)
+            for c in list(factory.live)
+        ]
+        done: Deferred[None] = DeferredList([stopped, *drains]).addCallback(lambda _: None)
+        return done
+
+
+def makeService(config: RelayConfig, reactor: IGatewayReactor) -> RelayDaemon:
+    return RelayDaemon(config, reactor)

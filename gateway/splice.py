@@ -1,0 +1,92 @@
+"""Join two byte transports so that each side's bytes reach the other, with backpressure.
+
+The ends are TCP connections (a processor, an engineer's browser) or tunnel streams; both are
+half-closeable transports, so one splice serves the gateway (stream <-> processor), the relay
+(engineer stream <-> gateway stream) and ``gateway connect`` (browser <-> stream).  Each transport
+is registered as the producer of the other (as in Twisted's portforward): when one side's write
+buffer fills, the other stops reading, so a slow reader anywhere pauses the sender instead of
+growing a buffer.  A FIN travels as a half-close, a reset as an abort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+
+@implementer(IHalfCloseableProtocol)
+class SpliceEnd(Protocol):
+    """One side of a splice: bytes that arrive here are written to ``peer``'s transport."""
+
+    def __init__(self, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.peer: SpliceEnd | None = None
+        self.read_closed = False  # this side sent us EOF
+        self.lost = False
+        self.on_bytes = on_bytes
+        self.bytes = 0
+        self.on_lost: Callable[[Failure], None] | None = None
+        self._early: list[bytes] = []  # bytes that arrived before the peer was joined
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes += len(data)
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+        if self.peer is None:
+            self._early.append(data)
+        elif not self.peer.lost:
+            self.peer.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        """This side finished sending: pass the EOF on as a half-close."""
+        self.read_closed = True
+        if self.peer is None:
+            return  # passed on when joined
+        if self.peer is not None and not self.peer.lost:
+            self.peer.transport.loseWriteConnection()
+            if self.peer.read_closed:
+                self.peer.transport.loseConnection()
+        if self.peer is not None and self.peer.read_closed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
+        peer = self.peer
+        if peer is not None and not peer.lost:
+            if self.read_closed and not _is_error(reason):
+                peer.transport.loseConnection()
+            else:
+                peer.transport.abortConnection()
+        if self.on_lost is not None:
+            callback, self.on_lost = self.on_lost, None
+            callback(reason)
+
+
+def _is_error(reason: Failure) -> bool:
+    from twisted.internet.error import ConnectionDone
+
+    return not reason.check(ConnectionDone)
+
+
+def splice(a: SpliceEnd, b: SpliceEnd) -> None:
+    """Start moving bytes between two connected ends."""
+    a.peer, b.peer = b, a
+    a.transport.registerProducer(b.transport, True)
+    b.transport.registerProducer(a.transport, True)
+    for end in (a, b):
+        early, end._early = end._early, []
+        for data in early:
+            if not end.peer.lost:  # type: ignore[union-attr]
+                end.peer.transport.write(data)  # type: ignore[union-attr]
+        if end.read_closed and end.peer is not None and not end.peer.lost:
+            end.read_closed = False
+            end.readConnectionLost()

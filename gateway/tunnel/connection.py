@@ -1,0 +1,563 @@
+"""The tunnel connection: HTTP/2 (h2) over one TLS connection, carrying many streams.
+
+On the gateway's tunnel the gateway is the HTTP/2 *server* on the connection it dialled and the
+relay is the client that opens one ``CONNECT`` stream per engineer connection; on an engineer
+client's connection to the relay the roles are the usual ones.  This class does not care: it
+frames, schedules and flow-controls streams for either role, and hands requests that arrive to an
+``IStreamHandler``.  It knows Twisted and h2, not configuration, policy or metrics.
+
+What makes it fast (TUNNEL-NOTES.md): 16 MiB stream and 64 MiB connection windows, 1 MiB frames,
+all output of a reactor turn written in one call, and a round-robin scheduler that sends at most
+one frame per stream per round and stops as soon as the TLS transport pushes back, so a bulk
+download cannot make a WebSocket message wait behind megabytes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import h2.events as ev
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error, ProtocolError, StreamClosedError
+from h2.settings import Settings
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from gateway.tunnel.errors import Refusal, TunnelClosed
+from gateway.tunnel.h2tuning import (
+    CONNECTION_WINDOW,
+    LOCAL_SETTINGS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    STREAM_WINDOW,
+    h2_configuration,
+)
+from gateway.tunnel.heartbeat import Heartbeat
+from gateway.tunnel.stream import (
+    LOW_WATER,
+    StreamRequest,
+    TunnelStream,
+    response_from_h2,
+)
+
+log = Logger()
+
+STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
+CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
+LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
+"""Past this the opener stops opening streams and the connection is replaced."""
+
+
+class IStreamHandler(Interface):
+    """Decides what to do with a stream the other end asked for."""
+
+    def stream_requested(stream: TunnelStream) -> None:
+        """``stream.request`` says what was asked; answer with ``accept``/``refuse``/``respond``."""
+
+
+class ITunnelObserver(Interface):
+    """Hears about the connection's life; metrics and status pages implement it."""
+
+    name = Attribute("A label for logs: who is at the other end.")
+
+    def tunnel_ready(connection: TunnelConnection) -> None:
+        """The peer's SETTINGS arrived: the tunnel carries streams from now on."""
+
+    def tunnel_rtt(connection: TunnelConnection, seconds: float) -> None:
+        """A heartbeat measured the round-trip time."""
+
+    def tunnel_lost(connection: TunnelConnection, reason: Failure) -> None:
+        """The connection ended."""
+
+
+@implementer(ITunnelObserver)
+class NullObserver:
+    name = "peer"
+
+    def tunnel_ready(self, connection: TunnelConnection) -> None:
+        pass
+
+    def tunnel_rtt(self, connection: TunnelConnection, seconds: float) -> None:
+        pass
+
+    def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
+        pass
+
+
+@implementer(IPushProducer)
+class TunnelConnection(Protocol):
+    """One HTTP/2 connection carrying many ``TunnelStream``s, with heartbeats and drain."""
+
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        clock: IReactorTime,
+        handler: IStreamHandler | None = None,
+        observer: ITunnelObserver | None = None,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 10.0,
+    ) -> None:
+        self.client_side = client_side
+        self.clock = clock
+        self.handler = handler
+        self.observer: ITunnelObserver = observer or NullObserver()
+        self.h2 = H2Connection(h2_configuration(client_side=client_side))
+        self.streams: dict[int, TunnelStream] = {}
+        self._ready: deque[TunnelStream] = deque()
+        self._in_ready: set[int] = set()
+        self._blocked: set[int] = set()
+        self._flush_call: IDelayedCall | None = None
+        self._transport_paused = False
+        self._conn_uncredited = 0
+        self.is_ready = False
+        self.draining = False
+        self.closed = False
+        self.connected_at: float | None = None
+        self._ready_waiters: list[Deferred[TunnelConnection]] = []
+        self._drained_waiters: list[Deferred[None]] = []
+        self._lost_waiters: list[Deferred[None]] = []
+        self.heartbeat = Heartbeat(
+            clock,
+            interval=heartbeat_interval,
+            timeout=heartbeat_timeout,
+            send_ping=self._send_ping,
+            on_rtt=lambda rtt: self.observer.tunnel_rtt(self, rtt),
+            on_timeout=self._heartbeat_expired,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected_at = self.clock.seconds()
+        self.h2.local_settings = Settings(client=self.client_side, initial_values=LOCAL_SETTINGS)
+        self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
+        self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        self.transport.registerProducer(self, True)
+        self._write_out()
+
+    def when_ready(self) -> Deferred[TunnelConnection]:
+        """Fires once the peer's SETTINGS arrived (TLS handshake done, HTTP/2 spoken)."""
+        if self.is_ready:
+            return succeed(self)
+        if self.closed:
+            return fail(TunnelClosed("connection closed before ready"))
+        d: Deferred[TunnelConnection] = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def when_lost(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.closed:
+            d.callback(None)
+        else:
+            self._lost_waiters.append(d)
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as e:
+            # A malformed frame or protocol violation: h2 queued a GOAWAY; send it and end this
+            # connection only.  Others (and the process) carry on.
+            log.warn(
+                "HTTP/2 protocol error from {peer}: {error}; closing that connection",
+                peer=self.observer.name,
+                error=str(e) or type(e).__name__,
+            )
+            self._write_out()
+            self.transport.loseConnection()
+            self._abort_later()
+            return
+        for event in events:
+            self._dispatch(event)
+            if self.closed:
+                return
+        self._flush_soon()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self.closed:
+            return
+        self.closed = True
+        self.heartbeat.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        for stream in list(self.streams.values()):
+            stream.connection_lost(Failure(ConnectionLost(_reason_text(reason))))
+        self.streams.clear()
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(TunnelClosed(_reason_text(reason)))
+        self._fire_drained()
+        lost, self._lost_waiters = self._lost_waiters, []
+        for waiter in lost:
+            waiter.callback(None)
+        self.observer.tunnel_lost(self, reason)
+
+    _abort_call: IDelayedCall | None = None
+
+    def _abort_later(self, delay: float = 5.0) -> None:
+        """After a clean close is asked for, do not wait forever for the peer to agree."""
+        if self._abort_call is None and not self.closed:
+            self._abort_call = self.clock.callLater(delay, self._abort_now)
+
+    def _abort_now(self) -> None:
+        self._abort_call = None
+        if not self.closed and self.transport is not None:
+            self.transport.abortConnection()
+
+    def close(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
+        """Send GOAWAY and close now; open streams end (the relay replacing a tunnel)."""
+        if self.closed:
+            return
+        self.heartbeat.stop()
+        try:
+            self.h2.close_connection(error_code)
+        except H2Error:
+            pass
+        self._write_out()
+        self.transport.loseConnection()
+        self._abort_later()
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Refuse new streams, let open ones finish within ``timeout``, then GOAWAY and close.
+
+        h2 treats a GOAWAY as the end of the connection in both directions, so it cannot be sent
+        first as RFC 9113 would allow: new streams are refused with ``shutting-down`` instead.
+        """
+        self.draining = True
+        d: Deferred[None] = Deferred()
+        if self.closed:
+            d.callback(None)
+            return d
+        self._drained_waiters.append(d)
+        if not self.streams:
+            self.close()
+        else:
+            deadline = self.clock.callLater(timeout, self._drain_expired)
+            d.addBoth(lambda r: (deadline.cancel() if deadline.active() else None, r)[1])
+        return d
+
+    def _drain_expired(self) -> None:
+        if self.streams:
+            log.info(
+                "drain timeout: closing tunnel to {peer} with {n} streams still open",
+                peer=self.observer.name,
+                n=len(self.streams),
+            )
+        self.close()
+
+    def _fire_drained(self) -> None:
+        waiters, self._drained_waiters = self._drained_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- opening streams (client side) ----------------------------------------------------------
+
+    def open_stream(
+        self,
+        authority: str,
+        *,
+        method: str = "CONNECT",
+        path: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        end_stream: bool = False,
+    ) -> TunnelStream:
+        """Ask the other end for a stream; ``stream.response`` fires with its answer."""
+        if self.closed or self.draining or not self.is_ready:
+            raise TunnelClosed("the tunnel is not connected")
+        stream_id = self.h2.get_next_available_stream_id()
+        if stream_id > LAST_CLIENT_STREAM_ID:
+            self.draining = True
+            self.drain(30.0).addErrback(lambda _: None)
+            raise TunnelClosed("the tunnel used up its stream ids and is being replaced")
+        request = [(b":method", method.encode()), (b":authority", authority.encode())]
+        if method != "CONNECT":
+            request += [(b":scheme", b"https"), (b":path", (path or "/").encode())]
+        request += headers or []
+        self.h2.send_headers(stream_id, request, end_stream=end_stream)
+        stream = TunnelStream(self, stream_id, None)
+        if end_stream:
+            stream.local_closed = stream.end_requested = True
+        self.streams[stream_id] = stream
+        self._flush_soon()
+        return stream
+
+    # -- called by streams ----------------------------------------------------------------------
+
+    def send_response(
+        self, stream: TunnelStream, status: int, headers: list[tuple[bytes, bytes]], end: bool
+    ) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.send_headers(
+                stream.stream_id, [(b":status", str(status).encode()), *headers], end_stream=end
+            )
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush_soon()
+
+    def schedule(self, stream: TunnelStream) -> None:
+        """The stream has something to send: put it in the round-robin."""
+        if stream.stream_id not in self._in_ready and stream.stream_id not in self._blocked:
+            self._in_ready.add(stream.stream_id)
+            self._ready.append(stream)
+        self._flush_soon()
+
+    def reset_stream(self, stream: TunnelStream, code: int) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.reset_stream(stream.stream_id, code)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self._flush_soon()
+
+    def credit_stream(self, stream: TunnelStream, flow: int) -> None:
+        """The stream's consumer took ``flow`` bytes: let the sender have that much again."""
+        stream.uncredited += flow
+        if stream.uncredited >= STREAM_CREDIT_BATCH and not self.closed:
+            amount, stream.uncredited = stream.uncredited, 0
+            try:
+                self.h2.increment_flow_control_window(amount, stream.stream_id)
+            except (StreamClosedError, KeyError, ProtocolError):
+                return
+            self._flush_soon()
+
+    def stream_finished(self, stream: TunnelStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._blocked.discard(stream.stream_id)
+        if self.draining and not self.streams and not self.closed:
+            self.close()
+
+    # -- producer (the TLS transport pushes back on us) -----------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._transport_paused = True
+
+    def resumeProducing(self) -> None:
+        self._transport_paused = False
+        self._flush_soon()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _flush_soon(self) -> None:
+        """Write at the end of this reactor turn, so one turn's frames go out in one write."""
+        if self._flush_call is None and not self.closed:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self.closed:
+            return
+        while self._ready and not self._transport_paused:
+            for _ in range(len(self._ready)):
+                stream = self._ready.popleft()
+                self._in_ready.discard(stream.stream_id)
+                if self._send_one_frame(stream):
+                    self._in_ready.add(stream.stream_id)
+                    self._ready.append(stream)
+            self._write_out()
+            if self.closed:
+                return
+        self._write_out()
+
+    def _send_one_frame(self, stream: TunnelStream) -> bool:
+        """Send up to one frame for ``stream``; True if it has more to send right away."""
+        if stream.finished or not stream.headers_sent:
+            return False
+        sid = stream.stream_id
+        try:
+            if stream.queued:
+                window = self.h2.local_flow_control_window(sid)
+                if window <= 0:
+                    self._blocked.add(sid)
+                    return False
+                size = min(window, self.h2.max_outbound_frame_size, stream.queued)
+                chunk = _take(stream, size)
+                end = stream.end_requested and not stream.queued
+                self.h2.send_data(sid, chunk, end_stream=end)
+                if stream.queued < LOW_WATER:
+                    stream.drained_below_low_water()
+                if end:
+                    stream.sent_everything()
+                    return False
+                return bool(stream.queued)
+            if stream.end_requested and not stream.local_closed:
+                self.h2.end_stream(sid)
+                stream.sent_everything()
+        except (StreamClosedError, ProtocolError) as e:
+            log.debug("stream {sid} closed while sending: {e}", sid=sid, e=e)
+            stream.reset_by_peer(ErrorCodes.STREAM_CLOSED)
+        return False
+
+    def _write_out(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, ev.DataReceived):
+            self._conn_uncredited += event.flow_controlled_length
+            if self._conn_uncredited >= CONNECTION_CREDIT_BATCH:
+                amount, self._conn_uncredited = self._conn_uncredited, 0
+                self.h2.increment_flow_control_window(amount)
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.data_received(event.data, event.flow_controlled_length)
+        elif isinstance(event, ev.WindowUpdated):
+            self._window_opened(event.stream_id)
+        elif isinstance(event, ev.RequestReceived):
+            self._request_received(event)
+        elif isinstance(event, ev.ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.response_received(response_from_h2(event.headers))
+        elif isinstance(event, ev.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.ended_by_peer()
+        elif isinstance(event, ev.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.reset_by_peer(event.error_code)
+        elif isinstance(event, ev.PingAckReceived):
+            self.heartbeat.ack_received(event.ping_data)
+        elif isinstance(event, ev.RemoteSettingsChanged | ev.SettingsAcknowledged):
+            self._settings_changed()
+        elif isinstance(event, ev.ConnectionTerminated):
+            log.info(
+                "{peer} closed the tunnel (GOAWAY {code})",
+                peer=self.observer.name,
+                code=_error_name(event.error_code),
+            )
+            self.draining = True
+            self.heartbeat.stop()
+            self._write_out()
+            self.transport.loseConnection()
+            self._abort_later()
+        elif isinstance(event, ev.TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and event.stream_ended is None:
+                stream.reset(ErrorCodes.PROTOCOL_ERROR)
+
+    def _settings_changed(self) -> None:
+        if not self.is_ready:
+            self.is_ready = True
+            self.heartbeat.start()
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(self)
+            self.observer.tunnel_ready(self)
+        # A new initial window may have unblocked streams.
+        self._window_opened(0)
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id == 0:
+            blocked, self._blocked = self._blocked, set()
+            for sid in blocked:
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    self.schedule(stream)
+        elif stream_id in self._blocked:
+            self._blocked.discard(stream_id)
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                self.schedule(stream)
+
+    def _request_received(self, event: ev.RequestReceived) -> None:
+        request = StreamRequest.from_h2(event.headers)
+        stream = TunnelStream(self, event.stream_id, request)
+        self.streams[event.stream_id] = stream
+        if event.stream_ended is not None:
+            stream.remote_closed = True
+        if self.draining:
+            stream.refuse(Refusal.SHUTTING_DOWN, "the tunnel is shutting down; try again shortly")
+        elif self.handler is None:
+            stream.refuse(Refusal.BAD_REQUEST, "this end does not accept streams")
+        else:
+            try:
+                self.handler.stream_requested(stream)
+            except Exception:
+                log.failure("stream handler failed for {req}", req=request)
+                stream.reset(ErrorCodes.INTERNAL_ERROR)
+
+    # -- heartbeat --------------------------------------------------------------------------------
+
+    def _send_ping(self, payload: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.ping(payload)
+        except ProtocolError:
+            return  # h2 already closed (GOAWAY): the connection is on its way down
+        self._flush_soon()
+
+    def _heartbeat_expired(self, waited: float) -> None:
+        log.warn(
+            "no heartbeat answer from {peer} for {waited:.1f}s; dropping the tunnel",
+            peer=self.observer.name,
+            waited=waited,
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+def _take(stream: TunnelStream, size: int) -> bytes:
+    """Take exactly ``size`` bytes from the front of the stream's queue (without copying
+    when one queued piece already has the right size)."""
+    queue = stream.queue
+    first = queue[0]
+    if len(first) == size:
+        queue.popleft()
+        stream.queued -= size
+        return first
+    pieces: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = queue.popleft()
+        room = size - got
+        if len(piece) > room:
+            pieces.append(piece[:room])
+            queue.appendleft(piece[room:])
+            got = size
+        else:
+            pieces.append(piece)
+            got += len(piece)
+    stream.queued -= size
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _error_name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)
+
+
+def _reason_text(reason: Failure) -> str:
+    value = reason.value
+    text = str(value) if value is not None else ""
+    return text or type(value).__name__
+

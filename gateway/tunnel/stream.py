@@ -1,0 +1,356 @@
+"""One tunnel stream, presented to the rest of the product as a half-closeable transport.
+
+A stream looks like a TCP connection to whoever holds it: ``write``, ``loseWriteConnection``,
+``loseConnection``, ``abortConnection`` and producer registration; what arrives on it is delivered
+to an attached ``IProtocol`` (``dataReceived``, ``readConnectionLost``, ``connectionLost``).  So the
+same splice joins a stream to a processor's TCP connection on the gateway, to another stream on the
+relay, and to a browser's connection in ``gateway connect``.
+
+Backpressure never pauses the shared connection.  Inbound, a stream whose consumer paused it
+withholds its WINDOW_UPDATEs, so the sender stops after one window (the per-stream memory bound).
+Outbound, a stream whose queue passes ``HIGH_WATER`` pauses its producer (e.g. stops reading from
+the processor) until the connection's fair scheduler has drained it below ``LOW_WATER``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
+from h2.errors import ErrorCodes
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IPushProducer,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.tunnel.errors import (
+    ERROR_HEADER,
+    REASON_HEADER,
+    Refusal,
+    StreamRefused,
+    StreamReset,
+    clean_reason,
+)
+
+if TYPE_CHECKING:
+    from gateway.tunnel.connection import TunnelConnection
+
+log = Logger()
+
+HIGH_WATER = 1024 * 1024
+"""Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
+LOW_WATER = 256 * 1024
+
+
+@frozen
+class StreamRequest:
+    """What the opener of a stream asked for (the request's HTTP/2 headers)."""
+
+    method: str
+    authority: str
+    path: str
+    headers: dict[str, str]
+
+    @classmethod
+    def from_h2(cls, raw: list[tuple[bytes, bytes]]) -> StreamRequest:
+        pseudo: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        for name, value in raw:
+            text = value.decode("utf-8", "replace")
+            if name.startswith(b":"):
+                pseudo[name.decode("ascii", "replace")] = text
+            else:
+                headers[name.decode("ascii", "replace")] = text
+        return cls(
+            method=pseudo.get(":method", ""),
+            authority=pseudo.get(":authority", ""),
+            path=pseudo.get(":path", ""),
+            headers=headers,
+        )
+
+
+@frozen
+class StreamResponse:
+    status: int
+    headers: dict[str, str]
+
+
+def response_from_h2(raw: list[tuple[bytes, bytes]]) -> StreamResponse:
+    status = 0
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        if name == b":status":
+            status = int(value) if value.isdigit() else 0
+        elif not name.startswith(b":"):
+            headers[name.decode("ascii", "replace")] = value.decode("utf-8", "replace")
+    return StreamResponse(status, headers)
+
+
+def refusal_from(response: StreamResponse) -> StreamRefused:
+    return StreamRefused(
+        status=response.status,
+        token=response.headers.get(ERROR_HEADER.decode(), f"http-{response.status}"),
+        reason=response.headers.get(REASON_HEADER.decode(), ""),
+    )
+
+
+@implementer(IConsumer, IPushProducer)
+class TunnelStream:
+    """A byte stream multiplexed on a ``TunnelConnection``."""
+
+    def __init__(
+        self, connection: TunnelConnection, stream_id: int, request: StreamRequest | None
+    ) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.request = request
+        self.response: Deferred[StreamResponse] = Deferred()
+        if request is not None:
+            # Only streams we opened wait for a response; on ours nobody listens.
+            self.response.addErrback(lambda _: None)
+        self.protocol: IProtocol | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.disconnecting = False
+        # Outbound: what the application wrote and the scheduler has not sent yet.
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.headers_sent = request is None  # a client's request headers go out at open
+        self.end_requested = False
+        self.local_closed = False
+        self.remote_closed = False
+        self.finished = False
+        self.reset_code: int | None = None
+        # Inbound flow control.
+        self._pending: list[tuple[bytes, int]] = []  # arrived before a protocol was attached
+        self._sink_paused = False
+        self._owed = 0
+        self.uncredited = 0
+        # Our producer (e.g. the processor's TCP transport), paused while the queue is full.
+        self._producer: IPushProducer | None = None
+        self._producer_paused = False
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.stream_id} {self.request.authority if self.request else ''}>"
+
+    # -- answering a request (server side) -----------------------------------------------------
+
+    def accept(self, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answer 200: the stream is open for data both ways."""
+        self.respond(200, headers or [])
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], end: bool = False) -> None:
+        if self.headers_sent or self.finished:
+            return
+        self.headers_sent = True
+        self.connection.send_response(self, status, headers, end)
+        if end:
+            self.local_closed = True
+            self.end_requested = True
+        self.connection.schedule(self)
+
+    def refuse(self, refusal: Refusal, reason: str) -> None:
+        """Answer with an error status and a reason, then stop the opener sending."""
+        if self.finished:
+            return
+        log.info(
+            "stream {sid} to {target!r} refused: {reason}",
+            sid=self.stream_id,
+            target=self.request.authority if self.request else "",
+            reason=reason,
+        )
+        self.queue.clear()
+        self.queued = 0
+        self.respond(
+            refusal.status,
+            [(ERROR_HEADER, refusal.token.encode()), (REASON_HEADER, clean_reason(reason))],
+            end=True,
+        )
+        self.reset(ErrorCodes.NO_ERROR)
+
+    # -- the transport face ----------------------------------------------------------------------
+
+    def attach(self, protocol: IProtocol) -> None:
+        """Deliver this stream's data to ``protocol`` from now on (it becomes the transport)."""
+        self.protocol = protocol
+        protocol.makeConnection(self)  # type: ignore[arg-type]
+        pending, self._pending = self._pending, []
+        for data, flow in pending:
+            if self.finished:
+                break
+            self._deliver(data, flow)
+        if self.remote_closed and not self.finished:
+            self._deliver_read_closed()
+        self._maybe_finish()
+
+    def write(self, data: bytes) -> None:
+        if self.local_closed or self.end_requested or self.finished or not data:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        self.bytes_sent += len(data)
+        if self.queued >= HIGH_WATER and self._producer is not None and not self._producer_paused:
+            self._producer_paused = True
+            self._producer.pauseProducing()
+        self.connection.schedule(self)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: END_STREAM once everything written so far has been sent."""
+        if self.end_requested or self.finished:
+            return
+        self.end_requested = True
+        self.connection.schedule(self)
+
+    def loseConnection(self) -> None:
+        """Close our direction after the queue drains; the stream ends when both are closed."""
+        self.disconnecting = True
+        self.loseWriteConnection()
+        self._maybe_finish()
+
+    def abortConnection(self) -> None:
+        self.reset(ErrorCodes.CANCEL)
+
+    def reset(self, code: int = ErrorCodes.CANCEL) -> None:
+        if self.finished:
+            return
+        self.connection.reset_stream(self, code)
+        self._finish(
+            Failure(ConnectionDone()) if code == ErrorCodes.NO_ERROR else Failure(
+                StreamReset(f"stream reset by this side ({_code_name(code)})")
+            )
+        )
+
+    def getPeer(self) -> Any:
+        return self.connection.transport.getPeer() if self.connection.transport else None
+
+    def getHost(self) -> Any:
+        return self.connection.transport.getHost() if self.connection.transport else None
+
+    # -- producer/consumer ----------------------------------------------------------------------
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        if not streaming:
+            raise ValueError("tunnel streams take push producers only")
+        self._producer = producer
+        self._producer_paused = False
+        if self.queued >= HIGH_WATER:
+            self._producer_paused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def pauseProducing(self) -> None:
+        """Our consumer is full: stop crediting the sender, so it stops after one window."""
+        self._sink_paused = True
+
+    def resumeProducing(self) -> None:
+        if not self._sink_paused:
+            return
+        self._sink_paused = False
+        owed, self._owed = self._owed, 0
+        if owed and not self.finished:
+            self.connection.credit_stream(self, owed)
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
+    # -- called by the connection -----------------------------------------------------------------
+
+    def data_received(self, data: bytes, flow: int) -> None:
+        self.bytes_received += len(data)
+        if self.protocol is None:
+            self._pending.append((data, flow))
+            return
+        self._deliver(data, flow)
+
+    def _deliver(self, data: bytes, flow: int) -> None:
+        assert self.protocol is not None
+        if data:
+            self.protocol.dataReceived(data)
+        if self.finished:
+            return
+        if self._sink_paused:
+            self._owed += flow
+        elif flow:
+            self.connection.credit_stream(self, flow)
+
+    def ended_by_peer(self) -> None:
+        self.remote_closed = True
+        if self.protocol is not None and not self._pending:
+            self._deliver_read_closed()
+        self._maybe_finish()
+
+    def _deliver_read_closed(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.protocol):
+            self.protocol.readConnectionLost()  # type: ignore[union-attr]
+        elif self.protocol is not None:
+            self.loseConnection()
+
+    def reset_by_peer(self, code: int) -> None:
+        self.reset_code = code
+        if not self.response.called:
+            self.response.errback(StreamReset(f"stream reset by the other side ({_code_name(code)})"))
+        self._finish(Failure(StreamReset(f"stream reset by the other side ({_code_name(code)})")))
+
+    def response_received(self, response: StreamResponse) -> None:
+        if self.response.called:
+            return
+        if response.status == 200:
+            self.response.callback(response)
+        else:
+            self.response.errback(refusal_from(response))
+
+    def sent_everything(self) -> None:
+        """The scheduler sent END_STREAM after the last queued byte."""
+        self.local_closed = True
+        self._maybe_finish()
+
+    def drained_below_low_water(self) -> None:
+        if self._producer is not None and self._producer_paused:
+            self._producer_paused = False
+            self._producer.resumeProducing()
+
+    def connection_lost(self, reason: Failure) -> None:
+        if not self.response.called:
+            self.response.errback(reason)
+        self._finish(reason if not reason.check(ConnectionDone) else Failure(ConnectionLost()))
+
+    def _maybe_finish(self) -> None:
+        if self.finished:
+            return
+        if self.local_closed and self.remote_closed and not self._pending:
+            self._finish(Failure(ConnectionDone()))
+
+    def _finish(self, reason: Failure) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.queue.clear()
+        self.queued = 0
+        self._pending.clear()
+        self._producer = None
+        self.connection.stream_finished(self)
+        if not self.response.called:
+            self.response.errback(StreamReset("stream closed before a response"))
+        if self.protocol is not None:
+            protocol, self.protocol = self.protocol, None
+            protocol.connectionLost(reason)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return f"error {code}"
