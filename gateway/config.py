@@ -348,7 +348,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     access = top.table("access", required=False)
     mode = AccessMode.ATTENDED
     if access is not None:
-        text = access.optional_str("mode") or "attended"
+        text = access.optional_str("mode")
+        text = "attended" if text is None else text
         try:
             mode = AccessMode(text)
         except ValueError:

@@ -17,6 +17,7 @@ from twisted.application.internet import ClientService, StreamServerEndpointServ
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -135,13 +136,11 @@ class EngineerClient(MultiService):
             factory,
             retryPolicy=full_jitter(Random(), base=0.5, cap=15),
             clock=reactor,
-            prepareConnection=lambda p: p.when_ready(),
+            prepareConnection=lambda p: p.when_ready(),  # type: ignore[attr-defined]
         )
         self.relay.setServiceParent(self)
         local = quiet_factory(lambda: LocalConnection(self))
-        self.listener = StreamServerEndpointService(
-            listen_endpoint(reactor, options.listen), local
-        )
+        self.listener = StreamServerEndpointService(listen_endpoint(reactor, options.listen), local)
         self.listener.setServiceParent(self)
 
     def stream_headers(self) -> list[tuple[bytes, bytes]]:
@@ -178,7 +177,7 @@ class _BodyCollector(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.parts.append(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.done.called:
             return
         try:

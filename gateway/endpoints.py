@@ -19,6 +19,7 @@ def listen_endpoint(reactor: IReactorTCP, address: Address) -> IStreamServerEndp
 
 def quiet_factory(build: Callable[[], IProtocol]) -> Factory:
     """A factory that does not log "Starting factory" for every processor connection."""
-    factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+    factory = Factory()
+    factory.buildProtocol = lambda addr: build()  # type: ignore[method-assign,assignment,return-value]
     factory.noisy = False
     return factory

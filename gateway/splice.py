@@ -11,7 +11,9 @@ growing a buffer.  A FIN travels as a half-close, a reset as an abort.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -24,6 +26,8 @@ log = Logger()
 @implementer(IHalfCloseableProtocol)
 class SpliceEnd(Protocol):
     """One side of a splice: bytes that arrive here are written to ``peer``'s transport."""
+
+    transport: Any  # a TCP transport or a TunnelStream: both half-closeable producers
 
     def __init__(self, on_bytes: Callable[[int], None] | None = None) -> None:
         self.peer: SpliceEnd | None = None
@@ -58,7 +62,7 @@ class SpliceEnd(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self.lost = True
         peer = self.peer
         if peer is not None and not peer.lost:
@@ -72,8 +76,6 @@ class SpliceEnd(Protocol):
 
 
 def _is_error(reason: Failure) -> bool:
-    from twisted.internet.error import ConnectionDone
-
     return not reason.check(ConnectionDone)
 
 

@@ -76,7 +76,8 @@ def load_identity(cert_path: Path, key_path: Path) -> PrivateCertificate:
     except Exception:
         raise TLSFileError(f"{key_path}: not a PEM private key") from None
     try:
-        return PrivateCertificate.fromCertificateAndKeyPair(cert, key)
+        identity: PrivateCertificate = PrivateCertificate.fromCertificateAndKeyPair(cert, key)
+        return identity
     except Exception:
         raise TLSFileError(f"{key_path}: does not match the certificate {cert_path}") from None
 
@@ -146,7 +147,7 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
             data = self._tlsConnection.bio_read(SOCKET_READ_SIZE * 4)
         except WantReadError:
             return
-        self.transport.write(data)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _flushReceiveBIO(self) -> None:
         # Same error handling as Twisted's, but every record decrypted from this read is handed
@@ -213,7 +214,7 @@ class TLSClientEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = FastTLSFactory(self._options, True, protocolFactory, clock=self._clock)
-        d = self._wrapped.connect(factory)
+        d: Deferred[Any] = self._wrapped.connect(factory)
         return d.addCallback(lambda proto: proto.wrappedProtocol)
 
 

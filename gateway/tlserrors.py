@@ -10,7 +10,9 @@ def describe_tls_failure(reason: Failure) -> str:
     """Turn OpenSSL's error stack into one sentence that says what to check."""
     value = reason.value
     if reason.check(SSLError) and value is not None:
-        parts = [str(p) for args in value.args for p in (args if isinstance(args, list) else [args])]
+        parts = [
+            str(p) for args in value.args for p in (args if isinstance(args, list) else [args])
+        ]
         text = " ".join(parts).lower()
         if "certificate verify failed" in text:
             return "the other side's certificate is not signed by the pinned CA (or has expired)"

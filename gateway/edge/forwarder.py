@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
+from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -24,8 +25,8 @@ from zope.interface import implementer
 
 from gateway import __version__
 from gateway.config import Target
-from gateway.endpoints import quiet_factory
 from gateway.edge.policy import AccessPolicy, Allowed
+from gateway.endpoints import quiet_factory
 from gateway.splice import SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
 from gateway.tunnel.errors import Refusal
@@ -73,13 +74,13 @@ class StreamEvents:
         pass
 
 
-TargetConnector = Callable[[Target, SpliceEnd], Deferred[object]]
+TargetConnector = Callable[[Target, SpliceEnd], Deferred[Any]]
 
 
 def tcp_connector(reactor: IReactorTCP) -> TargetConnector:
     """Connect to a processor by host name or address, bounded by its connect timeout."""
 
-    def connect(target: Target, end: SpliceEnd) -> Deferred[object]:
+    def connect(target: Target, end: SpliceEnd) -> Deferred[Any]:
         endpoint = HostnameEndpoint(
             reactor, target.address.host, target.address.port, timeout=target.connect_timeout
         )
@@ -213,7 +214,7 @@ class StreamForwarder:
 
 
 def _connect_error_text(failure: Failure) -> str:
-    text = str(failure.value.osError if hasattr(failure.value, "osError") else failure.value)
+    text = str(getattr(failure.value, "osError", None) or failure.value)
     text = text or type(failure.value).__name__
     if "refused" in text.lower():
         return "connection refused (is the processor switched on and its web server running?)"

@@ -37,9 +37,7 @@ class AccessPolicy:
 
     def decide(self, target_name: str) -> Allowed | Refused:
         if self.mode is AccessMode.DISABLED:
-            return Refused(
-                Refusal.ACCESS_DISABLED, "remote access is switched off on this gateway"
-            )
+            return Refused(Refusal.ACCESS_DISABLED, "remote access is switched off on this gateway")
         target = self._targets.get(target_name)
         if target is None:
             return Refused(

@@ -14,7 +14,6 @@ from twisted.web.server import Site
 
 from gateway import __version__
 from gateway.config import GatewayConfig
-from gateway.endpoints import listen_endpoint, quiet_factory
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.policy import AccessPolicy
 from gateway.edge.tunnel_service import (
@@ -22,6 +21,7 @@ from gateway.edge.tunnel_service import (
     TunnelState,
     relay_endpoint,
 )
+from gateway.endpoints import listen_endpoint, quiet_factory
 from gateway.metrics import GatewayMetrics
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity

@@ -180,6 +180,7 @@ class GatewayTunnelService(Service):
             )
 
         def stop_client(_: object) -> Deferred[None]:
-            return self.client.stopService()  # type: ignore[no-any-return]
+            stopped: Deferred[None] = self.client.stopService()
+            return stopped
 
         return drained.addCallback(stop_client)

@@ -184,9 +184,13 @@ def add_engineer(path: Path, name: str, *, now: datetime | None = None) -> str:
         )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     when = (now or datetime.now(UTC)).isoformat(timespec="seconds")
-    old = path.read_text("utf-8") if path.exists() else (
-        "# Engineer credentials for the relay. Only SHA-256 hashes of tokens are stored here;\n"
-        "# add engineers with: gateway relay add-engineer NAME -c relay.toml\n"
+    old = (
+        path.read_text("utf-8")
+        if path.exists()
+        else (
+            "# Engineer credentials for the relay. Only SHA-256 hashes of tokens are stored here;\n"
+            "# add engineers with: gateway relay add-engineer NAME -c relay.toml\n"
+        )
     )
     entry = (
         f'\n[[engineer]]\nname = "{name}"\ntoken_sha256 = "{hash_token(token)}"\n'

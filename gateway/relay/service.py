@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
@@ -26,12 +28,12 @@ class TrackingFactory(Factory):
     noisy = False
     """Builds tunnel connections and remembers the live ones, so shutdown can drain them."""
 
-    def __init__(self, build: type[TunnelConnection] | object) -> None:
+    def __init__(self, build: Callable[[], TunnelConnection]) -> None:
         self._build = build
         self.live: set[TunnelConnection] = set()
 
-    def buildProtocol(self, addr: object) -> TunnelConnection:  # type: ignore[override]
-        connection: TunnelConnection = self._build()  # type: ignore[operator]
+    def buildProtocol(self, addr: object) -> TunnelConnection:
+        connection = self._build()
         self.live.add(connection)
         connection.when_lost().addCallback(lambda _: self.live.discard(connection))
         return connection

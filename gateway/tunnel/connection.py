@@ -95,6 +95,8 @@ class NullObserver:
 class TunnelConnection(Protocol):
     """One HTTP/2 connection carrying many ``TunnelStream``s, with heartbeats and drain."""
 
+    transport: Any  # the TLS transport (tests: iosim or StringTransport)
+
     def __init__(
         self,
         *,
@@ -250,7 +252,13 @@ class TunnelConnection(Protocol):
             self.close()
         else:
             deadline = self.clock.callLater(timeout, self._drain_expired)
-            d.addBoth(lambda r: (deadline.cancel() if deadline.active() else None, r)[1])
+
+            def cancel_deadline(result: object) -> object:
+                if deadline.active():
+                    deadline.cancel()
+                return result
+
+            d.addBoth(cancel_deadline)
         return d
 
     def _drain_expired(self) -> None:
@@ -450,7 +458,7 @@ class TunnelConnection(Protocol):
             log.info(
                 "{peer} closed the tunnel (GOAWAY {code})",
                 peer=self.observer.name,
-                code=_error_name(event.error_code),
+                code=_error_name(event.error_code or 0),
             )
             self.draining = True
             self.heartbeat.stop()
@@ -560,4 +568,3 @@ def _reason_text(reason: Failure) -> str:
     value = reason.value
     text = str(value) if value is not None else ""
     return text or type(value).__name__
-

@@ -25,7 +25,7 @@ def _data_frame_body_repr(self: DataFrame) -> str:
     return f"<{len(self.data)} bytes>"
 
 
-DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign]
+DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign,assignment]
 
 
 def h2_configuration(*, client_side: bool) -> H2Configuration:

@@ -226,9 +226,9 @@ class TunnelStream:
             return
         self.connection.reset_stream(self, code)
         self._finish(
-            Failure(ConnectionDone()) if code == ErrorCodes.NO_ERROR else Failure(
-                StreamReset(f"stream reset by this side ({_code_name(code)})")
-            )
+            Failure(ConnectionDone())
+            if code == ErrorCodes.NO_ERROR
+            else Failure(StreamReset(f"stream reset by this side ({_code_name(code)})"))
         )
 
     def getPeer(self) -> Any:
@@ -239,7 +239,7 @@ class TunnelStream:
 
     # -- producer/consumer ----------------------------------------------------------------------
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:  # type: ignore[override]
         if not streaming:
             raise ValueError("tunnel streams take push producers only")
         self._producer = producer
@@ -294,14 +294,16 @@ class TunnelStream:
 
     def _deliver_read_closed(self) -> None:
         if IHalfCloseableProtocol.providedBy(self.protocol):
-            self.protocol.readConnectionLost()  # type: ignore[union-attr]
+            self.protocol.readConnectionLost()
         elif self.protocol is not None:
             self.loseConnection()
 
     def reset_by_peer(self, code: int) -> None:
         self.reset_code = code
         if not self.response.called:
-            self.response.errback(StreamReset(f"stream reset by the other side ({_code_name(code)})"))
+            self.response.errback(
+                StreamReset(f"stream reset by the other side ({_code_name(code)})")
+            )
         self._finish(Failure(StreamReset(f"stream reset by the other side ({_code_name(code)})")))
 
     def response_received(self, response: StreamResponse) -> None:

@@ -40,16 +40,20 @@ class StatusPage(Resource):
     def render_GET(self, request: Request) -> bytes:
         status = self._source()
         tunnel = status["tunnel"]
-        rows = "".join(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                html.escape(str(c["engineer"])),
-                html.escape(str(c["target"])),
-                html.escape(str(c["started"])),
-                c["bytes_to_target"],
-                c["bytes_from_target"],
+        rows = (
+            "".join(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                    html.escape(str(c["engineer"])),
+                    html.escape(str(c["target"])),
+                    html.escape(str(c["started"])),
+                    c["bytes_to_target"],
+                    c["bytes_from_target"],
+                )
+                for c in status["connections"]
             )
-            for c in status["connections"]
-        ) or '<tr><td colspan="5">Nobody is connected.</td></tr>'
+            or '<tr><td colspan="5">Nobody is connected.</td></tr>'
+        )
+        state_class = "up" if tunnel["state"] == "up" else "down"
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"refresh", b"5")
@@ -60,7 +64,7 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}
 .up{{color:#070}}.down{{color:#a00}}</style></head><body>
 <h1>Remote service gateway <code>{html.escape(status["id"])}</code></h1>
 <p>Tunnel to <code>{html.escape(str(tunnel["relay"]))}</code>:
-<strong class="{"up" if tunnel["state"] == "up" else "down"}">{html.escape(tunnel["state"])}</strong>
+<strong class="{state_class}">{html.escape(tunnel["state"])}</strong>
 since {html.escape(str(tunnel["since"]))}; round trip {tunnel["rtt_ms"]} ms.</p>
 <p>Remote access mode: <strong>{html.escape(status["access"]["mode"])}</strong>.
 Targets: {html.escape(", ".join(status["access"]["targets"]))}.</p>

@@ -77,7 +77,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def websocket_echo(port: int, messages: list[str | bytes], *, timeout: float = 10.0) -> list[str | bytes]:
+def websocket_echo(
+    port: int, messages: list[str | bytes], *, timeout: float = 10.0
+) -> list[str | bytes]:
     """Open ws://127.0.0.1:port/ws, send each message, return the echoes in order."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     ws = WSConnection(ConnectionType.CLIENT)

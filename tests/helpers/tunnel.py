@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
-from gateway.tunnel.connection import TunnelConnection
+from gateway.tunnel.connection import IStreamHandler, TunnelConnection
 from gateway.tunnel.stream import TunnelStream
 
 
@@ -40,6 +40,7 @@ class Recorder(Protocol):
         self.lost = reason
 
 
+@implementer(IStreamHandler)
 @define
 class AcceptAll:
     """A stream handler that accepts every stream and records it."""

@@ -7,9 +7,11 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from gateway.tunnel.connection import TunnelConnection
 from gateway.tunnel.errors import Refusal, StreamRefused, StreamReset, TunnelClosed
@@ -18,6 +20,7 @@ from gateway.tunnel.stream import HIGH_WATER, TunnelStream
 from tests.helpers.tunnel import AcceptAll, Recorder, linked_tunnels
 
 
+@implementer(IPushProducer)
 class FakeProducer:
     def __init__(self) -> None:
         self.paused = False
