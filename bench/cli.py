@@ -284,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as e:
         log(f"bench: {e}")
         return 1
+    except KeyboardInterrupt:
+        log("bench: interrupted; stopping everything it started")
+        return 130
     finally:
         sup.stop_all()
         if args.keep_workdir or failed:
