@@ -42,8 +42,9 @@ def wait_until(
         if check():
             return
         if proc is not None and proc.popen.poll() is not None:
-            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}) before {what}:\n"
-                                 f"{proc.tail()}")
+            raise AssertionError(
+                f"{proc.name} exited ({proc.popen.returncode}) before {what}:\n{proc.tail()}"
+            )
         if time.monotonic() > end:
             extra = f"\n{proc.tail()}" if proc is not None else ""
             raise AssertionError(f"timed out after {deadline:g}s waiting for {what}{extra}")
@@ -174,7 +175,8 @@ drain_timeout = 2
 
     def start_processor(self) -> Proc:
         proc = start(
-            "processor", ["demo-processor", "--listen", f"127.0.0.1:{self.ports['processor']}"],
+            "processor",
+            ["demo-processor", "--listen", f"127.0.0.1:{self.ports['processor']}"],
             self.workdir,
         )
         self.procs["processor"] = proc
@@ -217,20 +219,34 @@ drain_timeout = 2
     def wait_tunnel_up(self, deadline: float = DEADLINE) -> None:
         wait_until(
             "the tunnel to come up",
-            lambda: self.tunnel_state() == "up"
-            and self.relay_metric("relay_gateways_connected") == 1.0,
+            lambda: (
+                self.tunnel_state() == "up" and self.relay_metric("relay_gateways_connected") == 1.0
+            ),
             deadline=deadline,
             proc=self.procs.get("gateway"),
         )
 
     def start_connect(
-        self, name: str = "connect", *, target: str = "web", token: str | None = None,
-        port_key: str = "forward", gateway: str | None = None,
+        self,
+        name: str = "connect",
+        *,
+        target: str = "web",
+        token: str | None = None,
+        port_key: str = "forward",
+        gateway: str | None = None,
     ) -> Proc:
         args = [
-            "connect", "--relay", f"127.0.0.1:{self.ports['relay_eng']}",
-            "--ca", str(self.pki.ca_cert), "--gateway", gateway or self.gateway_id,
-            "--target", target, "--listen", f"127.0.0.1:{self.ports[port_key]}",
+            "connect",
+            "--relay",
+            f"127.0.0.1:{self.ports['relay_eng']}",
+            "--ca",
+            str(self.pki.ca_cert),
+            "--gateway",
+            gateway or self.gateway_id,
+            "--target",
+            target,
+            "--listen",
+            f"127.0.0.1:{self.ports[port_key]}",
         ]
         proc = start(name, args, self.workdir, env={"GATEWAY_TOKEN": token or self.token})
         self.procs[name] = proc
@@ -246,8 +262,18 @@ def make_stack(mode: str = "unattended") -> tuple[Stack, tempfile.TemporaryDirec
     tmp = tempfile.TemporaryDirectory(prefix="gw-e2e-")
     workdir = Path(tmp.name)
     pki = make_pki(workdir / "pki", gateway_id="e2e-gateway")
-    names = ["relay_gw", "relay_eng", "relay_metrics", "status", "gw_metrics", "processor",
-             "dead", "forward", "forward2", "forward3"]
+    names = [
+        "relay_gw",
+        "relay_eng",
+        "relay_metrics",
+        "status",
+        "gw_metrics",
+        "processor",
+        "dead",
+        "forward",
+        "forward2",
+        "forward3",
+    ]
     ports = {n: free_port() for n in names}
     token = add_engineer(workdir / "engineers.toml", "erin")
     stack = Stack(workdir, pki, token, ports)
