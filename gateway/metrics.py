@@ -7,16 +7,36 @@ One ``CollectorRegistry`` per service tree, never the global one.  Labelled chil
 from __future__ import annotations
 
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+from twisted.internet.interfaces import IReactorTime
 
 from gateway import __version__
 from gateway.edge.forwarder import StreamEvents
 from gateway.edge.tunnel_service import TunnelMetricsSink
 
 
+def process_health(registry: CollectorRegistry, prefix: str, clock: IReactorTime | None) -> None:
+    """Memory, file descriptors and pending timers: what leak and soak tests watch."""
+    ProcessCollector(registry=registry)
+    if clock is not None:
+        Gauge(
+            f"{prefix}_reactor_delayed_calls",
+            "Timers pending in the reactor (grows if something forgets to cancel one)",
+            registry=registry,
+        ).set_function(lambda: len(clock.getDelayedCalls()))
+
+
 class GatewayMetrics(TunnelMetricsSink, StreamEvents):
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, clock: IReactorTime | None = None) -> None:
         self.registry = registry
+        process_health(registry, "gateway", clock)
         self.tunnel_up = Gauge(
             "gateway_tunnel_up", "1 while the tunnel to the relay is up", registry=registry
         )
@@ -93,8 +113,9 @@ class GatewayMetrics(TunnelMetricsSink, StreamEvents):
 
 
 class RelayMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, clock: IReactorTime | None = None) -> None:
         self.registry = registry
+        process_health(registry, "relay", clock)
         self.gateways_connected = Gauge(
             "relay_gateways_connected", "Gateways with a live tunnel", registry=registry
         )

@@ -42,7 +42,7 @@ class EdgeDaemon(MultiService):
         identity = load_identity(config.relay.cert, config.relay.key)
         self.gateway_id = identity.getSubject().commonName.decode()
         self.registry = CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry)
+        self.metrics = GatewayMetrics(self.registry, reactor)
         self.metrics.set_certificate(config.relay.cert.read_bytes())
         self.policy = AccessPolicy(config.targets, config.access_mode)
         self.forwarder = StreamForwarder(

@@ -46,7 +46,7 @@ class RelayDaemon(MultiService):
         self._reactor = reactor
         self.registry = MemoryGatewayRegistry(reactor)
         self.credentials = TokenFile(config.engineers.tokens)
-        self.metrics = RelayMetrics(CollectorRegistry())
+        self.metrics = RelayMetrics(CollectorRegistry(), reactor)
         heartbeat = config.gateways.heartbeat
         metrics = self.metrics
 
