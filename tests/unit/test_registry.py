@@ -1,0 +1,333 @@
+# Twisted's trial is only partly annotated; strict mode would flag every assertion.
+# mypy: disable-error-code="no-untyped-call"
+"""Tests for the relay's engineer credentials and gateway registry (`gateway.relay.registry`).
+
+Engineer tokens are stored only as SHA-256 hashes in ``engineers.toml`` (mode 0600), added while
+the relay runs and picked up without a restart; a broken edit must not lock everybody out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.relay.registry import (
+    TOKEN_PREFIX,
+    CredentialFileError,
+    Engineer,
+    ICredentialStore,
+    IGatewayRegistry,
+    MemoryGatewayRegistry,
+    TokenFile,
+    add_engineer,
+    hash_token,
+    read_engineers,
+)
+from gateway.tunnel.connection import TunnelConnection
+
+
+def temporary_directory(case: SynchronousTestCase) -> Path:
+    """A fresh directory removed after the test (trial's mktemp would write into the repo)."""
+    tmp = tempfile.TemporaryDirectory(prefix="test-registry-")
+    case.addCleanup(tmp.cleanup)
+    return Path(tmp.name)
+
+
+class StandInTunnel:
+    """Takes a tunnel's place: the registry only stores and compares tunnels."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<tunnel {self.name}>"
+
+
+def stand_in(name: str) -> TunnelConnection:
+    return cast(TunnelConnection, StandInTunnel(name))
+
+
+class CredentialTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self)
+        self.path = self.directory / "engineers.toml"
+
+    def credential_error(self, name: str) -> CredentialFileError:
+        try:
+            add_engineer(self.path, name)
+        except CredentialFileError as e:
+            return e
+        raise self.failureException(f"engineer {name!r} was added")
+
+
+class AddEngineerTests(CredentialTestCase):
+    def test_only_the_hash_of_the_token_is_stored(self) -> None:
+        token = add_engineer(self.path, "alice")
+        text = self.path.read_text("utf-8")
+        self.assertNotIn(token, text)
+        self.assertNotIn(token[len(TOKEN_PREFIX) :], text)
+        self.assertIn(hashlib.sha256(token.encode()).hexdigest(), text)
+        self.assertEqual(read_engineers(self.path), {"alice": hash_token(token)})
+
+    def test_hash_is_sha256_hex(self) -> None:
+        self.assertEqual(hash_token("rsg_abc"), hashlib.sha256(b"rsg_abc").hexdigest())
+
+    def test_tokens_are_long_random_and_recognisable(self) -> None:
+        first = add_engineer(self.path, "alice")
+        second = add_engineer(self.path, "bob")
+        self.assertNotEqual(first, second)
+        for token in (first, second):
+            self.assertTrue(token.startswith(TOKEN_PREFIX), token)
+            self.assertGreaterEqual(len(token) - len(TOKEN_PREFIX), 43)  # 256 bits, base64
+
+    def test_file_is_readable_by_its_owner_only(self) -> None:
+        add_engineer(self.path, "alice")
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+
+    def test_an_existing_world_readable_file_becomes_private(self) -> None:
+        self.path.write_text("# engineers\n")
+        self.path.chmod(0o644)
+        add_engineer(self.path, "alice")
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+
+    def test_new_engineers_are_appended_and_existing_ones_kept(self) -> None:
+        self.path.write_text("# hand-written comment\n")
+        alice = add_engineer(self.path, "alice")
+        bob = add_engineer(self.path, "Bob Service", now=datetime(2030, 6, 1, 12, tzinfo=UTC))
+        text = self.path.read_text("utf-8")
+        self.assertTrue(text.startswith("# hand-written comment\n"))
+        self.assertIn('created = "2030-06-01T12:00:00+00:00"', text)
+        self.assertEqual(
+            read_engineers(self.path), {"alice": hash_token(alice), "Bob Service": hash_token(bob)}
+        )
+
+    def test_a_new_file_explains_how_to_add_engineers(self) -> None:
+        add_engineer(self.path, "alice")
+        self.assertIn("gateway relay add-engineer NAME -c relay.toml", self.path.read_text())
+
+    def test_missing_folder_is_created(self) -> None:
+        self.path = self.directory / "relay" / "engineers.toml"
+        add_engineer(self.path, "alice")
+        self.assertTrue(self.path.is_file())
+
+    def test_no_temporary_files_are_left_behind(self) -> None:
+        add_engineer(self.path, "alice")
+        add_engineer(self.path, "bob")
+        self.assertEqual(os.listdir(self.directory), ["engineers.toml"])
+
+    def test_duplicate_name_is_refused_and_the_file_left_alone(self) -> None:
+        add_engineer(self.path, "alice")
+        before = self.path.read_bytes()
+        error = self.credential_error("alice")
+        self.assertIn(str(self.path), str(error))
+        self.assertIn("'alice' already exists", str(error))
+        self.assertEqual(self.path.read_bytes(), before)
+
+    def test_bad_names_are_refused(self) -> None:
+        for name in ("", " alice", "-alice", 'al"ice', "al\\ice", "alice\nx", "a/b", "a" * 65):
+            error = self.credential_error(name)
+            self.assertIn(repr(name), str(error))
+        self.assertFalse(self.path.exists())
+
+    def test_a_name_ending_in_a_newline_is_refused(self) -> None:
+        # A regex ``$`` matches before a final newline; the name must not break the TOML file.
+        add_engineer(self.path, "alice")
+        before = self.path.read_bytes()
+        self.credential_error("bob\n")
+        self.assertEqual(self.path.read_bytes(), before)
+
+    def test_good_names_are_accepted(self) -> None:
+        for name in ("alice", "alice@vendor.example", "Bob Service", "j.doe_2-x", "a" * 64):
+            add_engineer(self.path, name)
+        self.assertEqual(len(read_engineers(self.path)), 5)
+
+    def test_a_broken_file_is_not_overwritten(self) -> None:
+        self.path.write_text("[[engineer]\n")
+        error = self.credential_error("alice")
+        self.assertIn(str(self.path), str(error))
+        self.assertEqual(self.path.read_text(), "[[engineer]\n")
+
+
+class TokenFileTests(CredentialTestCase):
+    def test_token_authenticates_its_engineer(self) -> None:
+        token = add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        self.assertTrue(ICredentialStore.providedBy(store))
+        self.assertEqual(store.authenticate(token), Engineer("alice"))
+
+    def test_each_token_authenticates_only_its_own_engineer(self) -> None:
+        alice = add_engineer(self.path, "alice")
+        bob = add_engineer(self.path, "bob")
+        store = TokenFile(self.path)
+        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.assertEqual(store.authenticate(bob), Engineer("bob"))
+
+    def test_wrong_tokens_are_refused(self) -> None:
+        token = add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        for wrong in ("", "rsg_", token[:-1], token + "x", token.upper(), " " + token):
+            self.assertIsNone(store.authenticate(wrong), wrong)
+
+    def test_the_stored_hash_is_not_a_token(self) -> None:
+        add_engineer(self.path, "alice")
+        self.assertIsNone(TokenFile(self.path).authenticate(read_engineers(self.path)["alice"]))
+
+    def test_missing_file_means_no_engineers(self) -> None:
+        self.assertEqual(read_engineers(self.path), {})
+        self.assertIsNone(TokenFile(self.path).authenticate("rsg_anything"))
+
+    def test_a_newly_added_engineer_is_accepted_without_a_restart(self) -> None:
+        add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        bob = add_engineer(self.path, "bob")
+        self.assertEqual(store.authenticate(bob), Engineer("bob"))
+
+    def test_the_first_engineer_is_accepted_when_the_relay_started_without_a_file(self) -> None:
+        store = TokenFile(self.path)
+        token = add_engineer(self.path, "alice")
+        self.assertEqual(store.authenticate(token), Engineer("alice"))
+
+    def test_a_removed_engineer_is_refused_without_a_restart(self) -> None:
+        alice = add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.path.write_text("# everyone revoked\n")
+        self.assertIsNone(store.authenticate(alice))
+
+    def test_deleting_the_file_revokes_everyone(self) -> None:
+        alice = add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        self.path.unlink()
+        self.assertIsNone(store.authenticate(alice))
+
+    def test_a_broken_edit_keeps_the_previous_engineers(self) -> None:
+        alice = add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        good = self.path.read_text()
+        self.path.write_text(good + "\n[[engineer]]\nname = 'bob'\ntoken_sha256 = 'short'\n")
+        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.path.write_text(good + "\n[[engineer\n")
+        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+
+    def test_a_repaired_file_is_picked_up_again(self) -> None:
+        alice = add_engineer(self.path, "alice")
+        store = TokenFile(self.path)
+        good = self.path.read_text()
+        self.path.write_text("not toml at all [\n")
+        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.path.write_text(good)
+        bob = add_engineer(self.path, "bob")
+        self.assertEqual(store.authenticate(bob), Engineer("bob"))
+        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+
+    def test_a_broken_file_at_startup_is_refused_naming_the_file(self) -> None:
+        for text in (
+            "[[engineer\n",
+            "engineer = 'alice'\n",
+            "[[engineer]]\nname = 'alice'\n",
+            "[[engineer]]\nname = 'alice'\ntoken_sha256 = 'abc'\n",
+            "[[engineer]]\ntoken_sha256 = '" + "0" * 64 + "'\n",
+        ):
+            self.path.write_text(text)
+            try:
+                TokenFile(self.path)
+            except CredentialFileError as e:
+                self.assertIn(str(self.path), str(e))
+            else:
+                self.fail(f"accepted {text!r}")
+
+    def test_a_non_utf8_file_at_startup_is_refused(self) -> None:
+        self.path.write_bytes(b"[[engineer]]\nname = '\xff'\n")
+        self.assertRaises(CredentialFileError, TokenFile, self.path)
+
+
+class MemoryGatewayRegistryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.registry = MemoryGatewayRegistry(self.clock)
+
+    def test_provides_the_registry_interface(self) -> None:
+        self.assertTrue(IGatewayRegistry.providedBy(self.registry))
+
+    def test_a_never_seen_gateway_is_unknown(self) -> None:
+        self.assertIsNone(self.registry.lookup("plant7"))
+        self.assertEqual(self.registry.connected_count(), 0)
+
+    def test_registering_a_first_tunnel_replaces_nothing(self) -> None:
+        tunnel = stand_in("first")
+        self.assertIsNone(self.registry.register("plant7", tunnel))
+        record = self.registry.lookup("plant7")
+        assert record is not None
+        self.assertIs(record.tunnel, tunnel)
+        self.assertEqual(record.connected_since, 1000)
+        self.assertEqual(record.last_seen, 1000)
+        self.assertEqual(self.registry.connected_count(), 1)
+
+    def test_a_new_tunnel_replaces_the_old_one_and_returns_it(self) -> None:
+        old, new = stand_in("old"), stand_in("new")
+        self.registry.register("plant7", old)
+        self.clock.advance(5)
+        self.assertIs(self.registry.register("plant7", new), old)
+        record = self.registry.lookup("plant7")
+        assert record is not None
+        self.assertIs(record.tunnel, new)
+        self.assertEqual(record.connected_since, 1005)
+        self.assertEqual(self.registry.connected_count(), 1)
+
+    def test_unregistering_a_replaced_tunnel_changes_nothing(self) -> None:
+        old, new = stand_in("old"), stand_in("new")
+        self.registry.register("plant7", old)
+        self.registry.register("plant7", new)
+        self.registry.unregister("plant7", old)
+        record = self.registry.lookup("plant7")
+        assert record is not None
+        self.assertIs(record.tunnel, new)
+        self.assertEqual(self.registry.connected_count(), 1)
+
+    def test_unregistering_the_current_tunnel_leaves_a_known_offline_gateway(self) -> None:
+        tunnel = stand_in("only")
+        self.registry.register("plant7", tunnel)
+        self.clock.advance(30)
+        self.registry.unregister("plant7", tunnel)
+        record = self.registry.lookup("plant7")
+        assert record is not None
+        self.assertIsNone(record.tunnel)
+        self.assertIsNone(record.connected_since)
+        self.assertEqual(record.last_seen, 1030)
+        self.assertEqual(self.registry.connected_count(), 0)
+
+    def test_unregistering_twice_or_unknown_gateways_is_harmless(self) -> None:
+        tunnel = stand_in("only")
+        self.registry.register("plant7", tunnel)
+        self.registry.unregister("plant7", tunnel)
+        self.registry.unregister("plant7", tunnel)
+        self.registry.unregister("plant9", tunnel)
+        self.assertEqual(self.registry.connected_count(), 0)
+        self.assertIsNone(self.registry.lookup("plant9"))
+
+    def test_a_gateway_can_come_back_after_going_offline(self) -> None:
+        first, second = stand_in("first"), stand_in("second")
+        self.registry.register("plant7", first)
+        self.registry.unregister("plant7", first)
+        self.assertIsNone(self.registry.register("plant7", second))
+        self.assertEqual(self.registry.connected_count(), 1)
+
+    def test_connected_count_counts_gateways_with_a_live_tunnel(self) -> None:
+        tunnels = {name: stand_in(name) for name in ("a", "b", "c")}
+        for name, tunnel in tunnels.items():
+            self.registry.register(name, tunnel)
+        self.registry.register("a", stand_in("a2"))
+        self.assertEqual(self.registry.connected_count(), 3)
+        self.registry.unregister("b", tunnels["b"])
+        self.assertEqual(self.registry.connected_count(), 2)
+        self.registry.unregister("a", tunnels["a"])  # replaced already: still connected
+        self.assertEqual(self.registry.connected_count(), 2)
