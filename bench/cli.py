@@ -31,10 +31,13 @@ from bench.procs import (
     run_quiet,
 )
 from bench.report import (
+    METRICS,
     Column,
+    Summary,
     aggregate,
     evaluate_targets,
     fmt,
+    render_breakdown,
     render_table,
     render_targets,
 )
@@ -115,19 +118,7 @@ def log(message: str) -> None:
 
 def one_line(run: PathRun) -> str:
     m = run.metrics
-    parts = [
-        f"{label} {fmt(m[key])}"
-        for key, label in (
-            ("bulk_mb_s", "bulk MB/s"),
-            ("bulk_cpu_s_per_gib", "CPU-s/GiB"),
-            ("rtt_p50_ms", "rtt p50 ms"),
-            ("conc_per_s", "rt/s x50"),
-            ("ttfb_p50_ms", "ttfb p50 ms"),
-            ("idle_kib", "KiB/idle"),
-            ("fair_p99_ms", "fair p99 ms"),
-        )
-        if key in m
-    ]
+    parts = [f"{metric.short} {fmt(m[metric.key])}" for metric in METRICS if metric.key in m]
     parts += [f"{step} FAILED: {why}" for step, why in run.errors.items()]
     return ", ".join(parts)
 
@@ -186,7 +177,6 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
 
     summary = aggregate([{name: r.metrics for name, r in run.items()} for run in runs])
     columns = [Column(p.name, p.title, status[p.name]) for p in paths]
-    table = render_table(summary, columns)
     verdicts = evaluate_targets(summary) if "ours" in status else []
     info = machine.describe(REPO)
     details = {p.name: p.details for p in paths if p.details}
@@ -202,7 +192,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
         info,
         details,
         status,
-        table,
+        summary,
+        columns,
         render_targets(verdicts) if verdicts else "",
         errors,
     )
@@ -238,7 +229,8 @@ def render_markdown(
     info: dict[str, str],
     details: dict[str, dict[str, str]],
     status: dict[str, str],
-    table: str,
+    summary: dict[str, dict[str, Summary]],
+    columns: list[Column],
     targets: str,
     errors: list[str],
 ) -> str:
@@ -258,7 +250,10 @@ def render_markdown(
     ]
     for name, d in details.items():
         lines.append(f"- {name}: " + "; ".join(f"{k} {v}" for k, v in d.items()))
-    lines += ["", table, ""]
+    lines += ["", render_table(summary, columns), ""]
+    breakdown = render_breakdown(summary, columns)
+    if breakdown:
+        lines += [*breakdown, ""]
     if targets:
         lines += [targets, ""]
     for name, s in status.items():

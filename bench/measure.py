@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.paths import TunnelPath
-from bench.procs import BenchError, Supervisor, read_line, usage
+from bench.procs import BenchError, Supervisor, Usage, read_line, usage
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -89,21 +89,31 @@ def measure_path(
             out.errors[name] = str(e)
             out.metrics = {k: v for k, v in out.metrics.items() if not k.startswith(name)}
 
+    def snapshot() -> dict[str, Usage]:
+        """Usage per tunnel process tree, by the name the path gave it (relay, sshd, ...)."""
+        return {p.name: usage([p.pid]) for p in path.procs}
+
     def idle() -> None:
         n = plan.idle_conns
-        before = usage(path.roots())
+        before = snapshot()
         argv = [str(loadgen.binary), "idle", "127.0.0.1", str(port), str(n)]
         proc = sup.start("loadgen-idle", argv, stdin_pipe=True, stdout_pipe=True)
         try:
             assert proc.popen.stdout is not None
             line = read_line(proc.popen.stdout, timeout=60 + n * 0.05, what="loadgen idle")
-            after = usage(path.roots())
+            after = snapshot()
         finally:
             sup.stop(proc, grace=10)
         out.raw["idle"] = json.loads(line)
-        out.raw["idle"].update(rss_before=before.rss_bytes, rss_after=after.rss_bytes)
+        out.raw["idle"]["rss_bytes"] = {
+            name: [before[name].rss_bytes, after[name].rss_bytes] for name in before
+        }
         if tunnel:
-            out.metrics["idle_kib"] = (after.rss_bytes - before.rss_bytes) / n / 1024
+            kib = {
+                name: (after[name].rss_bytes - u.rss_bytes) / n / 1024 for name, u in before.items()
+            }
+            out.metrics["idle_kib"] = sum(kib.values())
+            out.metrics.update({f"idle_kib:{name}": v for name, v in kib.items()})
 
     def ttfb() -> None:
         r = loadgen.run("ttfb", port, plan.ttfb_count, timeout=30 + plan.ttfb_count * 0.1)
@@ -125,14 +135,16 @@ def measure_path(
         out.metrics["conc_per_s"] = r["per_s"]
 
     def bulk() -> None:
-        before = usage(path.roots())
+        before = snapshot()
         r = loadgen.run("bulk", port, plan.bulk_bytes, timeout=60 + plan.bulk_bytes / 5e6)
-        after = usage(path.roots())
-        cpu = after.cpu_seconds_since(before)
+        after = snapshot()
+        cpu = {name: after[name].cpu_seconds_since(u) for name, u in before.items()}
         out.raw["bulk"] = {**r, "tunnel_cpu_seconds": cpu}
         out.metrics["bulk_mb_s"] = r["mb_per_s"]
         if tunnel:
-            out.metrics["bulk_cpu_s_per_gib"] = cpu / (plan.bulk_bytes / GiB)
+            gib = plan.bulk_bytes / GiB
+            out.metrics["bulk_cpu_s_per_gib"] = sum(cpu.values()) / gib
+            out.metrics.update({f"bulk_cpu_s_per_gib:{name}": v / gib for name, v in cpu.items()})
 
     def fair() -> None:
         args = (plan.fair_seconds, plan.message_size)

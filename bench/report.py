@@ -17,20 +17,27 @@ PEERS = ("stunnel", "openssh")
 class Metric:
     key: str
     label: str
+    short: str  # for progress lines and the per-process breakdown
     higher_is_better: bool
     tunnel_only: bool = False  # no tunnel processes on the direct path: nothing to measure
 
 
 METRICS = (
-    Metric("bulk_mb_s", "One-stream bulk, MB/s (higher is better)", True),
-    Metric("bulk_cpu_s_per_gib", "CPU-seconds per GiB, tunnel processes", False, True),
-    Metric("rtt_p50_ms", "1 KiB round trip p50, ms", False),
-    Metric("rtt_p99_ms", "1 KiB round trip p99, ms", False),
-    Metric("conc_per_s", "Round trips/s, 50 connections (higher is better)", True),
-    Metric("ttfb_p50_ms", "New connection, time to first byte p50, ms", False),
-    Metric("ttfb_p99_ms", "New connection, time to first byte p99, ms", False),
-    Metric("idle_kib", "Memory per idle connection (1000 open), KiB", False, True),
-    Metric("fair_p99_ms", "1 KiB round trip p99 during a bulk download, ms", False),
+    Metric("bulk_mb_s", "One-stream bulk, MB/s (higher is better)", "bulk MB/s", True),
+    Metric("bulk_cpu_s_per_gib", "CPU-seconds per GiB, tunnel processes", "CPU-s/GiB", False, True),
+    Metric("rtt_p50_ms", "1 KiB round trip p50, ms", "rtt p50 ms", False),
+    Metric("rtt_p99_ms", "1 KiB round trip p99, ms", "rtt p99 ms", False),
+    Metric("conc_per_s", "Round trips/s, 50 connections (higher is better)", "rt/s x50", True),
+    Metric("ttfb_p50_ms", "New connection, time to first byte p50, ms", "ttfb p50 ms", False),
+    Metric("ttfb_p99_ms", "New connection, time to first byte p99, ms", "ttfb p99 ms", False),
+    Metric(
+        "idle_kib",
+        "Memory per idle connection (1000 open), KiB",
+        "KiB per idle connection",
+        False,
+        True,
+    ),
+    Metric("fair_p99_ms", "1 KiB round trip p99 during a bulk download, ms", "fair p99 ms", False),
 )
 
 
@@ -120,6 +127,26 @@ def render_table(summary: Mapping[str, Mapping[str, Summary]], columns: Sequence
     return "\n".join(lines)
 
 
+def render_breakdown(
+    summary: Mapping[str, Mapping[str, Summary]], columns: Sequence[Column]
+) -> list[str]:
+    """Per-process shares of the tunnel metrics (keys "metric:process"), one line per path."""
+    lines = []
+    for c in columns:
+        parts = []
+        for m in METRICS:
+            shares = [
+                f"{key.split(':', 1)[1]} {fmt(s.median)}"
+                for key, s in summary.get(c.name, {}).items()
+                if key.startswith(m.key + ":")
+            ]
+            if shares:
+                parts.append(f"{m.short}: " + " + ".join(shares))
+        if parts:
+            lines.append(f"- {c.title} by process (medians): " + "; ".join(parts))
+    return lines
+
+
 @dataclass(frozen=True)
 class Target:
     """One of issue 8's targets for our path: ours <= factor * reference (or >=)."""
@@ -176,8 +203,10 @@ def render_targets(verdicts: Sequence[Verdict]) -> str:
     for v in verdicts:
         ours = "-" if v.ours is None else f"{fmt(v.ours)} {v.unit}"
         limit = "-" if v.limit is None else f"{fmt(v.limit)} {v.unit}"
-        if v.met is None:
+        if v.ours is None:
             met = "not measured"
+        elif v.met is None:
+            met = "no reference measured"
         elif v.met:
             met = "yes"
         else:

@@ -12,6 +12,7 @@ from bench.report import (
     evaluate_targets,
     fmt,
     ratio,
+    render_breakdown,
     render_table,
     render_targets,
     summarize,
@@ -98,6 +99,27 @@ class TableTests(SynchronousTestCase):
         self.assertEqual(rows["CPU-seconds per GiB, tunnel processes"][:2], ["-", "4.00"])
         # Measured nowhere in an available path: the failure is visible, not a blank.
         self.assertEqual(rows["1 KiB round trip p50, ms"][1], "error")
+
+    def test_per_process_shares_get_one_line_per_path(self) -> None:
+        summary = {
+            "ours": {
+                "idle_kib": one(12.0),
+                "idle_kib:relay": one(5.0),
+                "idle_kib:gateway": one(7.0),
+                "bulk_cpu_s_per_gib:relay": one(2.5),
+            },
+            "direct": {"bulk_mb_s": one(1.0)},
+        }
+        lines = render_breakdown(
+            summary, [Column("direct", "direct", "ok"), Column("ours", "ours", "ok")]
+        )
+        self.assertEqual(
+            lines,
+            [
+                "- ours by process (medians): CPU-s/GiB: relay 2.50; "
+                "KiB per idle connection: relay 5.00 + gateway 7.00"
+            ],
+        )
 
     def test_no_ratio_columns_without_our_path(self) -> None:
         table = render_table(self.summary, [Column("stunnel", "stunnel", "ok")])
