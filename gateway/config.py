@@ -84,7 +84,7 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
             raise ValueError(f"not host:port ({text!r})")
         if ":" in host:
             raise ValueError(f"IPv6 addresses need brackets, like [::1]:443 ({text!r})")
-        if not _is_ip(host) and not _HOSTNAME.match(host):
+        if not _is_ip(host) and not _HOSTNAME.fullmatch(host):
             raise ValueError(f"{host!r} is not a valid host name or IP address")
     if not port_text.isdigit():
         raise ValueError(f"port {port_text!r} is not a number ({text!r})")
@@ -241,6 +241,8 @@ class _Table:
         if text is None:
             return None
         path = (self.file.parent / Path(text).expanduser()).resolve()
+        if must_exist and path.is_dir():
+            raise self.error(name, f"{str(path)!r} is a directory, not a file")
         if must_exist and not path.is_file():
             raise self.error(name, f"file {str(path)!r} does not exist")
         return path
@@ -332,7 +334,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     targets: list[Target] = []
     for table in top.tables("target"):
         name = table.required_str("name")
-        if not _TARGET_NAME.match(name):
+        if not _TARGET_NAME.fullmatch(name):
             raise table.error("name", f"{name!r} is not a target name (letters, digits, . _ -)")
         if any(t.name == name for t in targets):
             raise table.error("name", f"target {name!r} is listed twice")
@@ -383,9 +385,13 @@ def _proxy(table: _Table) -> Address | None:
     rest = text
     if "://" in text:
         scheme, _, rest = text.partition("://")
-        if scheme != "http":
+        if scheme.lower() != "http":
             raise table.error("proxy", f"only http:// proxies are supported, not {scheme}://")
     rest = rest.rstrip("/")
+    if "@" in rest:
+        raise table.error(
+            "proxy", "proxy user names and passwords are not supported (remove 'user:password@')"
+        )
     try:
         return parse_address(rest)
     except ValueError as e:
@@ -418,11 +424,16 @@ def load_relay_config(path: Path | str) -> RelayConfig:
 
     eng = top.table("engineers")
     assert eng is not None
+    eng_cert = eng.path("cert", required=False)
+    eng_key = eng.path("key", required=False)
+    if (eng_cert is None) != (eng_key is None):
+        missing = "key" if eng_key is None else "cert"
+        raise eng.error(missing, "is required when the other of cert/key is set")
     engineers = EngineerListener(
         listen=_required(eng.address("listen", listen=True)),
         tokens=_required(eng.path("tokens", must_exist=False)),
-        cert=eng.path("cert", required=False) or gateways.cert,
-        key=eng.path("key", required=False) or gateways.key,
+        cert=eng_cert or gateways.cert,
+        key=eng_key or gateways.key,
     )
     eng.finish()
 

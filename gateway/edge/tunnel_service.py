@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from gateway.backoff import full_jitter
 from gateway.config import RelayLink
+from gateway.proxy import HTTPConnectEndpoint
 from gateway.reactor import IGatewayReactor
 from gateway.tls import TLSClientEndpoint, client_options
 from gateway.tlserrors import describe_tls_failure
@@ -97,10 +98,14 @@ class TunnelState:
 
 
 def relay_endpoint(link: RelayLink, reactor: IGatewayReactor) -> IStreamClientEndpoint:
-    """TLS to the relay, over TCP (or, later, through the plant's HTTP proxy)."""
-    tcp = HostnameEndpoint(
-        reactor, link.address.host, link.address.port, timeout=link.connect_timeout
-    )
+    """TLS to the relay, over TCP or through the plant's HTTP proxy (CONNECT)."""
+    tcp: IStreamClientEndpoint
+    if link.proxy is not None:
+        tcp = HTTPConnectEndpoint(reactor, link.proxy, link.address, timeout=link.connect_timeout)
+    else:
+        tcp = HostnameEndpoint(
+            reactor, link.address.host, link.address.port, timeout=link.connect_timeout
+        )
     options = client_options(link.expected_name, link.ca, cert_path=link.cert, key_path=link.key)
     return TLSClientEndpoint(tcp, options, reactor)
 

@@ -167,13 +167,15 @@ def read_engineers(path: Path) -> dict[str, str]:
             raise CredentialFileError(
                 f"{path}: engineer[{index}]: needs a name and a 64-hex-digit token_sha256"
             )
+        if name in result:
+            raise CredentialFileError(f"{path}: engineer[{index}]: {name!r} is listed twice")
         result[name] = digest
     return result
 
 
 def add_engineer(path: Path, name: str, *, now: datetime | None = None) -> str:
     """Create a token for ``name``, store only its hash (file mode 0600), return the token."""
-    if not _ENGINEER_NAME.match(name):
+    if not _ENGINEER_NAME.fullmatch(name):
         raise CredentialFileError(
             f"engineer name {name!r} must be 1-64 letters, digits, spaces or @ . _ -"
         )

@@ -337,7 +337,7 @@ class RelativePathTests(ConfigTestCase):
     def test_directory_given_as_certificate_is_refused(self) -> None:
         (self.directory / "certs").mkdir()
         error = self.gateway_refused(gateway_toml().replace('"ca.pem"', '"certs"'))
-        self.assertProblem(error, "relay.ca", "does not exist")
+        self.assertProblem(error, "relay.ca", "is a directory")
 
     def test_missing_relay_key_file_is_refused(self) -> None:
         (self.directory / "relay.key").unlink()
