@@ -40,7 +40,7 @@ FULL = Plan(
     runs=3, bulk_bytes=1 * GiB, rtt_count=10000, conc_seconds=5, ttfb_count=1000, fair_seconds=5
 )
 QUICK = Plan(
-    runs=1, bulk_bytes=256 * MiB, rtt_count=2000, conc_seconds=2, ttfb_count=300, fair_seconds=2
+    runs=1, bulk_bytes=512 * MiB, rtt_count=2000, conc_seconds=2, ttfb_count=300, fair_seconds=2
 )
 
 
