@@ -177,9 +177,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
 
     summary = aggregate([{name: r.metrics for name, r in run.items()} for run in runs])
     columns = [Column(p.name, p.title, status[p.name]) for p in paths]
-    verdicts = evaluate_targets(summary) if "ours" in status else []
+    verdicts = evaluate_targets(summary) if status.get("ours") == "ok" else []
     info = machine.describe(REPO)
-    details = {p.name: p.details for p in paths if p.details}
+    details = {p.name: p.details for p in paths if p.details and status[p.name] == "ok"}
     errors = [
         f"run {i + 1} {name} {step}: {why}"
         for i, run in enumerate(runs)

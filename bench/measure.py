@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.paths import TunnelPath
-from bench.procs import BenchError, Supervisor, Usage, read_line, usage
+from bench.procs import BenchError, Supervisor, Usage, read_line, tail, usage
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -100,7 +100,11 @@ def measure_path(
         proc = sup.start("loadgen-idle", argv, stdin_pipe=True, stdout_pipe=True)
         try:
             assert proc.popen.stdout is not None
-            line = read_line(proc.popen.stdout, timeout=60 + n * 0.05, what="loadgen idle")
+            try:
+                line = read_line(proc.popen.stdout, timeout=60 + n * 0.05, what="loadgen idle")
+            except BenchError as e:
+                proc.popen.poll()
+                raise BenchError(f"{e}: {tail(proc.log, 1)}") from e
             after = snapshot()
         finally:
             sup.stop(proc, grace=10)
