@@ -15,7 +15,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -96,6 +96,34 @@ class TunnelState:
     def stopped(self) -> None:
         self._move(TunnelPhase.STOPPED, "gateway stopping")
 
+    def dial_failed(self, reason: Failure) -> None:
+        """No connection at all (refused, unreachable, DNS, proxy): say why, every time."""
+        why = describe_tls_failure(reason)
+        self.last_error = why
+        log.warn("cannot reach relay {relay}: {why}", relay=self.relay, why=why)
+        if self.phase is TunnelPhase.UP:
+            self._move(TunnelPhase.DOWN, why)
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """Wraps the relay endpoint so that every failed dial is explained in the log and status."""
+
+    def __init__(self, wrapped: IStreamClientEndpoint, state: TunnelState) -> None:
+        self._wrapped, self._state = wrapped, state
+
+    def __repr__(self) -> str:
+        return repr(self._wrapped)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        d = self._wrapped.connect(protocolFactory)
+
+        def report(failure: Failure) -> Failure:
+            self._state.dial_failed(failure)
+            return failure
+
+        return d.addErrback(report)
+
 
 def relay_endpoint(link: RelayLink, reactor: IGatewayReactor) -> IStreamClientEndpoint:
     """TLS to the relay, over TCP or through the plant's HTTP proxy (CONNECT)."""
@@ -129,7 +157,7 @@ class GatewayTunnelService(Service):
         self._drain_timeout = drain_timeout
         self._handshake_timeout = link.connect_timeout + link.heartbeat.timeout
         self.client = ClientService(
-            endpoint,
+            ReportingEndpoint(endpoint, state),
             make_protocol,
             retryPolicy=full_jitter(rng or Random(), base=1.0, cap=link.reconnect_cap),
             clock=reactor,

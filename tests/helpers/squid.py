@@ -1,0 +1,76 @@
+"""A real squid on loopback for the proxy path (installed by scripts/test.sh)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from attrs import define
+
+from tests.helpers.processes import free_port, port_open, wait_until
+
+
+@define
+class Squid:
+    port: int
+    directory: Path
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def access_log(self) -> str:
+        path = self.directory / "access.log"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_squid(directory: Path, *, allow_connect: bool = True) -> Squid:
+    binary = shutil.which("squid") or "/usr/sbin/squid"
+    if not Path(binary).exists():
+        raise AssertionError("squid is not installed: run scripts/test.sh, which installs it")
+    # squid drops privileges to its own user: its folder must be reachable and writable by it,
+    # so it lives in /tmp rather than in the test's private work directory.
+    directory = Path(tempfile.mkdtemp(prefix=f"gw-squid-{directory.name}-"))
+    os.chmod(directory, 0o777)
+    port = free_port()
+    rule = "http_access allow plant_lan" if allow_connect else "http_access deny all"
+    (directory / "squid.conf").write_text(
+        f"""http_port 127.0.0.1:{port}
+acl plant_lan src 127.0.0.1/32
+{rule}
+http_access deny all
+cache deny all
+access_log stdio:{directory}/access.log
+cache_log {directory}/cache.log
+pid_filename {directory}/squid.pid
+coredump_dir {directory}
+shutdown_lifetime 1 seconds
+"""
+    )
+    log = (directory / "stdout.log").open("ab")
+    popen = subprocess.Popen(
+        [binary, "-N", "-f", str(directory / "squid.conf")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    squid = Squid(port, directory, popen)
+    try:
+        wait_until("squid to listen", lambda: port_open(port) or popen.poll() is not None)
+        if popen.poll() is not None:
+            raise AssertionError(f"squid exited: {(directory / 'stdout.log').read_text()}")
+    except BaseException:
+        squid.stop()
+        raise
+    return squid
