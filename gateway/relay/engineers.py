@@ -19,7 +19,14 @@ from gateway.metrics import RelayMetrics
 from gateway.relay.registry import ICredentialStore, IGatewayRegistry
 from gateway.splice import SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
-from gateway.tunnel.errors import ERROR_HEADER, REASON_HEADER, Refusal, StreamRefused, clean_reason
+from gateway.tunnel.errors import (
+    ERROR_HEADER,
+    REASON_HEADER,
+    Refusal,
+    StreamRefused,
+    TunnelClosed,
+    clean_reason,
+)
 from gateway.tunnel.stream import StreamResponse, TunnelStream
 
 log = Logger()
@@ -79,9 +86,15 @@ class EngineerStreams:
             self._refuse(stream, Refusal.BAD_REQUEST, "expected CONNECT to a target name")
             return
         started = self.clock.seconds()
-        upstream = tunnel.open_stream(
-            request.authority, headers=[(ENGINEER_HEADER, clean_reason(engineer.name))]
-        )
+        try:
+            upstream = tunnel.open_stream(
+                request.authority, headers=[(ENGINEER_HEADER, clean_reason(engineer.name))]
+            )
+        except TunnelClosed as e:
+            self._refuse(
+                stream, Refusal.GATEWAY_OFFLINE, f"gateway {gateway_id!r} is offline ({e})"
+            )
+            return
         log.info(
             "{engineer} asks gateway {gw} for {target}",
             engineer=engineer.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import define, field
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -63,7 +65,7 @@ class Linked:
     clock: Clock
     client: TunnelConnection  # the opener of streams (the relay's role)
     server: TunnelConnection  # the answerer (the gateway's role)
-    handler: AcceptAll
+    handler: Any
     pump: IOPump
     client_io: FakeTransport
     server_io: FakeTransport
@@ -77,9 +79,10 @@ class Linked:
                 conn.connectionLost(Failure(ConnectionError("test over")))
 
 
-def linked_tunnels(handler: AcceptAll | None = None) -> Linked:
-    clock = Clock()
-    handler = handler or AcceptAll()
+def linked_tunnels(handler: Any = None, clock: Clock | None = None) -> Linked:
+    """An opener (client) and an answerer (server) whose streams go to ``handler``."""
+    clock = clock or Clock()
+    handler = handler if handler is not None else AcceptAll()
     client = TunnelConnection(client_side=True, clock=clock)
     server = TunnelConnection(client_side=False, clock=clock, handler=handler)
     server_io = FakeTransport(server, isServer=True)
@@ -88,3 +91,14 @@ def linked_tunnels(handler: AcceptAll | None = None) -> Linked:
     linked = Linked(clock, client, server, handler, pump, client_io, server_io)
     linked.settle()
     return linked
+
+
+def settle_all(*links: Linked) -> None:
+    """Pump several joined pairs until none of them moves a byte."""
+    for _ in range(1000):
+        moved = False
+        for link in links:
+            moved = link.pump.flush() or moved
+        if not moved:
+            return
+    raise AssertionError("tunnels never settled")

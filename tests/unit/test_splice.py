@@ -1,0 +1,92 @@
+"""The splice: bytes both ways, half-closes, aborts, and backpressure between the two ends."""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.splice import SpliceEnd, splice
+
+
+class HalfCloseTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_closed = False
+        self.aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnecting = True
+
+
+def _joined() -> tuple[SpliceEnd, HalfCloseTransport, SpliceEnd, HalfCloseTransport]:
+    a, b = SpliceEnd(), SpliceEnd()
+    ta, tb = HalfCloseTransport(), HalfCloseTransport()
+    a.makeConnection(ta)
+    b.makeConnection(tb)
+    splice(a, b)
+    return a, ta, b, tb
+
+
+class SpliceTests(SynchronousTestCase):
+    def test_bytes_cross_both_ways_and_are_counted(self) -> None:
+        counted: list[int] = []
+        a, ta, b, tb = _joined()
+        a.on_bytes = counted.append
+        a.dataReceived(b"to b")
+        b.dataReceived(b"to a")
+        self.assertEqual(tb.value(), b"to b")
+        self.assertEqual(ta.value(), b"to a")
+        self.assertEqual((a.bytes, b.bytes, counted), (4, 4, [4]))
+
+    def test_each_side_is_the_producer_of_the_other(self) -> None:
+        """A full write buffer on one side pauses reading on the other (a slow reader)."""
+        _a, ta, _b, tb = _joined()
+        self.assertIs(ta.producer, tb)
+        self.assertIs(tb.producer, ta)
+        self.assertTrue(ta.streaming and tb.streaming)
+        # What a full socket buffer on side a does: pause its producer, i.e. side b's reading.
+        assert ta.producer is not None
+        ta.producer.pauseProducing()
+        self.assertEqual(tb.producerState, "paused")
+        ta.producer.resumeProducing()
+        self.assertEqual(tb.producerState, "producing")
+
+    def test_eof_is_passed_on_as_a_half_close(self) -> None:
+        a, ta, b, tb = _joined()
+        a.readConnectionLost()
+        self.assertTrue(tb.write_closed)
+        self.assertFalse(tb.disconnecting)
+        b.dataReceived(b"the answer still flows")
+        self.assertEqual(ta.value(), b"the answer still flows")
+        b.readConnectionLost()
+        self.assertTrue(ta.write_closed)
+        self.assertTrue(ta.disconnecting and tb.disconnecting)
+
+    def test_an_error_on_one_side_aborts_the_other(self) -> None:
+        a, _ta, _b, tb = _joined()
+        a.connectionLost(Failure(ConnectionLost("reset by peer")))
+        self.assertTrue(tb.aborted)
+
+    def test_clean_close_after_eof_closes_the_other_side_gently(self) -> None:
+        a, _ta, _b, tb = _joined()
+        a.readConnectionLost()
+        a.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(tb.aborted)
+        self.assertTrue(tb.disconnecting)
+
+    def test_bytes_that_arrive_before_joining_are_kept(self) -> None:
+        a, b = SpliceEnd(), SpliceEnd()
+        ta, tb = HalfCloseTransport(), HalfCloseTransport()
+        a.makeConnection(ta)
+        b.makeConnection(tb)
+        a.dataReceived(b"early")
+        a.readConnectionLost()
+        splice(a, b)
+        self.assertEqual(tb.value(), b"early")
+        self.assertTrue(tb.write_closed)
