@@ -34,7 +34,7 @@ class ConnectTests(SynchronousTestCase):
             return made[-1]
 
         d = endpoint.connect(quiet_factory(build))
-        host, port, factory, _timeout, _bind = reactor.tcpClients[0]
+        _host, port, factory, _timeout, _bind = reactor.tcpClients[0]
         self.assertEqual(port, 3128)  # MemoryReactor resolves every name to 127.0.0.1
         proxy_side = factory.buildProtocol(None)
         assert proxy_side is not None
@@ -51,7 +51,7 @@ class ConnectTests(SynchronousTestCase):
         )
 
     def test_200_hands_the_connection_and_early_bytes_to_the_tunnel(self) -> None:
-        d, transport, made, proxy = self._dial()
+        d, _transport, made, proxy = self._dial()
         proxy.dataReceived(b"HTTP/1.1 200 Connection established\r\n\r\nTLS")
         self.assertIs(self.successResultOf(d), made[0])
         self.assertEqual(made[0].received, b"TLS")
@@ -65,6 +65,6 @@ class ConnectTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_endless_answer_is_cut_off(self) -> None:
-        d, transport, _, proxy = self._dial()
+        d, _transport, _, proxy = self._dial()
         proxy.dataReceived(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 5000)
         self.failureResultOf(d, ProxyError)

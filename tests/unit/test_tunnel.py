@@ -47,8 +47,8 @@ class StreamLifecycleTests(SynchronousTestCase):
         t.settle()
         self.assertEqual(len(t.handler.streams), 1)
         answered = t.handler.streams[0]
-        self.assertEqual(answered.request.authority, "web")  # type: ignore[union-attr]
-        self.assertEqual(answered.request.method, "CONNECT")  # type: ignore[union-attr]
+        self.assertEqual(answered.request.authority, "web")
+        self.assertEqual(answered.request.method, "CONNECT")
         self.assertEqual(t.handler.recorders[0].received, b"GET / HTTP/1.1\r\n\r\n")
         self.assertEqual(self.successResultOf(stream.response).status, 200)
         answered.write(b"HTTP/1.1 200 OK\r\n\r\nhello")
