@@ -42,7 +42,10 @@ class GatewayPeer:
                 gw=gateway_id,
                 peer=str(getattr(peer, "host", peer)),
             )
-            previous.close()
+            previous.close(
+                why=f"replaced by a newer connection of gateway {gateway_id} from "
+                f"{getattr(peer, 'host', peer)}: is this certificate installed on two machines?"
+            )
         else:
             log.info(
                 "gateway {gw} connected from {peer}",

@@ -223,13 +223,13 @@ class TunnelConnection(Protocol):
         if not self.closed and self.transport is not None:
             self.transport.abortConnection()
 
-    def close(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
-        """Send GOAWAY and close now; open streams end (the relay replacing a tunnel)."""
+    def close(self, error_code: int = ErrorCodes.NO_ERROR, why: str = "") -> None:
+        """Send GOAWAY (with ``why`` as its debug data) and close; open streams end."""
         if self.closed:
             return
         self.heartbeat.stop()
         try:
-            self.h2.close_connection(error_code)
+            self.h2.close_connection(error_code, additional_data=why.encode("utf-8")[:200] or None)
         except H2Error:
             pass
         self._write_out()
@@ -456,9 +456,12 @@ class TunnelConnection(Protocol):
             self._settings_changed()
         elif isinstance(event, ev.ConnectionTerminated):
             log.info(
-                "{peer} closed the tunnel (GOAWAY {code})",
+                "{peer} closed the tunnel (GOAWAY {code}{why})",
                 peer=self.observer.name,
                 code=_error_name(event.error_code or 0),
+                why=": " + event.additional_data.decode("utf-8", "replace")
+                if event.additional_data
+                else "",
             )
             self.draining = True
             self.heartbeat.stop()
