@@ -71,6 +71,7 @@ class LocalConnection(SpliceEnd):
         self.client = client
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         # Hold the browser's bytes until the stream exists.
         self.transport.pauseProducing()
         d = self.client.relay.whenConnected(failAfterFailures=1)

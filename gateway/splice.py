@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.tls import tune_socket
+
 log = Logger()
 
 
@@ -37,6 +39,9 @@ class SpliceEnd(Protocol):
         self.bytes = 0
         self.on_lost: Callable[[Failure], None] | None = None
         self._early: list[bytes] = []  # bytes that arrived before the peer was joined
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes += len(data)

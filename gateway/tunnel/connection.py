@@ -541,21 +541,23 @@ def _take(stream: TunnelStream, size: int) -> bytes:
     queue = stream.queue
     first = queue[0]
     if len(first) == size:
-        queue.popleft()
+        del queue[0]
         stream.queued -= size
         return first
     pieces: list[bytes] = []
-    got = 0
+    got = taken = 0
     while got < size:
-        piece = queue.popleft()
+        piece = queue[taken]
         room = size - got
         if len(piece) > room:
             pieces.append(piece[:room])
-            queue.appendleft(piece[room:])
+            queue[taken] = piece[room:]
             got = size
         else:
             pieces.append(piece)
             got += len(piece)
+            taken += 1
+    del queue[:taken]
     stream.queued -= size
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 

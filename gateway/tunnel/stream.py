@@ -14,7 +14,6 @@ the processor) until the connection's fair scheduler has drained it below ``LOW_
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
@@ -104,7 +103,36 @@ def refusal_from(response: StreamResponse) -> StreamRefused:
 
 @implementer(IConsumer, IPushProducer)
 class TunnelStream:
-    """A byte stream multiplexed on a ``TunnelConnection``."""
+    """A byte stream multiplexed on a ``TunnelConnection``.
+
+    Thousands sit idle on a busy relay, so a stream is kept small: slots, and no Deferred or
+    buffers until something needs them (an idle stream costs ~0.5 KiB here, h2's own state aside).
+    """
+
+    __slots__ = (
+        "_owed",
+        "_pending",
+        "_producer",
+        "_producer_paused",
+        "_response",
+        "_sink_paused",
+        "bytes_received",
+        "bytes_sent",
+        "connection",
+        "disconnecting",
+        "end_requested",
+        "finished",
+        "headers_sent",
+        "local_closed",
+        "protocol",
+        "queue",
+        "queued",
+        "remote_closed",
+        "request",
+        "reset_code",
+        "stream_id",
+        "uncredited",
+    )
 
     def __init__(
         self, connection: TunnelConnection, stream_id: int, request: StreamRequest | None
@@ -112,16 +140,14 @@ class TunnelStream:
         self.connection = connection
         self.stream_id = stream_id
         self.request = request
-        self.response: Deferred[StreamResponse] = Deferred()
-        if request is not None:
-            # Only streams we opened wait for a response; on ours nobody listens.
-            self.response.addErrback(lambda _: None)
+        self._response: Deferred[StreamResponse] | None = None
         self.protocol: IProtocol | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
         self.disconnecting = False
-        # Outbound: what the application wrote and the scheduler has not sent yet.
-        self.queue: deque[bytes] = deque()
+        # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
+        # the producer is paused once it holds HIGH_WATER bytes).
+        self.queue: list[bytes] = []
         self.queued = 0
         self.headers_sent = request is None  # a client's request headers go out at open
         self.end_requested = False
@@ -130,7 +156,7 @@ class TunnelStream:
         self.finished = False
         self.reset_code: int | None = None
         # Inbound flow control.
-        self._pending: list[tuple[bytes, int]] = []  # arrived before a protocol was attached
+        self._pending: list[tuple[bytes, int]] | None = None  # arrived before attach()
         self._sink_paused = False
         self._owed = 0
         self.uncredited = 0
@@ -140,6 +166,26 @@ class TunnelStream:
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} {self.request.authority if self.request else ''}>"
+
+    @property
+    def response(self) -> Deferred[StreamResponse]:
+        """Fires with the other end's answer to a stream we opened (errback: refused, reset)."""
+        if self._response is None:
+            self._response = Deferred()
+            if self.finished:
+                self._response.errback(StreamReset("stream closed before a response"))
+        return self._response
+
+    def _answer(self, outcome: StreamResponse | Exception) -> None:
+        if self.request is not None:
+            return  # we answered this stream ourselves: nobody waits for a response
+        response = self.response
+        if response.called:
+            return
+        if isinstance(outcome, Exception):
+            response.errback(outcome)
+        else:
+            response.callback(outcome)
 
     # -- answering a request (server side) -----------------------------------------------------
 
@@ -182,7 +228,7 @@ class TunnelStream:
         """Deliver this stream's data to ``protocol`` from now on (it becomes the transport)."""
         self.protocol = protocol
         protocol.makeConnection(self)  # type: ignore[arg-type]
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending or [], None
         for data, flow in pending:
             if self.finished:
                 break
@@ -271,6 +317,8 @@ class TunnelStream:
     def data_received(self, data: bytes, flow: int) -> None:
         self.bytes_received += len(data)
         if self.protocol is None:
+            if self._pending is None:
+                self._pending = []
             self._pending.append((data, flow))
             return
         self._deliver(data, flow)
@@ -300,19 +348,11 @@ class TunnelStream:
 
     def reset_by_peer(self, code: int) -> None:
         self.reset_code = code
-        if not self.response.called:
-            self.response.errback(
-                StreamReset(f"stream reset by the other side ({_code_name(code)})")
-            )
+        self._answer(StreamReset(f"stream reset by the other side ({_code_name(code)})"))
         self._finish(Failure(StreamReset(f"stream reset by the other side ({_code_name(code)})")))
 
     def response_received(self, response: StreamResponse) -> None:
-        if self.response.called:
-            return
-        if response.status == 200:
-            self.response.callback(response)
-        else:
-            self.response.errback(refusal_from(response))
+        self._answer(response if response.status == 200 else refusal_from(response))
 
     def sent_everything(self) -> None:
         """The scheduler sent END_STREAM after the last queued byte."""
@@ -325,8 +365,8 @@ class TunnelStream:
             self._producer.resumeProducing()
 
     def connection_lost(self, reason: Failure) -> None:
-        if not self.response.called:
-            self.response.errback(reason)
+        if reason.value is not None:
+            self._answer(reason.value)  # type: ignore[arg-type]
         self._finish(reason if not reason.check(ConnectionDone) else Failure(ConnectionLost()))
 
     def _maybe_finish(self) -> None:
@@ -341,11 +381,10 @@ class TunnelStream:
         self.finished = True
         self.queue.clear()
         self.queued = 0
-        self._pending.clear()
+        self._pending = None
         self._producer = None
         self.connection.stream_finished(self)
-        if not self.response.called:
-            self.response.errback(StreamReset("stream closed before a response"))
+        self._answer(StreamReset("stream closed before a response"))
         if self.protocol is not None:
             protocol, self.protocol = self.protocol, None
             protocol.connectionLost(reason)
