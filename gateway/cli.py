@@ -174,8 +174,6 @@ def _react(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
     async def wrapped(reactor: Any) -> None:
         reactor.callWhenRunning(_second_signal_stops_at_once, reactor)
         result["code"] = await main(reactor)
-        if result["code"]:
-            reactor.stop()
 
     try:
         task.react(lambda r: Deferred.fromCoroutine(wrapped(r)))
@@ -305,7 +303,11 @@ def cmd_demo_processor(args: argparse.Namespace) -> int:
         raise UsageError(f"demo-processor: --listen: {e}") from None
 
     async def main(reactor: Any) -> int:
-        await run_processor(reactor, args.listen)
+        try:
+            await run_processor(reactor, args.listen)
+        except CannotListenError as e:
+            print(f"gateway: cannot listen on {args.listen}: {e.socketError}", file=sys.stderr)
+            return 1
         return 0
 
     return _react(main)

@@ -55,8 +55,14 @@ class _RelayObserver(NullObserver):
         self.name = f"relay {relay}"
         self._report = report
         self._relay = relay
+        self.current: TunnelConnection | None = None
+
+    def tunnel_ready(self, connection: TunnelConnection) -> None:
+        self.current = connection
 
     def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
+        if self.current is connection:
+            self.current = None
         if not connection.is_ready:
             self._report(f"cannot reach relay {self._relay}: {describe_tls_failure(reason)}")
         else:
@@ -128,7 +134,7 @@ class EngineerClient(MultiService):
             tls,
             reactor,
         )
-        observer = _RelayObserver(options.relay, report)
+        observer = self._observer = _RelayObserver(options.relay, report)
         factory = quiet_factory(
             lambda: TunnelConnection(client_side=True, clock=reactor, observer=observer)
         )
@@ -143,6 +149,13 @@ class EngineerClient(MultiService):
         local = quiet_factory(lambda: LocalConnection(self))
         self.listener = StreamServerEndpointService(listen_endpoint(reactor, options.listen), local)
         self.listener.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """Say goodbye to the relay (GOAWAY, TLS close) rather than just dropping the socket."""
+        if self._observer.current is not None:
+            self._observer.current.close()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
     def stream_headers(self) -> list[tuple[bytes, bytes]]:
         return [

@@ -73,7 +73,7 @@ class EdgeDaemon(MultiService):
             state=self.state,
             drain_timeout=config.drain_timeout,
         )
-        self.tunnel.setServiceParent(self)
+        # Local listeners first: a port already in use stops start-up before anything dials out.
         if config.status_listen is not None:
             StreamServerEndpointService(
                 listen_endpoint(reactor, config.status_listen), Site(status_root(self.status))
@@ -84,6 +84,7 @@ class EdgeDaemon(MultiService):
             StreamServerEndpointService(
                 listen_endpoint(reactor, config.metrics_listen), Site(root)
             ).setServiceParent(self)
+        self.tunnel.setServiceParent(self)
 
     def status(self) -> dict[str, Any]:
         """The status JSON contract (BRIEF section 3)."""

@@ -98,6 +98,8 @@ class TunnelState:
 
     def dial_failed(self, reason: Failure) -> None:
         """No connection at all (refused, unreachable, DNS, proxy): say why, every time."""
+        if self.phase is TunnelPhase.STOPPED or reason.check(CancelledError):
+            return  # we are stopping: a cancelled dial is not the relay's fault
         why = describe_tls_failure(reason)
         self.last_error = why
         log.warn("cannot reach relay {relay}: {why}", relay=self.relay, why=why)

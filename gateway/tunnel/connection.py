@@ -179,8 +179,7 @@ class TunnelConnection(Protocol):
                 error=str(e) or type(e).__name__,
             )
             self._write_out()
-            self.transport.loseConnection()
-            self._abort_later()
+            self._close_transport()
             return
         for event in events:
             self._dispatch(event)
@@ -213,6 +212,18 @@ class TunnelConnection(Protocol):
 
     _abort_call: IDelayedCall | None = None
 
+    def _close_transport(self) -> None:
+        """Close cleanly (TLS close_notify), and abort if the peer does not answer in time.
+
+        Twisted's TLS transport postpones its shutdown while a producer is registered, and we
+        are the producer: unregister first, or the connection waits for ever.
+        """
+        if self.transport is None:
+            return
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._abort_later()
+
     def _abort_later(self, delay: float = 5.0) -> None:
         """After a clean close is asked for, do not wait forever for the peer to agree."""
         if self._abort_call is None and not self.closed:
@@ -233,8 +244,7 @@ class TunnelConnection(Protocol):
         except H2Error:
             pass
         self._write_out()
-        self.transport.loseConnection()
-        self._abort_later()
+        self._close_transport()
 
     def drain(self, timeout: float) -> Deferred[None]:
         """Refuse new streams, let open ones finish within ``timeout``, then GOAWAY and close.
@@ -466,8 +476,7 @@ class TunnelConnection(Protocol):
             self.draining = True
             self.heartbeat.stop()
             self._write_out()
-            self.transport.loseConnection()
-            self._abort_later()
+            self._close_transport()
         elif isinstance(event, ev.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and event.stream_ended is None:
