@@ -149,6 +149,7 @@ class GatewayConfig:
     status_listen: Address | None
     metrics_listen: Address | None
     drain_timeout: float = 10.0
+    half_close_timeout: float = 30.0
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -362,9 +363,10 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     status = _listener(top, "status")
     metrics = _listener(top, "metrics")
     service = top.table("service", required=False)
-    drain = 10.0
+    drain, half_close = 10.0, 30.0
     if service is not None:
         drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
+        half_close = service.seconds("half_close_timeout", 30.0, low=1, high=86400)
         service.finish()
     top.finish()
     return GatewayConfig(
@@ -375,6 +377,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         status_listen=status,
         metrics_listen=metrics,
         drain_timeout=drain,
+        half_close_timeout=half_close,
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +43,11 @@ class SpliceEnd(Protocol):
     def connectionMade(self) -> None:
         tune_socket(self.transport)
 
+    guard: HalfCloseGuard | None = None
+
     def dataReceived(self, data: bytes) -> None:
+        if self.guard is not None:
+            self.guard.activity()
         self.bytes += len(data)
         if self.on_bytes is not None:
             self.on_bytes(len(data))
@@ -57,6 +61,8 @@ class SpliceEnd(Protocol):
         self.read_closed = True
         if self.peer is None:
             return  # passed on when joined
+        if self.guard is not None and not self.peer.read_closed:
+            self.guard.half_closed()
         if self.peer is not None and not self.peer.lost:
             self.peer.transport.loseWriteConnection()
             if self.peer.read_closed:
@@ -69,6 +75,8 @@ class SpliceEnd(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self.lost = True
+        if self.guard is not None:
+            self.guard.stop()
         peer = self.peer
         if peer is not None and not peer.lost:
             if self.read_closed and not _is_error(reason):
@@ -82,6 +90,41 @@ class SpliceEnd(Protocol):
 
 def _is_error(reason: Failure) -> bool:
     return not reason.check(ConnectionDone)
+
+
+class HalfCloseGuard:
+    """Ends a half-closed splice that has gone quiet.
+
+    A browser closing a tab sends a FIN, which travels as a half-close to the processor; a
+    processor that never answers and never closes would then hold the stream and its socket for
+    ever.  Once one direction has finished, the other must move a byte at least every
+    ``timeout`` seconds (like HAProxy's client-fin/server-fin timeouts).
+    """
+
+    def __init__(self, a: SpliceEnd, b: SpliceEnd, clock: IReactorTime, timeout: float) -> None:
+        self._ends, self._clock, self._timeout = (a, b), clock, timeout
+        self._call: IDelayedCall | None = None
+        a.guard = b.guard = self
+
+    def half_closed(self) -> None:
+        if self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._expired)
+
+    def activity(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.reset(self._timeout)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _expired(self) -> None:
+        self._call = None
+        log.info("closing a half-closed connection after {t:g}s without data", t=self._timeout)
+        for end in self._ends:
+            if not end.lost and end.transport is not None:
+                end.transport.abortConnection()
 
 
 def splice(a: SpliceEnd, b: SpliceEnd) -> None:

@@ -12,6 +12,8 @@ slicing copies cut the receive cost by a third (TUNNEL-NOTES.md).  ``FastTLSProt
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,24 @@ def tune_socket(transport: Any, *, keepalive: bool = False) -> None:
         setter = getattr(transport, option, None)
         if setter is not None and wanted:
             setter(True)
+
+
+UNSENT_LOW_WATER = 256 * 1024
+
+
+def _limit_unsent(transport: Any) -> None:
+    """Keep at most ~256 KiB of unsent tunnel bytes in the kernel (TCP_NOTSENT_LOWAT).
+
+    Loopback and LAN autotuning grow send buffers to megabytes; a PING or a WebSocket frame
+    queued behind them waits for all of it, which on a slow plant uplink is seconds.  The rest
+    waits in our own buffers, where the fair scheduler can still put small frames first.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    handle = getattr(transport, "getHandle", None)
+    if option is None or handle is None:
+        return
+    with contextlib.suppress(OSError):
+        handle().setsockopt(socket.IPPROTO_TCP, option, UNSENT_LOW_WATER)
 
 
 class TLSFileError(Exception):
@@ -147,6 +167,7 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
 
     def makeConnection(self, transport: interfaces.ITransport) -> None:
         tune_socket(transport, keepalive=True)
+        _limit_unsent(transport)
         super().makeConnection(transport)
 
     def _flushSendBIO(self) -> None:

@@ -27,7 +27,7 @@ from gateway import __version__
 from gateway.config import Target
 from gateway.edge.policy import AccessPolicy, Allowed
 from gateway.endpoints import quiet_factory
-from gateway.splice import SpliceEnd, splice
+from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
 from gateway.tunnel.errors import Refusal
 from gateway.tunnel.stream import TunnelStream
@@ -107,8 +107,10 @@ class StreamForwarder:
         connect: TargetConnector,
         clock: IReactorTime,
         events: StreamEvents | None = None,
+        half_close_timeout: float = 30.0,
     ) -> None:
         self.gateway_id = gateway_id
+        self.half_close_timeout = half_close_timeout
         self.policy = policy
         self._connect = connect
         self._clock = clock
@@ -168,6 +170,7 @@ class StreamForwarder:
         stream_end.on_lost = lambda reason: self._closed(conn, reason)
         stream.accept()
         stream.attach(stream_end)
+        HalfCloseGuard(stream_end, processor_end, self._clock, self.half_close_timeout)
         splice(stream_end, processor_end)
 
     def _closed(self, conn: ActiveConnection, reason: Failure) -> None:

@@ -51,6 +51,7 @@ class EdgeDaemon(MultiService):
             connect=tcp_connector(reactor),
             clock=reactor,
             events=self.metrics,
+            half_close_timeout=config.half_close_timeout,
         )
         self.state = TunnelState(str(config.relay.address), reactor, self.metrics)
         link = config.relay

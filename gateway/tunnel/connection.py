@@ -168,6 +168,7 @@ class TunnelConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        self.heartbeat.peer_active()
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as e:
@@ -181,11 +182,16 @@ class TunnelConnection(Protocol):
             self._write_out()
             self._close_transport()
             return
-        for event in events:
-            self._dispatch(event)
-            if self.closed:
-                return
-        self._flush_soon()
+        self._receiving = True
+        try:
+            for event in events:
+                self._dispatch(event)
+                if self.closed:
+                    return
+        finally:
+            self._receiving = False
+        # Answer in the same reactor turn: acks, window updates and whatever the handlers wrote.
+        self._flush_now()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.closed:
@@ -378,10 +384,21 @@ class TunnelConnection(Protocol):
 
     # -- sending ---------------------------------------------------------------------------------
 
+    _receiving = False
+
     def _flush_soon(self) -> None:
-        """Write at the end of this reactor turn, so one turn's frames go out in one write."""
-        if self._flush_call is None and not self.closed:
+        """Write at the end of this reactor turn, so one turn's frames go out in one write.
+
+        While we are handling our own input the flush happens when that batch is done; writes
+        from elsewhere (a processor's socket, another tunnel) are flushed in the next turn.
+        """
+        if self._flush_call is None and not self.closed and not self._receiving:
             self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush_now(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_call = None

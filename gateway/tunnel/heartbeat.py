@@ -56,6 +56,20 @@ class Heartbeat:
         self._deadline = self._clock.callLater(self.timeout, self._expired)
         self._send_ping(payload)
 
+    def peer_active(self) -> None:
+        """Bytes arrived from the peer: it is alive even if our PING waits behind a big queue.
+
+        On a slow, busy uplink a PING (or its ack) can sit behind megabytes of stream data for
+        longer than the timeout; the frames that keep arriving prove the peer is there.
+        """
+        if self._deadline is not None and self._deadline.active():
+            now = self._clock.seconds()
+            if now - self._last_extended >= 0.5:
+                self._last_extended = now
+                self._deadline.reset(self.timeout)
+
+    _last_extended = 0.0
+
     def ack_received(self, payload: bytes) -> None:
         if payload != self._outstanding:
             return  # an ack for a PING that is not ours, or a late one: ignore

@@ -170,6 +170,7 @@ listen = "127.0.0.1:{self.ports["status"]}"
 listen = "127.0.0.1:{self.ports["gw_metrics"]}"
 [service]
 drain_timeout = 2
+half_close_timeout = 3
 """
         )
 

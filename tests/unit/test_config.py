@@ -243,6 +243,7 @@ class ExampleConfigTests(ConfigTestCase):
                 "status.listen",
                 "metrics.listen",
                 "service.drain_timeout",
+                "service.half_close_timeout",
             },
         )
 

@@ -90,3 +90,43 @@ class SpliceTests(SynchronousTestCase):
         splice(a, b)
         self.assertEqual(tb.value(), b"early")
         self.assertTrue(tb.write_closed)
+
+
+class HalfCloseGuardTests(SynchronousTestCase):
+    def test_quiet_half_closed_splice_is_ended_after_the_timeout(self) -> None:
+        from twisted.internet.task import Clock
+
+        from gateway.splice import HalfCloseGuard
+
+        clock = Clock()
+        a, b = SpliceEnd(), SpliceEnd()
+        ta, tb = HalfCloseTransport(), HalfCloseTransport()
+        a.makeConnection(ta)
+        b.makeConnection(tb)
+        HalfCloseGuard(a, b, clock, 30)
+        splice(a, b)
+        a.readConnectionLost()  # the engineer finished; the processor never answers
+        clock.advance(29)
+        b.dataReceived(b"a late byte keeps it open")
+        clock.advance(29)
+        self.assertFalse(ta.aborted or tb.aborted)
+        clock.advance(2)
+        self.assertTrue(ta.aborted and tb.aborted)
+        a.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_open_splice_is_never_timed_out(self) -> None:
+        from twisted.internet.task import Clock
+
+        from gateway.splice import HalfCloseGuard
+
+        clock = Clock()
+        a, b = SpliceEnd(), SpliceEnd()
+        ta, tb = HalfCloseTransport(), HalfCloseTransport()
+        a.makeConnection(ta)
+        b.makeConnection(tb)
+        HalfCloseGuard(a, b, clock, 30)
+        splice(a, b)
+        clock.advance(3600)
+        self.assertFalse(ta.aborted or tb.aborted)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -307,6 +307,21 @@ class HeartbeatTests(SynchronousTestCase):
         conn.connectionLost(ConnectionDone())  # type: ignore[arg-type]
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_frames_arriving_keep_a_slow_but_busy_peer_alive(self) -> None:
+        """A PING stuck behind megabytes on a slow uplink must not kill a working tunnel."""
+        clock, conn, transport = self._ready(timeout=5)
+        peer = H2Connection(h2_configuration(client_side=True))
+        peer.initiate_connection()
+        peer.data_to_send()
+        for _ in range(20):
+            clock.advance(1)
+            peer.ping(b"12345678")
+            conn.dataReceived(peer.data_to_send())  # the peer keeps talking, never acks ours
+        self.assertFalse(transport.disconnecting)
+        clock.advance(5.1)  # then silence
+        self.assertTrue(transport.disconnecting)
+        conn.connectionLost(ConnectionDone())  # type: ignore[arg-type]
+
     def test_ping_ack_measures_the_round_trip_time(self) -> None:
         clock, conn, transport = self._ready()
         rtts: list[float] = []
