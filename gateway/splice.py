@@ -54,6 +54,8 @@ class SpliceEnd(Protocol):
         if self.peer is None:
             self._early.append(data)
         elif not self.peer.lost:
+            # A tunnel written to from a socket sends at the end of the reactor turn, so the
+            # chunks read from many sockets in one turn share one TLS write.
             self.peer.transport.write(data)
 
     def readConnectionLost(self) -> None:

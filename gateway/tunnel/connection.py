@@ -55,6 +55,37 @@ LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
 
 
+class _Batch:
+    """Input being handled right now; the tunnels it wrote to are flushed when it is done.
+
+    Bytes that arrive (on a tunnel or on a processor's or browser's socket) usually cause writes
+    to tunnels: to the same one (window updates, acks) or another (the relay forwarding).  Those
+    writes are collected while the input is handled and flushed as soon as it is done, in the
+    same reactor turn: one TLS write per tunnel per batch, and no extra reactor iteration per hop
+    (which a ``callLater(0)`` would cost on every small message).  Twisted runs one reactor
+    thread, so one module-level batch is enough.
+    """
+
+    depth = 0
+    dirty: list[TunnelConnection] = []
+
+    @classmethod
+    def begin(cls) -> None:
+        cls.depth += 1
+
+    @classmethod
+    def end(cls) -> None:
+        cls.depth -= 1
+        if cls.depth == 0:
+            while cls.dirty:
+                dirty, cls.dirty = cls.dirty, []
+                for connection in dirty:
+                    connection._flush_now()
+
+
+begin_batch, end_batch = _Batch.begin, _Batch.end
+
+
 class IStreamHandler(Interface):
     """Decides what to do with a stream the other end asked for."""
 
@@ -169,6 +200,13 @@ class TunnelConnection(Protocol):
         if self.closed:
             return
         self.heartbeat.peer_active()
+        _Batch.begin()
+        try:
+            self._receive(data)
+        finally:
+            _Batch.end()
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as e:
@@ -182,16 +220,11 @@ class TunnelConnection(Protocol):
             self._write_out()
             self._close_transport()
             return
-        self._receiving = True
-        try:
-            for event in events:
-                self._dispatch(event)
-                if self.closed:
-                    return
-        finally:
-            self._receiving = False
-        # Answer in the same reactor turn: acks, window updates and whatever the handlers wrote.
-        self._flush_now()
+        for event in events:
+            self._dispatch(event)
+            if self.closed:
+                return
+        self._flush_soon()  # acks and window updates go out when this batch ends
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.closed:
@@ -384,18 +417,21 @@ class TunnelConnection(Protocol):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    _receiving = False
+    _queued_for_batch = False
 
     def _flush_soon(self) -> None:
-        """Write at the end of this reactor turn, so one turn's frames go out in one write.
-
-        While we are handling our own input the flush happens when that batch is done; writes
-        from elsewhere (a processor's socket, another tunnel) are flushed in the next turn.
-        """
-        if self._flush_call is None and not self.closed and not self._receiving:
+        """Write when the input being handled is done (see ``_Batch``), else next turn."""
+        if self.closed:
+            return
+        if _Batch.depth:
+            if not self._queued_for_batch:
+                self._queued_for_batch = True
+                _Batch.dirty.append(self)
+        elif self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
 
     def _flush_now(self) -> None:
+        self._queued_for_batch = False
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush()
