@@ -23,7 +23,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.backoff import full_jitter
+from gateway.backoff import Backoff
 from gateway.config import Address
 from gateway.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
@@ -51,14 +51,16 @@ class ConnectOptions:
 
 
 class _RelayObserver(NullObserver):
-    def __init__(self, relay: Address, report: Report) -> None:
+    def __init__(self, relay: Address, report: Report, backoff: Backoff) -> None:
         self.name = f"relay {relay}"
+        self._backoff = backoff
         self._report = report
         self._relay = relay
         self.current: TunnelConnection | None = None
 
     def tunnel_ready(self, connection: TunnelConnection) -> None:
         self.current = connection
+        self._backoff.succeeded()
 
     def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
         if self.current is connection:
@@ -81,7 +83,7 @@ class LocalConnection(SpliceEnd):
         # Hold the browser's bytes until the stream exists.
         self.transport.pauseProducing()
         d = self.client.relay.whenConnected(failAfterFailures=1)
-        d.addCallbacks(self._open, self._relay_unreachable)
+        d.addCallback(_when_ready).addCallbacks(self._open, self._relay_unreachable)
         d.addErrback(lambda f: log.failure("forwarding a local connection", f))
 
     def _relay_unreachable(self, failure: Failure) -> None:
@@ -90,8 +92,7 @@ class LocalConnection(SpliceEnd):
         )
         self.transport.abortConnection()
 
-    def _open(self, connection: IProtocol) -> None:
-        assert isinstance(connection, TunnelConnection)
+    def _open(self, connection: TunnelConnection) -> None:
         if self.lost:
             return
         try:
@@ -134,16 +135,18 @@ class EngineerClient(MultiService):
             tls,
             reactor,
         )
-        observer = self._observer = _RelayObserver(options.relay, report)
+        # Backoff counts failed handshakes too (see gateway.backoff.Backoff); no
+        # prepareConnection, which ClientService mishandles when a handshake fails.
+        self._backoff = Backoff(Random(), base=0.5, cap=15)
+        observer = self._observer = _RelayObserver(options.relay, report, self._backoff)
         factory = quiet_factory(
             lambda: TunnelConnection(client_side=True, clock=reactor, observer=observer)
         )
         self.relay = ClientService(
             endpoint,
             factory,
-            retryPolicy=full_jitter(Random(), base=0.5, cap=15),
+            retryPolicy=self._backoff,
             clock=reactor,
-            prepareConnection=lambda p: p.when_ready(),  # type: ignore[attr-defined]
         )
         self.relay.setServiceParent(self)
         local = quiet_factory(lambda: LocalConnection(self))
@@ -167,8 +170,7 @@ class EngineerClient(MultiService):
         """Ask the relay whether the token works and the gateway is online (startup check)."""
         d = self.relay.whenConnected(failAfterFailures=1)
 
-        def ask(connection: IProtocol) -> Deferred[dict[str, object]]:
-            assert isinstance(connection, TunnelConnection)
+        def ask(connection: TunnelConnection) -> Deferred[dict[str, object]]:
             stream = connection.open_stream(
                 self.options.relay.host,
                 method="GET",
@@ -180,7 +182,13 @@ class EngineerClient(MultiService):
             stream.attach(body)
             return stream.response.addCallback(lambda _: body.done)
 
-        return d.addCallback(ask)
+        return d.addCallback(_when_ready).addCallback(ask)
+
+
+def _when_ready(connection: IProtocol) -> Deferred[TunnelConnection]:
+    """``whenConnected`` fires at TCP connect; streams need HTTP/2 to be up."""
+    assert isinstance(connection, TunnelConnection)
+    return connection.when_ready()
 
 
 class _BodyCollector(Protocol):

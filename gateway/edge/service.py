@@ -64,6 +64,7 @@ class EdgeDaemon(MultiService):
                 observer=self.state,
                 heartbeat_interval=link.heartbeat.interval,
                 heartbeat_timeout=link.heartbeat.timeout,
+                ready_timeout=link.connect_timeout + link.heartbeat.timeout,
             )
 
         self.tunnel = GatewayTunnelService(

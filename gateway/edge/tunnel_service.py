@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.backoff import full_jitter
+from gateway.backoff import Backoff
 from gateway.config import RelayLink
 from gateway.proxy import HTTPConnectEndpoint
 from gateway.reactor import IGatewayReactor
@@ -65,6 +65,8 @@ class TunnelState:
         self.rtt: float | None = None
         self.last_error: str | None = None
         self.connects = 0
+        self.current: TunnelConnection | None = None
+        self.backoff: Backoff | None = None
 
     name = property(lambda self: f"relay {self.relay}")
 
@@ -76,6 +78,9 @@ class TunnelState:
         self._sink.up(phase is TunnelPhase.UP)
 
     def tunnel_ready(self, connection: TunnelConnection) -> None:
+        self.current = connection
+        if self.backoff is not None:
+            self.backoff.succeeded()
         self.connects += 1
         self.last_error = None
         self._sink.connected()
@@ -86,6 +91,8 @@ class TunnelState:
         self._sink.rtt(seconds)
 
     def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
+        if self.current is connection:
+            self.current = None
         why = describe_tls_failure(reason)
         if not connection.is_ready:
             self.last_error = why
@@ -157,46 +164,22 @@ class GatewayTunnelService(Service):
         self._reactor = reactor
         self._state = state
         self._drain_timeout = drain_timeout
-        self._handshake_timeout = link.connect_timeout + link.heartbeat.timeout
+        # No prepareConnection: ClientService has no transition for a connection lost while
+        # one is pending (a traceback on every failed handshake).  The tunnel enforces its own
+        # handshake deadline (TunnelConnection.ready_timeout) and the backoff keeps counting
+        # failures until HTTP/2 is really up (TunnelState.tunnel_ready resets it).
+        self.backoff = Backoff(rng or Random(), base=1.0, cap=link.reconnect_cap)
+        state.backoff = self.backoff
         self.client = ClientService(
             ReportingEndpoint(endpoint, state),
             make_protocol,
-            retryPolicy=full_jitter(rng or Random(), base=1.0, cap=link.reconnect_cap),
+            retryPolicy=self.backoff,
             clock=reactor,
-            prepareConnection=self._until_ready,
         )
-        self.current: TunnelConnection | None = None
 
-    def _until_ready(self, protocol: IProtocol) -> Deferred[TunnelConnection]:
-        """ClientService counts the tunnel as connected only once HTTP/2 is up.
-
-        ``protocol`` is ClientService's proxy for our ``TunnelConnection``.
-        """
-        connection: TunnelConnection = protocol  # type: ignore[assignment]
-        d = connection.when_ready()
-        d.addTimeout(self._handshake_timeout, self._reactor)
-
-        def remember(ready: TunnelConnection) -> TunnelConnection:
-            self.current = ready
-            ready.when_lost().addCallback(lambda _: self._forget(ready))
-            return ready
-
-        def give_up(failure: Failure) -> Failure:
-            if failure.check(CancelledError):
-                log.warn(
-                    "relay did not complete the handshake within {t:.0f}s",
-                    t=self._handshake_timeout,
-                )
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-            return failure
-
-        return d.addCallbacks(remember, give_up)
-
-    def _forget(self, connection: TunnelConnection) -> None:
-        if self.current is connection:
-            self.current = None
+    @property
+    def current(self) -> TunnelConnection | None:
+        return self._state.current
 
     def startService(self) -> None:
         super().startService()

@@ -57,6 +57,7 @@ class RelayDaemon(MultiService):
                 observer=GatewayPeer(self.registry, metrics),
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
+                ready_timeout=heartbeat.interval + heartbeat.timeout,
             )
 
         self.engineer_streams = EngineerStreams(
@@ -70,6 +71,7 @@ class RelayDaemon(MultiService):
                 handler=self.engineer_streams,
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
+                ready_timeout=heartbeat.interval + heartbeat.timeout,
             )
 
         self.gateway_factory = TrackingFactory(gateway_tunnel)

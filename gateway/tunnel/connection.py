@@ -137,8 +137,11 @@ class TunnelConnection(Protocol):
         observer: ITunnelObserver | None = None,
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 10.0,
+        ready_timeout: float | None = 20.0,
     ) -> None:
         self.client_side = client_side
+        self.ready_timeout = ready_timeout
+        self._ready_deadline: IDelayedCall | None = None
         self.clock = clock
         self.handler = handler
         self.observer: ITunnelObserver = observer or NullObserver()
@@ -170,6 +173,10 @@ class TunnelConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_at = self.clock.seconds()
+        if self.ready_timeout is not None:
+            # TLS handshake and the peer's SETTINGS must arrive in time: a connection that
+            # stalls before HTTP/2 (half a ClientHello, silence) would otherwise hold a socket.
+            self._ready_deadline = self.clock.callLater(self.ready_timeout, self._not_ready)
         self.h2.local_settings = Settings(client=self.client_side, initial_values=LOCAL_SETTINGS)
         self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
@@ -177,6 +184,16 @@ class TunnelConnection(Protocol):
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
         self.transport.registerProducer(self, True)
         self._write_out()
+
+    def _not_ready(self) -> None:
+        self._ready_deadline = None
+        log.warn(
+            "{peer}: no TLS handshake and HTTP/2 settings within {t:g}s; closing",
+            peer=self.observer.name,
+            t=self.ready_timeout,
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def when_ready(self) -> Deferred[TunnelConnection]:
         """Fires once the peer's SETTINGS arrived (TLS handshake done, HTTP/2 spoken)."""
@@ -196,8 +213,12 @@ class TunnelConnection(Protocol):
             self._lost_waiters.append(d)
         return d
 
+    _hanging_up = False
+
     def dataReceived(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._hanging_up:
+            # After we hung up, TLS keeps reading until the peer answers our close_notify;
+            # whatever still arrives is dropped, not buffered (a hostile peer keeps sending).
             return
         self.heartbeat.peer_active()
         _Batch.begin()
@@ -224,13 +245,50 @@ class TunnelConnection(Protocol):
             self._dispatch(event)
             if self.closed:
                 return
+        if self._oversized_input():
+            return
         self._flush_soon()  # acks and window updates go out when this batch ends
+
+    def _oversized_input(self) -> bool:
+        """Refuse a frame or header block larger than allowed before h2 buffers all of it.
+
+        h2 checks a frame's length only once the whole frame has arrived, and collects up to 64
+        CONTINUATION frames before decoding headers: an unauthenticated client could make us hold
+        tens of megabytes per connection.  The frame header and the header block are known early.
+        """
+        frames = self.h2.incoming_buffer  # h2 internals, read defensively: absent means no check
+        buffered = getattr(frames, "_data", b"")
+        too_big = ""
+        if len(buffered) >= 9:
+            declared = int.from_bytes(buffered[:3], "big")
+            if declared > self.h2.max_inbound_frame_size:
+                too_big = f"a frame of {declared} bytes (limit {self.h2.max_inbound_frame_size})"
+        header_block = sum(
+            len(getattr(f, "data", b"")) for f in getattr(frames, "_headers_buffer", ())
+        )
+        if header_block > MAX_HEADER_LIST_SIZE:
+            too_big = f"a header block over {MAX_HEADER_LIST_SIZE} bytes"
+        if not too_big:
+            return False
+        log.warn(
+            "{peer} sent {what}; closing that connection", peer=self.observer.name, what=too_big
+        )
+        try:
+            self.h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+        except H2Error:
+            pass
+        self._write_out()
+        self._close_transport()
+        return True
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.closed:
             return
         self.closed = True
         self.heartbeat.stop()
+        if self._ready_deadline is not None and self._ready_deadline.active():
+            self._ready_deadline.cancel()
+        self._ready_deadline = None
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -259,6 +317,7 @@ class TunnelConnection(Protocol):
         """
         if self.transport is None:
             return
+        self._hanging_up = True
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._abort_later()
@@ -538,6 +597,9 @@ class TunnelConnection(Protocol):
     def _settings_changed(self) -> None:
         if not self.is_ready:
             self.is_ready = True
+            if self._ready_deadline is not None and self._ready_deadline.active():
+                self._ready_deadline.cancel()
+            self._ready_deadline = None
             self.heartbeat.start()
             waiters, self._ready_waiters = self._ready_waiters, []
             for d in waiters:

@@ -89,3 +89,20 @@ class FullJitterTests(SynchronousTestCase):
         self.assertLess(min(samples), 6)  # some reconnect almost at once
         self.assertGreater(max(samples), 54)  # some wait almost the whole cap
         self.assertTrue(20 < sum(samples) / len(samples) < 40)
+
+
+class BackoffPolicyTests(SynchronousTestCase):
+    def test_failed_handshakes_keep_growing_the_delay_until_the_tunnel_is_up(self) -> None:
+        from gateway.backoff import Backoff
+
+        policy = Backoff(Random(7), base=1.0, cap=60.0)
+        # ClientService says "attempt 1" every time (TCP connected, then TLS failed).
+        ceilings = []
+        for _ in range(8):
+            policy(1)
+            ceilings.append(min(60.0, 2.0**policy.failures))
+        self.assertEqual(policy.failures, 8)
+        self.assertEqual(ceilings[-1], 60.0)
+        policy.succeeded()
+        self.assertEqual(policy.failures, 0)
+        self.assertLessEqual(policy(1), 2.0)

@@ -195,6 +195,45 @@ class ErrorContainmentTests(SynchronousTestCase):
         self.assertGreater(before, 0)
         t.close()
 
+    def test_a_connection_that_never_speaks_http2_is_dropped(self) -> None:
+        clock = Clock()
+        conn = TunnelConnection(client_side=False, clock=clock, ready_timeout=20)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        conn.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM")  # half a preface, then silence
+        clock.advance(19.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        conn.connectionLost(ConnectionDone())  # type: ignore[arg-type]
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_frame_declared_too_large_is_refused_before_it_is_buffered(self) -> None:
+        clock = Clock()
+        conn = TunnelConnection(client_side=False, clock=clock)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        huge_data_header = (16 * 1024 * 1024 - 1).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01"
+        conn.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + huge_data_header + b"x")
+        self.assertTrue(transport.disconnecting)
+        conn.connectionLost(ConnectionDone())  # type: ignore[arg-type]
+
+    def test_an_endless_header_block_is_refused(self) -> None:
+        clock = Clock()
+        conn = TunnelConnection(client_side=False, clock=clock, handler=AcceptAll())
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        block = b"\x00" * 60_000
+        headers = len(block).to_bytes(3, "big") + b"\x01\x00\x00\x00\x00\x01" + block
+        continuation = len(block).to_bytes(3, "big") + b"\x09\x00\x00\x00\x00\x01" + block
+        conn.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + headers)
+        self.assertFalse(transport.disconnecting)
+        conn.dataReceived(continuation)
+        self.assertTrue(transport.disconnecting)
+        conn.connectionLost(ConnectionDone())  # type: ignore[arg-type]
+
     def test_data_frame_repr_does_not_serialize_the_body(self) -> None:
         frame = DataFrame(1)
         frame.data = b"z" * (1 << 20)
