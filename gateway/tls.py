@@ -24,6 +24,7 @@ from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     KeyPair,
@@ -42,6 +43,10 @@ SOCKET_READ_SIZE = 1 << 20
 ALPN_H2 = b"h2"
 
 TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+TLS12_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1"
+)
+"""TLS 1.2: forward-secret AEAD suites only (no CBC: LUCKY13-class padding oracles)."""
 """AES-128-GCM first: 10-15 % faster end to end than ChaCha20 on CPUs with AES-NI."""
 
 
@@ -137,6 +142,7 @@ def server_options(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=TLS12_CIPHERS,
         acceptableProtocols=[ALPN_H2],
         **extra,
     )
@@ -158,7 +164,10 @@ def client_options(
         trustRoot=load_ca(ca_path),
         clientCertificate=identity,
         acceptableProtocols=[ALPN_H2],
-        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+        extraCertificateOptions={
+            "raiseMinimumTo": TLSVersion.TLSv1_2,
+            "acceptableCiphers": TLS12_CIPHERS,
+        },
     )
 
 

@@ -154,3 +154,15 @@ def test_no_finding_of_medium_severity_or_above(
         + f"\nall findings that are not OK/INFO:\n{_listing(findings)}"
     )
     print(f"\n{listener}: findings that are not OK/INFO:\n{_listing(findings)}")
+
+
+@pytest.mark.parametrize("listener", list(LISTENERS))
+def test_tls_1_2_offers_only_aead_suites(
+    scans: dict[str, list[dict[str, Any]]], listener: str
+) -> None:
+    """CBC suites (testssl's "AVERAGE" list, LUCKY13) are not offered: AES-GCM and ChaCha20."""
+    by_id = {f["id"]: f for f in scans[listener]}
+    average = by_id.get("cipherlist_AVERAGE", {}).get("finding", "?")
+    lucky13 = by_id.get("LUCKY13", {}).get("severity", "?")
+    assert average == "not offered", f"{listener}: CBC suites offered: {average}"
+    assert lucky13 in ("OK", "INFO"), f"{listener}: LUCKY13 is {lucky13}"
