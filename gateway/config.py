@@ -123,7 +123,7 @@ class RelayLink:
     server_name: str | None = None
     heartbeat: Heartbeat = field(factory=Heartbeat)
     connect_timeout: float = 10.0
-    reconnect_cap: float = 60.0
+    reconnect_cap: float = 30.0
 
     @property
     def expected_name(self) -> str:
@@ -328,7 +328,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         server_name=relay_table.optional_str("server_name"),
         heartbeat=_heartbeat(relay_table),
         connect_timeout=relay_table.seconds("connect_timeout", 10.0, high=300),
-        reconnect_cap=relay_table.seconds("reconnect_max_delay", 60.0, low=1, high=3600),
+        reconnect_cap=relay_table.seconds("reconnect_max_delay", 30.0, low=1, high=3600),
     )
     relay_table.finish()
 

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gateway.config import RelayConfig
-from gateway.endpoints import listen_endpoint
+from gateway.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.metrics import RelayMetrics
 from gateway.reactor import IGatewayReactor
 from gateway.relay.engineers import EngineerStreams
@@ -81,12 +81,16 @@ class RelayDaemon(MultiService):
         eng = config.engineers
         engineer_tls = server_options(eng.cert, eng.key, client_ca=None)
         self.gateway_listener = StreamServerEndpointService(
-            TLSServerEndpoint(listen_endpoint(reactor, gw.listen), gateway_tls, reactor),
+            TLSServerEndpoint(
+                listen_endpoint(reactor, gw.listen, backlog=RELAY_BACKLOG), gateway_tls, reactor
+            ),
             self.gateway_factory,
         )
         self.gateway_listener.setServiceParent(self)
         self.engineer_listener = StreamServerEndpointService(
-            TLSServerEndpoint(listen_endpoint(reactor, eng.listen), engineer_tls, reactor),
+            TLSServerEndpoint(
+                listen_endpoint(reactor, eng.listen, backlog=RELAY_BACKLOG), engineer_tls, reactor
+            ),
             self.engineer_factory,
         )
         self.engineer_listener.setServiceParent(self)

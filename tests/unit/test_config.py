@@ -209,7 +209,7 @@ class ExampleConfigTests(ConfigTestCase):
         for config in (plain, uncommented):
             self.assertEqual(config.relay.heartbeat, Heartbeat())
             self.assertEqual(config.relay.connect_timeout, 10.0)
-            self.assertEqual(config.relay.reconnect_cap, 60.0)
+            self.assertEqual(config.relay.reconnect_cap, 30.0)
             self.assertEqual([t.connect_timeout for t in config.targets], [5.0, 5.0])
             self.assertEqual(config.drain_timeout, 10.0)
 

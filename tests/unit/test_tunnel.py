@@ -418,3 +418,19 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(drained)
         self.assertTrue(t.server.closed)
         assert rec.lost is not None
+
+
+class H2TuningTests(SynchronousTestCase):
+    def test_lean_setting_values_keep_h2_settings_semantics(self) -> None:
+        """Settings changes are pending until acknowledged, then take effect (as with deques)."""
+        from h2.settings import SettingCodes, Settings
+
+        settings = Settings(client=True)
+        settings[SettingCodes.INITIAL_WINDOW_SIZE] = 1 << 20
+        self.assertEqual(settings[SettingCodes.INITIAL_WINDOW_SIZE], 65535)
+        changes = settings.acknowledge()
+        self.assertEqual(changes[SettingCodes.INITIAL_WINDOW_SIZE].new_value, 1 << 20)
+        self.assertEqual(settings[SettingCodes.INITIAL_WINDOW_SIZE], 1 << 20)
+        self.assertEqual(
+            type(settings._settings[SettingCodes.INITIAL_WINDOW_SIZE]).__name__, "_SettingValues"
+        )
