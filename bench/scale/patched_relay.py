@@ -54,7 +54,8 @@ def backlog(size: int) -> None:
     import gateway.relay.service
     from gateway.config import Address
 
-    def listen_endpoint(reactor: Any, address: Address) -> Any:
+    def listen_endpoint(reactor: Any, address: Address, *, backlog: int = 50) -> Any:
+        # The product now listens with gateway.endpoints.RELAY_BACKLOG; this overrides it for A/B.
         kind = TCP6ServerEndpoint if ":" in address.host else TCP4ServerEndpoint
         return kind(reactor, address.port, backlog=size, interface=address.host)
 
