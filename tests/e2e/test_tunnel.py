@@ -26,6 +26,7 @@ from tests.helpers.processes import (
     free_port,
     make_stack,
     port_open,
+    running_stack,
     start,
     wait_until,
 )
@@ -35,16 +36,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s, tmp = make_stack()
-    try:
-        s.start_processor()
-        s.start_relay()
-        s.start_gateway()
-        s.start_connect()
+    with running_stack() as s:
         yield s
-    finally:
-        s.stop_all()
-        tmp.cleanup()
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -257,6 +258,21 @@ half_close_timeout = 3
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
+
+
+@contextmanager
+def running_stack() -> Iterator[Stack]:
+    """Processor, relay, gateway (tunnel up) and an engineer client on ``forward``."""
+    s, tmp = make_stack()
+    try:
+        s.start_processor()
+        s.start_relay()
+        s.start_gateway()
+        s.start_connect()
+        yield s
+    finally:
+        s.stop_all()
+        tmp.cleanup()
 
 
 def make_stack(mode: str = "unattended") -> tuple[Stack, tempfile.TemporaryDirectory[str]]:

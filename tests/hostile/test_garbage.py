@@ -25,7 +25,7 @@ import pytest
 
 from gateway.pki import issue_gateway_certificate
 from tests.helpers.clients import download_and_verify
-from tests.helpers.processes import Stack, make_stack, wait_until
+from tests.helpers.processes import Stack, make_stack, running_stack, wait_until
 from tests.helpers.rogue import (
     BAD_HPACK,
     CONNECT_WEB,
@@ -61,16 +61,8 @@ INTRUDER = "intruder-gateway"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s, tmp = make_stack()
-    try:
-        s.start_processor()
-        s.start_relay()
-        s.start_gateway()
-        s.start_connect()
+    with running_stack() as s:
         yield s
-    finally:
-        s.stop_all()
-        tmp.cleanup()
 
 
 @pytest.fixture(scope="module")

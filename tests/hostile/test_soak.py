@@ -21,7 +21,7 @@ from attrs import frozen
 
 from tests.helpers.clients import download_and_verify, expected
 from tests.helpers.pki import make_other_ca_gateway
-from tests.helpers.processes import Stack, make_stack, wait_until
+from tests.helpers.processes import Stack, running_stack, wait_until
 from tests.helpers.rogue import H2Client, PeerClosed, in_parallel, metrics, tls_context
 
 pytestmark = pytest.mark.e2e
@@ -39,16 +39,8 @@ def scaled(n: int) -> int:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s, tmp = make_stack()
-    try:
-        s.start_processor()
-        s.start_relay()
-        s.start_gateway()
-        s.start_connect()
+    with running_stack() as s:
         yield s
-    finally:
-        s.stop_all()
-        tmp.cleanup()
 
 
 @frozen
