@@ -292,7 +292,7 @@ def test_throttled_link_carries_a_download_without_a_false_heartbeat_timeout(
         rtt = gateway_metric(s, rtt_metric)
         if rtt is not None and rtt != stale_rtt:
             worst_rtt = max(worst_rtt, rtt)
-        time.sleep(0.25)  # a sampling period, not a readiness wait
+        time.sleep(0.25)  # allowed: a sampling period, not a readiness wait
     download.join(5)
     took = time.monotonic() - started
     net.proxy.pass_through()
