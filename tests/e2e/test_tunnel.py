@@ -208,6 +208,28 @@ def test_gateway_reconnects_after_the_relay_restarts(own_stack: Stack) -> None:
     assert status["tunnel"]["connects"] >= 2
 
 
+def test_an_offline_gateway_is_reported_to_the_engineer(own_stack: Stack) -> None:
+    s = own_stack
+    s.start_processor()
+    s.start_relay()
+    s.start_gateway()
+    connect = s.start_connect()
+    assert get(s.ports["forward"], "/")[0] == 200
+    s.procs["gateway"].stop()
+    wait_until(
+        "the relay to see the gateway go",
+        lambda: s.relay_metric("relay_gateways_connected") == 0.0,
+    )
+    with pytest.raises((ConnectionError, OSError)):
+        get(s.ports["forward"], "/")
+    wait_until(
+        "the engineer to be told",
+        lambda: "gateway 'e2e-gateway' is offline" in connect.text(),
+        proc=connect,
+    )
+    assert connect.popen.poll() is None  # the engineer client carries on, ready for later
+
+
 def test_gateway_drains_and_exits_cleanly_on_sigterm(own_stack: Stack) -> None:
     s = own_stack
     s.start_processor()
