@@ -139,6 +139,14 @@ def _add_common_issue_options(parser: argparse.ArgumentParser, *, days: int) -> 
     )
 
 
+def _add_issuer_options(parser: argparse.ArgumentParser) -> None:
+    """Where the signing CA lives and where the new certificate and key go."""
+    parser.add_argument("--ca-dir", required=True, type=Path, metavar="DIR", help="CA directory")
+    parser.add_argument(
+        "--out", type=Path, metavar="PREFIX", help="write PREFIX.pem and PREFIX.key"
+    )
+
+
 def _add_init_ca(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _add_command(
         commands,
@@ -179,7 +187,6 @@ def _add_issue_relay(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "      --name 203.0.113.10 --out /etc/gateway-relay/relay"
         ),
     )
-    parser.add_argument("--ca-dir", required=True, type=Path, metavar="DIR", help="CA directory")
     parser.add_argument(
         "--name",
         dest="names",
@@ -188,9 +195,7 @@ def _add_issue_relay(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="NAME",
         help="host name or IP address of the relay (repeat for several)",
     )
-    parser.add_argument(
-        "--out", type=Path, metavar="PREFIX", help="write PREFIX.pem and PREFIX.key"
-    )
+    _add_issuer_options(parser)
     _add_common_issue_options(parser, days=397)
 
 
@@ -213,7 +218,6 @@ def _add_issue_gateway(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "  # certificate to the edge PC; see gateway.toml [relay] cert, key, ca"
         ),
     )
-    parser.add_argument("--ca-dir", required=True, type=Path, metavar="DIR", help="CA directory")
     parser.add_argument(
         "--id",
         dest="gateway_id",
@@ -221,9 +225,7 @@ def _add_issue_gateway(commands: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="GATEWAY_ID",
         help="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
     )
-    parser.add_argument(
-        "--out", type=Path, metavar="PREFIX", help="write PREFIX.pem and PREFIX.key"
-    )
+    _add_issuer_options(parser)
     _add_common_issue_options(parser, days=825)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.clients import download_and_verify
-from tests.helpers.processes import Stack, make_stack, wait_until
+from tests.helpers.processes import Stack, fresh_stack, wait_until
 from tests.helpers.squid import start_squid
 
 pytestmark = pytest.mark.e2e
@@ -15,12 +15,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    s, tmp = make_stack()
-    try:
+    with fresh_stack() as s:
         yield s
-    finally:
-        s.stop_all()
-        tmp.cleanup()
 
 
 def _use_proxy(stack: Stack, port: int) -> None:

@@ -24,7 +24,7 @@ from tests.helpers.pki import make_expired_gateway, make_other_ca_gateway
 from tests.helpers.processes import (
     Stack,
     free_port,
-    make_stack,
+    fresh_stack,
     port_open,
     running_stack,
     start,
@@ -42,12 +42,8 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture
 def own_stack() -> Iterator[Stack]:
-    s, tmp = make_stack()
-    try:
+    with fresh_stack() as s:
         yield s
-    finally:
-        s.stop_all()
-        tmp.cleanup()
 
 
 def test_processor_page_arrives_through_the_tunnel(stack: Stack) -> None:

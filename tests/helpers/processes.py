@@ -261,18 +261,25 @@ half_close_timeout = 3
 
 
 @contextmanager
-def running_stack() -> Iterator[Stack]:
-    """Processor, relay, gateway (tunnel up) and an engineer client on ``forward``."""
+def fresh_stack() -> Iterator[Stack]:
+    """Configs and PKI for a stack, nothing started; every process started is stopped after."""
     s, tmp = make_stack()
     try:
+        yield s
+    finally:
+        s.stop_all()
+        tmp.cleanup()
+
+
+@contextmanager
+def running_stack() -> Iterator[Stack]:
+    """Processor, relay, gateway (tunnel up) and an engineer client on ``forward``."""
+    with fresh_stack() as s:
         s.start_processor()
         s.start_relay()
         s.start_gateway()
         s.start_connect()
         yield s
-    finally:
-        s.stop_all()
-        tmp.cleanup()
 
 
 def make_stack(mode: str = "unattended") -> tuple[Stack, tempfile.TemporaryDirectory[str]]:

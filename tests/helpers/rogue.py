@@ -220,14 +220,14 @@ class FrameReader:
 
     def __init__(self, *, preface: bool) -> None:
         self.buffer = bytearray()
-        self.skip = len(PREFACE) if preface else 0
+        self.preface_left = len(PREFACE) if preface else 0
 
     def feed(self, data: bytes) -> list[Frame]:
         self.buffer += data
-        if self.skip:
-            taken = min(self.skip, len(self.buffer))
+        if self.preface_left:
+            taken = min(self.preface_left, len(self.buffer))
             del self.buffer[:taken]
-            self.skip -= taken
+            self.preface_left -= taken
         frames = []
         while len(self.buffer) >= 9:
             size = int.from_bytes(self.buffer[:3], "big")
