@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from random import Random
 
 from attrs import frozen
@@ -42,7 +43,7 @@ Report = Callable[[str], None]
 @frozen
 class ConnectOptions:
     relay: Address
-    ca: object  # Path
+    ca: Path
     token: str
     gateway: str
     target: str
@@ -128,7 +129,7 @@ class EngineerClient(MultiService):
         self._reactor = reactor
         tls = client_options(
             options.server_name or options.relay.host,
-            options.ca,  # type: ignore[arg-type]
+            options.ca,
         )
         endpoint = TLSClientEndpoint(
             HostnameEndpoint(reactor, options.relay.host, options.relay.port, timeout=10),

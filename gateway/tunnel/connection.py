@@ -56,14 +56,14 @@ LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 
 
 class _Batch:
-    """Input being handled right now; the tunnels it wrote to are flushed when it is done.
+    """Tunnel input being handled right now; the tunnels it wrote to are flushed when it is done.
 
-    Bytes that arrive (on a tunnel or on a processor's or browser's socket) usually cause writes
-    to tunnels: to the same one (window updates, acks) or another (the relay forwarding).  Those
-    writes are collected while the input is handled and flushed as soon as it is done, in the
-    same reactor turn: one TLS write per tunnel per batch, and no extra reactor iteration per hop
-    (which a ``callLater(0)`` would cost on every small message).  Twisted runs one reactor
-    thread, so one module-level batch is enough.
+    Bytes arriving on a tunnel usually cause writes to tunnels: to the same one (window updates,
+    acks) or another (the relay forwarding).  Those writes are collected while the input is
+    handled and flushed as soon as it is done, in the same reactor turn: one TLS write per tunnel
+    per batch.  Writes caused by plain sockets (a processor, a browser) are flushed at the end of
+    the reactor turn instead, so the chunks read from many sockets in one turn share a TLS write.
+    Twisted runs one reactor thread, so one module-level batch is enough.
     """
 
     depth = 0
@@ -81,9 +81,6 @@ class _Batch:
                 dirty, cls.dirty = cls.dirty, []
                 for connection in dirty:
                     connection._flush_now()
-
-
-begin_batch, end_batch = _Batch.begin, _Batch.end
 
 
 class IStreamHandler(Interface):
