@@ -35,7 +35,7 @@ from gateway.config import (
     parse_address,
 )
 from gateway.pki_cli import add_pki_commands, run_pki
-from gateway.relay.registry import CredentialFileError, add_engineer
+from gateway.relay.credentials import CredentialFileError, add_engineer
 from gateway.tls import TLSFileError
 
 EXIT_USAGE = 2

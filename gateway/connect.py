@@ -24,16 +24,17 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.backoff import Backoff
 from gateway.config import Address
-from gateway.endpoints import listen_endpoint, quiet_factory
+from gateway.net.backoff import Backoff
+from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
 from gateway.relay.engineers import GATEWAY_HEADER
 from gateway.splice import SpliceEnd, splice
 from gateway.tls import TLSClientEndpoint, client_options
-from gateway.tlserrors import describe_tls_failure
+from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.connection import NullObserver, TunnelConnection
-from gateway.tunnel.errors import StreamRefused, TunnelClosed
+from gateway.tunnel.errors import TunnelClosed
+from gateway.wire import StreamRefused
 
 log = Logger()
 
@@ -136,7 +137,7 @@ class EngineerClient(MultiService):
             tls,
             reactor,
         )
-        # Backoff counts failed handshakes too (see gateway.backoff.Backoff); no
+        # Backoff counts failed handshakes too (see gateway.net.backoff.Backoff); no
         # prepareConnection, which ClientService mishandles when a handshake fails.
         self._backoff = Backoff(Random(), base=0.5, cap=15)
         observer = self._observer = _RelayObserver(options.relay, report, self._backoff)

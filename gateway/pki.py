@@ -13,12 +13,10 @@ never appears in a message.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +27,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway import identity
+from gateway._files import FileWriteError, install
 
 __all__ = [
     "CLOCK_SKEW",
@@ -48,8 +49,9 @@ __all__ = [
 CLOCK_SKEW = timedelta(minutes=5)
 
 #: A gateway id: what the relay, the engineer client (``--gateway ID``) and the audit trail use to
-#: name one edge PC. Restricted so it is safe in URLs, file names, log lines and metric labels.
-GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: name one edge PC. The rule lives in `gateway.identity` (a DNS label, so a browser portal can
+#: route by host name); this pattern is kept for callers that only match.
+GATEWAY_ID_PATTERN = identity._GATEWAY_ID
 
 _RSA_BITS = 3072
 _COMMON_NAME_MAX = 64  # RFC 5280 upper bound (ub-common-name)
@@ -246,26 +248,22 @@ def describe_certificate(path: Path) -> list[CertificateInfo]:
 def gateway_id_from_subject(subject: x509.Name) -> str | None:
     """The gateway id a certificate subject names, or None if it names none unambiguously.
 
-    Used by the relay on the client certificate of a gateway tunnel: exactly one common name,
-    which must be a valid gateway id. Several common names are refused rather than picking one,
-    so two readers can never disagree about who connected.
+    Exactly one common name, which must be a valid gateway id (`gateway.identity`): several
+    common names are refused rather than picking one, so two readers can never disagree about
+    who connected.
     """
-    cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(cns) != 1:
+    try:
+        return identity.gateway_id_from_subject(subject)
+    except identity.InvalidGatewayId:
         return None
-    value = cns[0].value
-    if not isinstance(value, str) or GATEWAY_ID_PATTERN.fullmatch(value) is None:
-        return None
-    return value
 
 
 def validate_gateway_id(gateway_id: str) -> None:
-    """Raise `PKIError` unless ``gateway_id`` is 1-64 of [A-Za-z0-9._-] starting alphanumeric."""
-    if not isinstance(gateway_id, str) or GATEWAY_ID_PATTERN.fullmatch(gateway_id) is None:
-        raise PKIError(
-            f"gateway id {gateway_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    """Raise `PKIError` unless ``gateway_id`` follows the gateway-id rule (a DNS label)."""
+    try:
+        identity.validate_gateway_id(gateway_id)
+    except identity.InvalidGatewayId as e:
+        raise PKIError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,71 +608,11 @@ def _refuse_ca_overwrite(outputs: Sequence[Path], ca_files: Sequence[Path]) -> N
 
 
 def _install(files: Sequence[tuple[Path, bytes, int]]) -> None:
-    """Write each file atomically: temp file beside it, fsync, rename into place.
-
-    The temp file is created with its final mode (0600 for keys), so a key is never readable by
-    others, not even for a moment, and a crash leaves either the old file or the new one. All
-    temp files are written before the first rename to keep the window for a mismatched
-    cert/key pair as small as possible.
-    """
-    staged: list[tuple[Path, Path]] = []
+    """Write each file atomically with its final mode (0600 for keys); see `gateway._files`."""
     try:
-        for path, data, mode in files:
-            staged.append((_write_temp(path, data, mode), path))
-        for temp, path in list(staged):
-            try:
-                os.replace(temp, path)
-            except OSError as e:
-                raise PKIError(f"{path}: cannot write: {e.strerror or e}") from None
-            staged.remove((temp, path))
-    finally:
-        for temp, _ in staged:
-            _unlink_quietly(temp)
-    for directory in {path.parent for path, _, _ in files}:
-        _fsync_directory(directory)
-
-
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    directory = path.parent
-    temp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(temp, flags, mode)
-    except FileNotFoundError:
-        raise PKIError(f"{path}: cannot write: directory {directory} does not exist") from None
-    except OSError as e:
-        raise PKIError(f"{path}: cannot write: {e.strerror or e}") from None
-    try:
-        # umask may only have removed bits; make certificates readable by the daemon's user.
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except OSError as e:
-        os.close(fd)
-        _unlink_quietly(temp)
-        raise PKIError(f"{path}: cannot write: {e.strerror or e}") from None
-    os.close(fd)
-    return temp
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the renames durable; best effort, some filesystems refuse fsync on a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+        install(files)
+    except FileWriteError as e:
+        raise PKIError(str(e)) from None
 
 
 def _key_pem(key: _PrivateKey) -> bytes:

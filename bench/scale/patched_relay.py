@@ -50,16 +50,16 @@ def lean_settings() -> None:
 def backlog(size: int) -> None:
     from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
-    import gateway.endpoints
+    import gateway.net.endpoints
     import gateway.relay.service
     from gateway.config import Address
 
     def listen_endpoint(reactor: Any, address: Address, *, backlog: int = 50) -> Any:
-        # The product now listens with gateway.endpoints.RELAY_BACKLOG; this overrides it for A/B.
+        # The product listens with gateway.net.endpoints.RELAY_BACKLOG; this overrides it for A/B.
         kind = TCP6ServerEndpoint if ":" in address.host else TCP4ServerEndpoint
         return kind(reactor, address.port, backlog=size, interface=address.host)
 
-    gateway.endpoints.listen_endpoint = listen_endpoint
+    gateway.net.endpoints.listen_endpoint = listen_endpoint
     gateway.relay.service.listen_endpoint = listen_endpoint  # type: ignore[attr-defined]
 
 

@@ -22,7 +22,7 @@ from attrs import define, field
 from bench.scale.stats import parse_netstat, prometheus_value
 from bench.scale.swarm import process_usage
 from gateway.pki import create_ca, issue_gateway_certificate, issue_relay_certificate
-from gateway.relay.registry import add_engineer
+from gateway.relay.credentials import add_engineer
 
 PROBE_GATEWAY = "probe-gateway"
 

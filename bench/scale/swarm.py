@@ -117,8 +117,8 @@ def run_worker(args: argparse.Namespace) -> None:
     from twisted.protocols.basic import LineReceiver
 
     from gateway.config import Address, Heartbeat, RelayLink
-    from gateway.edge.tunnel_service import GatewayTunnelService, TunnelMetricsSink, TunnelState
-    from gateway.endpoints import quiet_factory
+    from gateway.edge.link import GatewayTunnelService, TunnelMetricsSink, TunnelState
+    from gateway.net.endpoints import quiet_factory
     from gateway.pki import issue_gateway_certificate
     from gateway.tls import TLSClientEndpoint, client_options
     from gateway.tunnel.connection import TunnelConnection

@@ -44,7 +44,7 @@ from typing import IO, Any, Final
 from attrs import frozen
 
 from gateway.pki import PKIError, create_ca, issue_gateway_certificate, issue_relay_certificate
-from gateway.relay.registry import CredentialFileError, add_engineer
+from gateway.relay.credentials import CredentialFileError, add_engineer
 
 __all__ = ["run_demo"]
 

@@ -25,12 +25,12 @@ from zope.interface import implementer
 
 from gateway import __version__
 from gateway.config import Target
-from gateway.edge.policy import AccessPolicy, Allowed
-from gateway.endpoints import quiet_factory
+from gateway.edge.access import AccessPolicy, Allowed
+from gateway.net.endpoints import quiet_factory
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
-from gateway.tunnel.errors import Refusal
 from gateway.tunnel.stream import TunnelStream
+from gateway.wire import Refusal
 
 log = Logger()
 

@@ -14,15 +14,15 @@ from twisted.web.server import Site
 
 from gateway import __version__
 from gateway.config import GatewayConfig
+from gateway.edge.access import AccessPolicy
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
-from gateway.edge.policy import AccessPolicy
-from gateway.edge.tunnel_service import (
+from gateway.edge.link import (
     GatewayTunnelService,
     TunnelState,
     relay_endpoint,
 )
-from gateway.endpoints import listen_endpoint, quiet_factory
-from gateway.metrics import GatewayMetrics
+from gateway.edge.metrics import GatewayMetrics
+from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
 from gateway.tunnel.connection import TunnelConnection

@@ -15,19 +15,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.metrics import RelayMetrics
-from gateway.relay.registry import ICredentialStore, IGatewayRegistry
+from gateway.relay.credentials import ICredentialStore
+from gateway.relay.directory import IGatewayRegistry
+from gateway.relay.metrics import RelayMetrics
 from gateway.splice import SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
-from gateway.tunnel.errors import (
+from gateway.tunnel.errors import TunnelClosed
+from gateway.tunnel.stream import TunnelStream
+from gateway.wire import (
     ERROR_HEADER,
     REASON_HEADER,
     Refusal,
     StreamRefused,
-    TunnelClosed,
     clean_reason,
 )
-from gateway.tunnel.stream import TunnelStream
 
 log = Logger()
 

@@ -6,10 +6,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.metrics import RelayMetrics
-from gateway.relay.registry import IGatewayRegistry
+from gateway.relay.directory import IGatewayRegistry
+from gateway.relay.metrics import RelayMetrics
 from gateway.tls import peer_common_name
-from gateway.tlserrors import describe_tls_failure
+from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.connection import ITunnelObserver, TunnelConnection
 
 log = Logger()

@@ -14,12 +14,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gateway.config import RelayConfig
-from gateway.endpoints import RELAY_BACKLOG, listen_endpoint
-from gateway.metrics import RelayMetrics
+from gateway.net.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.reactor import IGatewayReactor
+from gateway.relay.credentials import TokenFile
+from gateway.relay.directory import MemoryGatewayRegistry
 from gateway.relay.engineers import EngineerStreams
 from gateway.relay.gateways import GatewayPeer
-from gateway.relay.registry import MemoryGatewayRegistry, TokenFile
+from gateway.relay.metrics import RelayMetrics
 from gateway.tls import TLSServerEndpoint, server_options
 from gateway.tunnel.connection import TunnelConnection
 

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from gateway.tunnel.errors import Refusal, TunnelClosed
+from gateway.tunnel.errors import TunnelClosed
 from gateway.tunnel.h2tuning import (
     CONNECTION_WINDOW,
     LOCAL_SETTINGS,
@@ -46,6 +46,7 @@ from gateway.tunnel.stream import (
     TunnelStream,
     response_from_h2,
 )
+from gateway.wire import Refusal
 
 log = Logger()
 

@@ -30,14 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.tunnel.errors import (
-    ERROR_HEADER,
-    REASON_HEADER,
-    Refusal,
-    StreamRefused,
-    StreamReset,
-    clean_reason,
-)
+from gateway.tunnel.errors import StreamReset
+from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
 
 if TYPE_CHECKING:
     from gateway.tunnel.connection import TunnelConnection
@@ -94,11 +88,7 @@ def response_from_h2(raw: list[tuple[bytes, bytes]]) -> StreamResponse:
 
 
 def refusal_from(response: StreamResponse) -> StreamRefused:
-    return StreamRefused(
-        status=response.status,
-        token=response.headers.get(ERROR_HEADER.decode(), f"http-{response.status}"),
-        reason=response.headers.get(REASON_HEADER.decode(), ""),
-    )
+    return refused_from(response.status, response.headers)
 
 
 @implementer(IConsumer, IPushProducer)
@@ -217,7 +207,7 @@ class TunnelStream:
         self.queued = 0
         self.respond(
             refusal.status,
-            [(ERROR_HEADER, refusal.token.encode()), (REASON_HEADER, clean_reason(reason))],
+            refusal_headers(refusal.token, reason),
             end=True,
         )
         self.reset(ErrorCodes.NO_ERROR)

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from attrs import define, field
 
-from gateway.relay.registry import add_engineer
+from gateway.relay.credentials import add_engineer
 from tests.helpers.pki import TestPKI, make_pki
 
 DEADLINE = 30.0

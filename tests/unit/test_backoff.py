@@ -1,6 +1,6 @@
 # Twisted's trial is only partly annotated; strict mode would flag every assertion.
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for the reconnect delays (`gateway.backoff.full_jitter`).
+"""Tests for the reconnect delays (`gateway.net.backoff.full_jitter`).
 
 After a relay restart every gateway reconnects: the delays must grow, stay under the cap, never
 crash after a very long outage, and be spread out so the relay is not hit all at once.
@@ -14,7 +14,7 @@ from random import Random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.backoff import full_jitter
+from gateway.net.backoff import full_jitter
 
 
 class RecordingRandom(Random):
@@ -93,7 +93,7 @@ class FullJitterTests(SynchronousTestCase):
 
 class BackoffPolicyTests(SynchronousTestCase):
     def test_failed_handshakes_keep_growing_the_delay_until_the_tunnel_is_up(self) -> None:
-        from gateway.backoff import Backoff
+        from gateway.net.backoff import Backoff
 
         policy = Backoff(Random(7), base=1.0, cap=60.0)
         # ClientService says "attempt 1" every time (TCP connected, then TLS failed).

@@ -18,7 +18,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import __version__
-from gateway.relay.registry import TOKEN_PREFIX, TokenFile, hash_token, read_engineers
+from gateway.relay.credentials import TOKEN_PREFIX, TokenFile, hash_token, read_engineers
 from tests.helpers.pki import TestPKI, make_pki
 
 TIMEOUT = 60

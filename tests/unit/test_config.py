@@ -31,7 +31,7 @@ from gateway.config import (
     load_relay_config,
     parse_address,
 )
-from gateway.relay.registry import TokenFile, add_engineer, read_engineers
+from gateway.relay.credentials import TokenFile, add_engineer, read_engineers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config"
 

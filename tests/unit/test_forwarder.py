@@ -11,10 +11,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import AccessMode, Address, Target
+from gateway.edge.access import AccessPolicy
 from gateway.edge.forwarder import StreamEvents, StreamForwarder
-from gateway.edge.policy import AccessPolicy
 from gateway.splice import SpliceEnd
-from gateway.tunnel.errors import StreamRefused
+from gateway.wire import StreamRefused
 from tests.helpers.tunnel import Recorder, linked_tunnels
 
 WEB = Target("web", Address("192.168.10.2", 80))

@@ -488,10 +488,10 @@ class RelayCertificateTests(PKITestCase):
 
 class GatewayCertificateTests(PKITestCase):
     def test_gateway_id_is_the_subject_common_name(self) -> None:
-        info = self.gateway("plant-7.line_2")
+        info = self.gateway("plant-7-line2")
         leaf = load(info.path)
-        self.assertEqual(info.subject, "CN=plant-7.line_2")
-        self.assertEqual(gateway_id_from_subject(leaf.subject), "plant-7.line_2")
+        self.assertEqual(info.subject, "CN=plant-7-line2")
+        self.assertEqual(gateway_id_from_subject(leaf.subject), "plant-7-line2")
         self.assertEqual(info.names, ())
 
     def test_gateway_certificate_is_a_client_certificate(self) -> None:
@@ -511,15 +511,20 @@ class GatewayCertificateTests(PKITestCase):
             "../ca",
             "plänt",
             "p\n",
-            "p" * 65,
+            "p" * 64,
+            "plant-",
+            "Plant7",
+            "plant_7",
+            "plant.7",
+            "web--plant7",
         ]:
             self.assertRefused(
-                "use 1-64 letters, digits, '.', '_' or '-'", partial(self.gateway, bad)
+                "not valid, use 1-63 lower-case letters, digits or '-'", partial(self.gateway, bad)
             )
         self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["ca.key", "ca.pem"])
 
     def test_longest_gateway_id_is_accepted(self) -> None:
-        self.assertEqual(self.gateway("g" * 64).common_name, "g" * 64)
+        self.assertEqual(self.gateway("g" * 63).common_name, "g" * 63)
 
 
 class GatewayIdFromSubjectTests(SynchronousTestCase):

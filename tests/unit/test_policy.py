@@ -1,6 +1,6 @@
 # Twisted's trial is only partly annotated; strict mode would flag every assertion.
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for the gateway's access decision (`gateway.edge.policy`).
+"""Tests for the gateway's access decision (`gateway.edge.access`).
 
 Deny by default: a stream is allowed only when the access mode allows remote access right now and
 its target is on the allowlist, and the address it goes to always comes from gateway.toml.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import AccessMode, Address, Target
-from gateway.edge.policy import AccessPolicy, Allowed, Refused
-from gateway.tunnel.errors import Refusal, clean_reason
+from gateway.edge.access import AccessPolicy, Allowed, Refused
+from gateway.wire import Refusal, clean_reason
 
 WEB = Target("web", Address("192.168.10.2", 80))
 HMI = Target("hmi", Address("192.168.10.3", 8080), connect_timeout=2.0)

@@ -9,8 +9,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Address
-from gateway.endpoints import quiet_factory
-from gateway.proxy import HTTPConnectEndpoint, ProxyError
+from gateway.net.endpoints import quiet_factory
+from gateway.net.proxy import HTTPConnectEndpoint, ProxyError
 
 
 class Inner(Protocol):

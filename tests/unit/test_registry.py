@@ -1,6 +1,8 @@
 # Twisted's trial is only partly annotated; strict mode would flag every assertion.
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for the relay's engineer credentials and gateway registry (`gateway.relay.registry`).
+"""Tests for the relay's engineer credentials and gateway registry.
+
+(`gateway.relay.credentials`, `gateway.relay.directory`)
 
 Engineer tokens are stored only as SHA-256 hashes in ``engineers.toml`` (mode 0600), added while
 the relay runs and picked up without a restart; a broken edit must not lock everybody out.
@@ -19,18 +21,17 @@ from typing import cast
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.relay.registry import (
+from gateway.relay.credentials import (
     TOKEN_PREFIX,
     CredentialFileError,
     Engineer,
     ICredentialStore,
-    IGatewayRegistry,
-    MemoryGatewayRegistry,
     TokenFile,
     add_engineer,
     hash_token,
     read_engineers,
 )
+from gateway.relay.directory import IGatewayRegistry, MemoryGatewayRegistry
 from gateway.tunnel.connection import TunnelConnection
 
 

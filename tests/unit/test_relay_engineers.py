@@ -7,11 +7,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from gateway.metrics import RelayMetrics
+from gateway.relay.credentials import Engineer, ICredentialStore
+from gateway.relay.directory import MemoryGatewayRegistry
 from gateway.relay.engineers import EngineerStreams
-from gateway.relay.registry import Engineer, ICredentialStore, MemoryGatewayRegistry
-from gateway.tunnel.errors import Refusal, StreamRefused
+from gateway.relay.metrics import RelayMetrics
 from gateway.tunnel.stream import TunnelStream
+from gateway.wire import Refusal, StreamRefused
 from tests.helpers.tunnel import AcceptAll, Linked, Recorder, linked_tunnels, settle_all
 
 

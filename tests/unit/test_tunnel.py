@@ -14,9 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from gateway.tunnel.connection import TunnelConnection
-from gateway.tunnel.errors import Refusal, StreamRefused, StreamReset, TunnelClosed
+from gateway.tunnel.errors import StreamReset, TunnelClosed
 from gateway.tunnel.h2tuning import STREAM_WINDOW, h2_configuration
 from gateway.tunnel.stream import HIGH_WATER, TunnelStream
+from gateway.wire import Refusal, StreamRefused
 from tests.helpers.tunnel import AcceptAll, Recorder, linked_tunnels
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from attrs import frozen
 
 from gateway.config import AccessMode, Target
-from gateway.tunnel.errors import Refusal
+from gateway.wire import Refusal
 
 
 @frozen

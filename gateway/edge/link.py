@@ -21,12 +21,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.backoff import Backoff
 from gateway.config import RelayLink
-from gateway.proxy import HTTPConnectEndpoint
+from gateway.net.backoff import Backoff
+from gateway.net.proxy import HTTPConnectEndpoint
 from gateway.reactor import IGatewayReactor
 from gateway.tls import TLSClientEndpoint, client_options
-from gateway.tlserrors import describe_tls_failure
+from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.connection import ITunnelObserver, TunnelConnection
 
 log = Logger()

@@ -1,36 +1,15 @@
-"""Prometheus metrics of the gateway and the relay (names are a contract: BRIEF section 3).
-
-One ``CollectorRegistry`` per service tree, never the global one.  Labelled children are cached:
-``.labels()`` costs ~2 us per call on the byte-counting hot path, a cached child's ``.inc`` ~0.6.
-"""
+"""The gateway's Prometheus metrics (names are a contract: BRIEF section 3)."""
 
 from __future__ import annotations
 
 from cryptography import x509
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    ProcessCollector,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from twisted.internet.interfaces import IReactorTime
 
 from gateway import __version__
 from gateway.edge.forwarder import StreamEvents
-from gateway.edge.tunnel_service import TunnelMetricsSink
-
-
-def process_health(registry: CollectorRegistry, prefix: str, clock: IReactorTime | None) -> None:
-    """Memory, file descriptors and pending timers: what leak and soak tests watch."""
-    ProcessCollector(registry=registry)
-    if clock is not None:
-        Gauge(
-            f"{prefix}_reactor_delayed_calls",
-            "Timers pending in the reactor (grows if something forgets to cancel one)",
-            registry=registry,
-        ).set_function(lambda: len(clock.getDelayedCalls()))
+from gateway.edge.link import TunnelMetricsSink
+from gateway.procmetrics import process_health
 
 
 class GatewayMetrics(TunnelMetricsSink, StreamEvents):
@@ -110,49 +89,3 @@ class GatewayMetrics(TunnelMetricsSink, StreamEvents):
 
     def bytes_from_target(self, n: int) -> None:
         self._from_target.inc(n)
-
-
-class RelayMetrics:
-    def __init__(self, registry: CollectorRegistry, clock: IReactorTime | None = None) -> None:
-        self.registry = registry
-        process_health(registry, "relay", clock)
-        self.gateways_connected = Gauge(
-            "relay_gateways_connected", "Gateways with a live tunnel", registry=registry
-        )
-        self.streams_active = Gauge(
-            "relay_streams_active", "Engineer streams open now", registry=registry
-        )
-        streams = Counter(
-            "relay_streams_total",
-            "Engineer stream requests, by result",
-            ["result"],
-            registry=registry,
-        )
-        self._streams = streams
-        moved = Counter(
-            "relay_stream_bytes_total",
-            "Bytes relayed between engineers and gateways",
-            ["direction"],
-            registry=registry,
-        )
-        self.to_gateway = moved.labels(direction="to_gateway")
-        self.from_gateway = moved.labels(direction="from_gateway")
-        self.auth_failures = Counter(
-            "relay_auth_failures_total",
-            "Refused engineer tokens and gateway certificates",
-            ["kind"],
-            registry=registry,
-        )
-        self.bad_tokens = self.auth_failures.labels(kind="engineer_token")
-        self.stream_open_seconds = Histogram(
-            "relay_stream_open_seconds",
-            "Time from an engineer's request to the gateway's answer",
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        Info("relay_build", "Version of the relay software", registry=registry).info(
-            {"version": __version__}
-        )
-
-    def stream_result(self, result: str) -> None:
-        self._streams.labels(result=result).inc()

@@ -1,28 +1,24 @@
-"""The relay's registry of gateways and engineer credentials, behind small interfaces.
+"""Engineer credentials: who a bearer token belongs to, from ``engineers.toml``.
 
-Today one relay keeps both in memory (credentials from ``engineers.toml``).  When several relays
-share gateways and sessions through Redis, other implementations of these interfaces slot in and the
-tunnel code does not change.
+Only SHA-256 hashes of tokens are stored.  `ICredentialStore` is the interface the relay's engineer
+path uses; a shared store for several relays will implement it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import tempfile
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attrs import define, frozen
-from twisted.internet.interfaces import IReactorTime
+from attrs import frozen
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from gateway.tunnel.connection import TunnelConnection
+from gateway._files import FileWriteError, write_private
 
 log = Logger()
 
@@ -35,64 +31,9 @@ class Engineer:
     name: str
 
 
-@define
-class GatewayRecord:
-    gateway_id: str
-    tunnel: TunnelConnection | None
-    connected_since: float | None
-    last_seen: float
-
-
-class IGatewayRegistry(Interface):
-    def register(gateway_id: str, tunnel: TunnelConnection) -> TunnelConnection | None:
-        """Record the live tunnel of a gateway; returns the tunnel it replaces, if any."""
-
-    def unregister(gateway_id: str, tunnel: TunnelConnection) -> None:
-        """Forget ``tunnel`` (only if it is still the gateway's current one)."""
-
-    def lookup(gateway_id: str) -> GatewayRecord | None:
-        """The gateway's record, or None if it never connected."""
-
-    def connected_count() -> int:
-        """How many gateways have a live tunnel."""
-
-
 class ICredentialStore(Interface):
     def authenticate(token: str) -> Engineer | None:
         """The engineer a bearer token belongs to, or None."""
-
-
-@implementer(IGatewayRegistry)
-class MemoryGatewayRegistry:
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._records: dict[str, GatewayRecord] = {}
-        self._live = 0
-
-    def register(self, gateway_id: str, tunnel: TunnelConnection) -> TunnelConnection | None:
-        now = self._clock.seconds()
-        record = self._records.get(gateway_id)
-        if record is None:
-            record = self._records[gateway_id] = GatewayRecord(gateway_id, None, None, now)
-        previous = record.tunnel
-        if previous is None:
-            self._live += 1
-        record.tunnel, record.connected_since, record.last_seen = tunnel, now, now
-        return previous
-
-    def unregister(self, gateway_id: str, tunnel: TunnelConnection) -> None:
-        record = self._records.get(gateway_id)
-        if record is None or record.tunnel is not tunnel:
-            return
-        record.tunnel, record.connected_since = None, None
-        record.last_seen = self._clock.seconds()
-        self._live -= 1
-
-    def lookup(self, gateway_id: str) -> GatewayRecord | None:
-        return self._records.get(gateway_id)
-
-    def connected_count(self) -> int:
-        return self._live
 
 
 def hash_token(token: str) -> str:
@@ -198,20 +139,11 @@ def add_engineer(path: Path, name: str, *, now: datetime | None = None) -> str:
         f'\n[[engineer]]\nname = "{name}"\ntoken_sha256 = "{hash_token(token)}"\n'
         f'created = "{when}"\n'
     )
-    _write_private(path, old.rstrip("\n") + "\n" + entry)
-    return token
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, old.rstrip("\n") + "\n" + entry)
+    except (FileWriteError, OSError) as e:
+        raise CredentialFileError(
+            f"{path}: cannot write: {e}" if isinstance(e, OSError) else str(e)
+        ) from None
+    return token

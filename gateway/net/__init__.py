@@ -1,0 +1,1 @@
+"""Dialling and listening: endpoints, the plant proxy, reconnect backoff, socket options."""
