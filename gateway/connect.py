@@ -32,6 +32,7 @@ from gateway.relay.engineers import GATEWAY_HEADER
 from gateway.splice import SpliceEnd, splice
 from gateway.tls import TLSClientEndpoint, client_options
 from gateway.tls.errors import describe_tls_failure
+from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import NullObserver, TunnelConnection
 from gateway.tunnel.errors import TunnelClosed
 from gateway.wire import StreamRefused
@@ -141,8 +142,11 @@ class EngineerClient(MultiService):
         # prepareConnection, which ClientService mishandles when a handshake fails.
         self._backoff = Backoff(Random(), base=0.5, cap=15)
         observer = self._observer = _RelayObserver(options.relay, report, self._backoff)
+        batch = WriteBatch()
         factory = quiet_factory(
-            lambda: TunnelConnection(client_side=True, clock=reactor, observer=observer)
+            lambda: TunnelConnection(
+                client_side=True, clock=reactor, observer=observer, batch=batch
+            )
         )
         self.relay = ClientService(
             endpoint,

@@ -25,6 +25,7 @@ from gateway.edge.metrics import GatewayMetrics
 from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
+from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
 from gateway.web.status import status_root
 
@@ -55,6 +56,7 @@ class EdgeDaemon(MultiService):
         )
         self.state = TunnelState(str(config.relay.address), reactor, self.metrics)
         link = config.relay
+        batch = WriteBatch()
 
         def make_tunnel() -> TunnelConnection:
             return TunnelConnection(
@@ -65,6 +67,7 @@ class EdgeDaemon(MultiService):
                 heartbeat_interval=link.heartbeat.interval,
                 heartbeat_timeout=link.heartbeat.timeout,
                 ready_timeout=link.connect_timeout + link.heartbeat.timeout,
+                batch=batch,
             )
 
         self.tunnel = GatewayTunnelService(

@@ -22,6 +22,7 @@ from gateway.relay.engineers import EngineerStreams
 from gateway.relay.gateways import GatewayPeer
 from gateway.relay.metrics import RelayMetrics
 from gateway.tls import TLSServerEndpoint, server_options
+from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
 
 
@@ -50,6 +51,9 @@ class RelayDaemon(MultiService):
         self.metrics = RelayMetrics(CollectorRegistry(), reactor)
         heartbeat = config.gateways.heartbeat
         metrics = self.metrics
+        # One batch for both listeners: an engineer's bytes reach the gateway's tunnel in the
+        # same reactor turn as they arrived (gateway.tunnel.batch).
+        batch = WriteBatch()
 
         def gateway_tunnel() -> TunnelConnection:
             return TunnelConnection(
@@ -59,6 +63,7 @@ class RelayDaemon(MultiService):
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
+                batch=batch,
             )
 
         self.engineer_streams = EngineerStreams(
@@ -73,6 +78,7 @@ class RelayDaemon(MultiService):
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
+                batch=batch,
             )
 
         self.gateway_factory = TrackingFactory(gateway_tunnel)

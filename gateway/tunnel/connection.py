@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.errors import TunnelClosed
 from gateway.tunnel.h2tuning import (
     CONNECTION_WINDOW,
@@ -54,34 +55,6 @@ STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
 CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
 LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
-
-
-class _Batch:
-    """Tunnel input being handled right now; the tunnels it wrote to are flushed when it is done.
-
-    Bytes arriving on a tunnel usually cause writes to tunnels: to the same one (window updates,
-    acks) or another (the relay forwarding).  Those writes are collected while the input is
-    handled and flushed as soon as it is done, in the same reactor turn: one TLS write per tunnel
-    per batch.  Writes caused by plain sockets (a processor, a browser) are flushed at the end of
-    the reactor turn instead, so the chunks read from many sockets in one turn share a TLS write.
-    Twisted runs one reactor thread, so one module-level batch is enough.
-    """
-
-    depth = 0
-    dirty: list[TunnelConnection] = []
-
-    @classmethod
-    def begin(cls) -> None:
-        cls.depth += 1
-
-    @classmethod
-    def end(cls) -> None:
-        cls.depth -= 1
-        if cls.depth == 0:
-            while cls.dirty:
-                dirty, cls.dirty = cls.dirty, []
-                for connection in dirty:
-                    connection._flush_now()
 
 
 class IStreamHandler(Interface):
@@ -136,8 +109,12 @@ class TunnelConnection(Protocol):
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 10.0,
         ready_timeout: float | None = 20.0,
+        batch: WriteBatch | None = None,
     ) -> None:
         self.client_side = client_side
+        # Share one batch among all the tunnels of a program (see gateway.tunnel.batch); a
+        # connection on its own (tests, tools) gets its own.
+        self.batch = batch if batch is not None else WriteBatch()
         self.ready_timeout = ready_timeout
         self._ready_deadline: IDelayedCall | None = None
         self.clock = clock
@@ -219,11 +196,11 @@ class TunnelConnection(Protocol):
             # whatever still arrives is dropped, not buffered (a hostile peer keeps sending).
             return
         self.heartbeat.peer_active()
-        _Batch.begin()
+        self.batch.begin()
         try:
             self._receive(data)
         finally:
-            _Batch.end()
+            self.batch.end()
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -477,17 +454,17 @@ class TunnelConnection(Protocol):
     _queued_for_batch = False
 
     def _flush_soon(self) -> None:
-        """Write when the input being handled is done (see ``_Batch``), else next turn."""
+        """Write when the input being handled is done (see ``WriteBatch``), else next turn."""
         if self.closed:
             return
-        if _Batch.depth:
+        if self.batch.active:
             if not self._queued_for_batch:
                 self._queued_for_batch = True
-                _Batch.dirty.append(self)
+                self.batch.add(self)
         elif self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
 
-    def _flush_now(self) -> None:
+    def flush_batched(self) -> None:
         self._queued_for_batch = False
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
