@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
+    IAddress,
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
@@ -32,7 +33,11 @@ class ProxyError(Exception):
 
 
 class _ConnectThenRelay(Protocol):
-    """Speaks HTTP CONNECT to the proxy, then hands the connection to the real protocol."""
+    """Speaks HTTP CONNECT to the proxy, then hands the connection to the real protocol.
+
+    Once ``ready`` has fired without it (timed out, cancelled, refused) the attempt is over: a
+    late answer builds nothing and the proxy connection is closed.
+    """
 
     def __init__(
         self, target: Address, factory: IProtocolFactory, ready: Deferred[IProtocol]
@@ -42,15 +47,26 @@ class _ConnectThenRelay(Protocol):
         self._inner: IProtocol | None = None
 
     def connectionMade(self) -> None:
+        if self._ready.called:  # given up while TCP was connecting
+            self.abandon()
+            return
         authority = str(self._target).encode("ascii")
         self.transport.write(  # type: ignore[union-attr]
             b"CONNECT " + authority + b" HTTP/1.1\r\nHost: " + authority + b"\r\n"
             b"User-Agent: remote-service-gateway\r\n\r\n"
         )
 
+    def abandon(self) -> None:
+        """Close the proxy connection: nobody waits for this tunnel any more."""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.dataReceived(data)
+            return
+        if self._ready.called:  # an answer after the timeout or a cancel
+            self.abandon()
             return
         self._head += data
         end = self._head.find(b"\r\n\r\n")
@@ -88,6 +104,40 @@ class _ConnectThenRelay(Protocol):
             self._ready.errback(ProxyError(f"the proxy closed the connection: {reason.value}"))
 
 
+class _Attempt(Factory):
+    """One dial through the proxy: TCP to the proxy, then CONNECT; ``ready`` can be cancelled.
+
+    Cancelling ``ready`` (``addTimeout`` does, and so does ``ClientService`` when it stops) stops
+    the TCP connect if it is still under way, or closes the proxy connection if it is not.
+    """
+
+    noisy = False
+
+    def __init__(self, target: Address, factory: IProtocolFactory) -> None:
+        self._target, self._factory = target, factory
+        self.ready: Deferred[IProtocol] = Deferred(self._cancel)
+        self.connecting: Deferred[Any] | None = None
+        self._speaker: _ConnectThenRelay | None = None
+        self._cancelling = False
+
+    def buildProtocol(self, addr: IAddress | None) -> _ConnectThenRelay:
+        self._speaker = _ConnectThenRelay(self._target, self._factory, self.ready)
+        return self._speaker
+
+    def tcp_failed(self, reason: Failure) -> None:
+        if not (self.ready.called or self._cancelling):
+            self.ready.errback(reason)
+
+    def _cancel(self, _ready: Deferred[IProtocol]) -> None:
+        # Deferred.cancel errbacks ``ready`` with CancelledError after this returns (addTimeout
+        # turns that into TimeoutError), so the TCP attempt's own cancel error is swallowed.
+        self._cancelling = True
+        if self._speaker is not None:
+            self._speaker.abandon()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+
 @implementer(IStreamClientEndpoint)
 class HTTPConnectEndpoint:
     """An endpoint that reaches ``target`` through an HTTP proxy's CONNECT method."""
@@ -103,13 +153,8 @@ class HTTPConnectEndpoint:
         return f"<CONNECT {self._target} via proxy {self._proxy}>"
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        ready: Deferred[IProtocol] = Deferred()
-        factory = Factory()
-        factory.noisy = False
-        factory.buildProtocol = lambda addr: _ConnectThenRelay(  # type: ignore[method-assign]
-            self._target, protocolFactory, ready
-        )
-        connecting: Deferred[Any] = self._proxy_endpoint.connect(factory)
-        connecting.addErrback(lambda f: None if ready.called else ready.errback(f))
-        ready.addTimeout(self._timeout, self._reactor)  # type: ignore[arg-type]
-        return ready
+        attempt = _Attempt(self._target, protocolFactory)
+        attempt.connecting = self._proxy_endpoint.connect(attempt)
+        attempt.connecting.addErrback(attempt.tcp_failed)
+        attempt.ready.addTimeout(self._timeout, self._reactor)  # type: ignore[arg-type]
+        return attempt.ready
