@@ -93,9 +93,10 @@ def server_options(
     extra: dict[str, Any] = {}
     if client_ca is not None:
         extra["trustRoot"] = load_ca(client_ca)  # also makes the certificate mandatory
+    # cryptography objects: pyOpenSSL deprecated its own PKey/X509 (Twisted's hints still name them)
     return _ServerOptions(
-        privateKey=identity.privateKey.original,
-        certificate=identity.original,
+        privateKey=identity.privateKey.original.to_cryptography_key(),
+        certificate=identity.original.to_cryptography(),
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=TLS12_CIPHERS,
         acceptableProtocols=[ALPN_H2],
