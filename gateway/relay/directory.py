@@ -1,68 +1,78 @@
-"""Where each gateway's live tunnel is, behind a small interface.
+"""Where a gateway is: never seen, offline, or online with its tunnel at this relay.
 
-Today one relay keeps this in memory.  When several relays share gateway locations through Redis,
-another implementation of `IGatewayRegistry` slots in and the tunnel code does not change.
+The engineer path asks the directory before it dials.  The answer is data, never a live tunnel: a
+directory shared by several relays (Redis, BRIEF section 2) can say where a gateway's tunnel is,
+not hand it out.  The tunnels themselves stay with the relay process that accepted them
+(`gateway.relay.gateways.GatewayTunnels`), which tells the directory when one comes and goes.
+
+Every method returns a Deferred.  The memory directory's have fired already, so the engineer path
+runs to the dial in the same reactor turn as the request arrived (time to first byte).
 """
 
 from __future__ import annotations
 
-from attrs import define
+import enum
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
 
-from gateway.tunnel.connection import TunnelConnection
+
+class Presence(enum.Enum):
+    UNKNOWN = "unknown"
+    """No gateway of that id ever connected (since this relay started)."""
+    OFFLINE = "offline"
+    """The gateway connected before; its tunnel is down now."""
+    HERE = "here"
+    """Online: its live tunnel ends at this relay.  (Shared locations will add a presence for
+    "online at another relay", whose streams are forwarded there.)"""
 
 
-@define
-class GatewayRecord:
+@frozen
+class GatewayLocation:
     gateway_id: str
-    tunnel: TunnelConnection | None
-    connected_since: float | None
-    last_seen: float
+    presence: Presence
+    connected_since: float | None = None
+    """When the current tunnel came up (online only)."""
+    last_seen: float | None = None
+    """When the gateway last connected or disconnected (never for an unknown gateway)."""
+
+    @property
+    def online(self) -> bool:
+        return self.presence is Presence.HERE
 
 
-class IGatewayRegistry(Interface):
-    def register(gateway_id: str, tunnel: TunnelConnection) -> TunnelConnection | None:
-        """Record the live tunnel of a gateway; returns the tunnel it replaces, if any."""
+class IGatewayDirectory(Interface):
+    def locate(gateway_id: str) -> Deferred[GatewayLocation]:
+        """Where ``gateway_id`` is now."""
 
-    def unregister(gateway_id: str, tunnel: TunnelConnection) -> None:
-        """Forget ``tunnel`` (only if it is still the gateway's current one)."""
+    def gateway_connected(gateway_id: str) -> Deferred[None]:
+        """This relay now holds the gateway's live tunnel (a newer one replaces an older)."""
 
-    def lookup(gateway_id: str) -> GatewayRecord | None:
-        """The gateway's record, or None if it never connected."""
-
-    def connected_count() -> int:
-        """How many gateways have a live tunnel."""
+    def gateway_disconnected(gateway_id: str) -> Deferred[None]:
+        """This relay no longer holds a live tunnel of the gateway."""
 
 
-@implementer(IGatewayRegistry)
-class MemoryGatewayRegistry:
+@implementer(IGatewayDirectory)
+class MemoryGatewayDirectory:
+    """One relay's directory, in memory: one small record per gateway it has seen."""
+
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._records: dict[str, GatewayRecord] = {}
-        self._live = 0
+        self._seen: dict[str, GatewayLocation] = {}
 
-    def register(self, gateway_id: str, tunnel: TunnelConnection) -> TunnelConnection | None:
+    def locate(self, gateway_id: str) -> Deferred[GatewayLocation]:
+        location = self._seen.get(gateway_id)
+        return succeed(location or GatewayLocation(gateway_id, Presence.UNKNOWN))
+
+    def gateway_connected(self, gateway_id: str) -> Deferred[None]:
         now = self._clock.seconds()
-        record = self._records.get(gateway_id)
-        if record is None:
-            record = self._records[gateway_id] = GatewayRecord(gateway_id, None, None, now)
-        previous = record.tunnel
-        if previous is None:
-            self._live += 1
-        record.tunnel, record.connected_since, record.last_seen = tunnel, now, now
-        return previous
+        self._seen[gateway_id] = GatewayLocation(gateway_id, Presence.HERE, now, now)
+        return succeed(None)
 
-    def unregister(self, gateway_id: str, tunnel: TunnelConnection) -> None:
-        record = self._records.get(gateway_id)
-        if record is None or record.tunnel is not tunnel:
-            return
-        record.tunnel, record.connected_since = None, None
-        record.last_seen = self._clock.seconds()
-        self._live -= 1
-
-    def lookup(self, gateway_id: str) -> GatewayRecord | None:
-        return self._records.get(gateway_id)
-
-    def connected_count(self) -> int:
-        return self._live
+    def gateway_disconnected(self, gateway_id: str) -> Deferred[None]:
+        if gateway_id in self._seen:
+            now = self._clock.seconds()
+            self._seen[gateway_id] = GatewayLocation(gateway_id, Presence.OFFLINE, None, now)
+        return succeed(None)

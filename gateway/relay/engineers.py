@@ -1,39 +1,37 @@
-"""Engineer streams on the relay: authenticate, find the gateway, ask it, relay its answer.
+"""Engineer streams on the relay: the path's verdict, then the dial, the splice and the answer.
 
 Each stream from ``gateway connect`` carries a bearer token, the gateway id and the target name.
-The relay never decides whether a target is allowed: it asks the gateway, which alone knows its
-allowlist and access mode, and passes the gateway's refusal (status, token, reason) back unchanged.
+`gateway.relay.path` decides (authenticate, authorise, locate), `gateway.relay.dialer` opens the
+stream to the gateway; this handler does the engineer's side of it.  The relay never decides
+whether a target is allowed: it asks the gateway, which alone knows its allowlist and access mode,
+and passes the gateway's refusal (status, token, reason) back unchanged.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+import attrs
 from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.relay.credentials import ICredentialStore
-from gateway.relay.directory import IGatewayRegistry
+from gateway import wire
+from gateway.relay.dialer import IGatewayDialer
 from gateway.relay.metrics import RelayMetrics
+from gateway.relay.path import Admitted, EngineerPath, EngineerRequest, new_connection_id
+from gateway.relay.refusals import Refused
 from gateway.splice import SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
-from gateway.tunnel.errors import TunnelClosed
 from gateway.tunnel.stream import TunnelStream
-from gateway.wire import (
-    ERROR_HEADER,
-    REASON_HEADER,
-    Refusal,
-    StreamRefused,
-    clean_reason,
-)
+from gateway.wire import ERROR_HEADER, REASON_HEADER, GatewayInfo, Refusal, StreamRefused
 
 log = Logger()
 
-GATEWAY_HEADER = "gateway"
-ENGINEER_HEADER = b"engineer"
+GATEWAY_HEADER = wire.GATEWAY_HEADER.decode()  # deprecated: use gateway.wire (gateway.connect)
 
 
 @implementer(IStreamHandler)
@@ -41,66 +39,51 @@ class EngineerStreams:
     def __init__(
         self,
         *,
-        registry: IGatewayRegistry,
-        credentials: ICredentialStore,
+        path: EngineerPath,
+        dialer: IGatewayDialer,
         metrics: RelayMetrics,
         clock: IReactorTime,
+        new_id: Callable[[], str] = new_connection_id,
     ) -> None:
-        self.registry = registry
-        self.credentials = credentials
+        self.path = path
+        self.dialer = dialer
         self.metrics = metrics
         self.clock = clock
+        self._new_id = new_id
 
     def stream_requested(self, stream: TunnelStream) -> None:
-        request = stream.request
-        assert request is not None
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        engineer = (
-            self.credentials.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-        )
-        if engineer is None:
-            self.metrics.bad_tokens.inc()
-            self._refuse(stream, Refusal.BAD_TOKEN, "the engineer token was not accepted")
-            return
-        gateway_id = request.headers.get(GATEWAY_HEADER, "")
-        record = self.registry.lookup(gateway_id)
-        if record is None:
-            self._refuse(
-                stream,
-                Refusal.UNKNOWN_GATEWAY,
-                f"no gateway named {gateway_id!r} has connected to this relay",
-            )
-            return
-        if request.method == "GET" and request.path == "/v1/gateway":
-            self._gateway_info(stream, gateway_id, record.tunnel is not None)
-            return
-        tunnel = record.tunnel
-        if tunnel is None or tunnel.draining:
-            self._refuse(
-                stream,
-                Refusal.GATEWAY_OFFLINE,
-                f"gateway {gateway_id!r} is offline (its tunnel to the relay is down)",
-            )
-            return
-        if request.method != "CONNECT" or not request.authority:
-            self._refuse(stream, Refusal.BAD_REQUEST, "expected CONNECT to a target name")
-            return
+        assert stream.request is not None
         started = self.clock.seconds()
+        request = EngineerRequest.read(stream.request, self._new_id())
+        verdict = self.path.admit(request)
+        verdict.addCallbacks(
+            lambda admitted: self._admitted(stream, admitted, started),
+            lambda failure: self._refused(stream, failure),
+        )
+        verdict.addErrback(lambda failure: self._broken(stream, request, failure))
+
+    def _admitted(
+        self, stream: TunnelStream, verdict: GatewayInfo | Admitted, started: float
+    ) -> None:
+        if isinstance(verdict, GatewayInfo):
+            self._gateway_info(stream, verdict)
+            return
+        if stream.finished:
+            return  # the engineer gave up while a step was waiting for its store
+        request, engineer = verdict.request, verdict.engineer
         try:
-            upstream = tunnel.open_stream(
-                request.authority, headers=[(ENGINEER_HEADER, clean_reason(engineer.name))]
+            upstream = self.dialer.dial(
+                request.gateway_id, engineer, request.target, request.connection_id
             )
-        except TunnelClosed as e:
-            self._refuse(
-                stream, Refusal.GATEWAY_OFFLINE, f"gateway {gateway_id!r} is offline ({e})"
-            )
+        except Refused as refused:
+            self._refuse(stream, refused)
             return
         log.info(
-            "{engineer} asks gateway {gw} for {target}",
+            "{engineer} asks gateway {gw} for {target} (connection {cid})",
             engineer=engineer.name,
-            gw=gateway_id,
-            target=request.authority,
+            gw=request.gateway_id,
+            target=request.target,
+            cid=request.connection_id,
         )
         # Splice at once: the engineer's first bytes follow the request to the gateway without
         # waiting for its answer (one relay-gateway round trip less before the first byte).
@@ -112,7 +95,7 @@ class EngineerStreams:
         splice(engineer_end, gateway_end)
         upstream.response.addCallbacks(
             lambda response: self._answered(stream, engineer_end, started),
-            lambda failure: self._not_answered(stream, gateway_id, failure),
+            lambda failure: self._not_answered(stream, request.gateway_id, failure),
         )
         upstream.response.addErrback(lambda f: log.failure("relaying a stream", f))
 
@@ -135,7 +118,7 @@ class EngineerStreams:
                     refused.status,
                     [
                         (ERROR_HEADER, refused.token.encode()),
-                        (REASON_HEADER, clean_reason(refused.reason)),
+                        (REASON_HEADER, wire.clean_reason(refused.reason)),
                     ],
                     end=True,
                 )
@@ -143,16 +126,30 @@ class EngineerStreams:
             return
         self._refuse(
             stream,
-            Refusal.GATEWAY_OFFLINE,
-            f"gateway {gateway_id!r} went away before answering",
+            Refused(Refusal.GATEWAY_OFFLINE, f"gateway {gateway_id!r} went away before answering"),
         )
 
-    def _refuse(self, stream: TunnelStream, refusal: Refusal, reason: str) -> None:
-        self.metrics.stream_result(refusal.token)
-        stream.refuse(refusal, reason)
+    def _refused(self, stream: TunnelStream, failure: Failure) -> None:
+        failure.trap(Refused)
+        assert isinstance(failure.value, Refused)
+        self._refuse(stream, failure.value)
 
-    def _gateway_info(self, stream: TunnelStream, gateway_id: str, online: bool) -> None:
-        body = json.dumps({"gateway": gateway_id, "online": online}).encode()
+    def _refuse(self, stream: TunnelStream, refused: Refused) -> None:
+        self.metrics.stream_result(refused.refusal.token)
+        stream.refuse(refused.refusal, refused.reason)
+
+    def _broken(self, stream: TunnelStream, request: EngineerRequest, failure: Failure) -> None:
+        """A step failed in a way no refusal covers (a bug, a store that is down)."""
+        log.failure(
+            "engineer connection {cid} to gateway {gw}",
+            failure,
+            cid=request.connection_id,
+            gw=request.gateway_id,
+        )
+        stream.reset(ErrorCodes.INTERNAL_ERROR)
+
+    def _gateway_info(self, stream: TunnelStream, info: GatewayInfo) -> None:
+        body = json.dumps(attrs.asdict(info)).encode()
         stream.respond(200, [(b"content-type", b"application/json")])
         stream.write(body)
         stream.loseWriteConnection()

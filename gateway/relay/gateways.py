@@ -1,12 +1,20 @@
-"""Gateway tunnels arriving at the relay: identify each by its certificate, one tunnel per id."""
+"""Gateway tunnels arriving at this relay: who each is, and the live ones this process holds.
+
+A gateway is who its client certificate's subject CN says.  One live tunnel per id: a newer
+connection replaces the older one.
+
+`GatewayTunnels` is this process's own table of live tunnels: only the dialer opens streams on
+them.  The directory (`gateway.relay.directory`) hears where gateways are, never the tunnels.
+"""
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.relay.directory import IGatewayRegistry
+from gateway.relay.directory import IGatewayDirectory
 from gateway.relay.metrics import RelayMetrics
 from gateway.tls import peer_common_name
 from gateway.tls.errors import describe_tls_failure
@@ -15,12 +23,46 @@ from gateway.tunnel.connection import ITunnelObserver, TunnelConnection
 log = Logger()
 
 
+class GatewayTunnels:
+    """The live tunnel of each gateway connected to this relay process."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, TunnelConnection] = {}
+
+    def add(self, gateway_id: str, tunnel: TunnelConnection) -> TunnelConnection | None:
+        """Make ``tunnel`` the gateway's live one; returns the tunnel it replaces, if any."""
+        previous = self._live.get(gateway_id)
+        self._live[gateway_id] = tunnel
+        return previous
+
+    def remove(self, gateway_id: str, tunnel: TunnelConnection) -> bool:
+        """Forget ``tunnel`` if it is still the gateway's live one (not if a newer replaced it)."""
+        if self._live.get(gateway_id) is not tunnel:
+            return False
+        del self._live[gateway_id]
+        return True
+
+    def get(self, gateway_id: str) -> TunnelConnection | None:
+        return self._live.get(gateway_id)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+def _peer_host(connection: TunnelConnection) -> str:
+    peer = connection.transport.getPeer() if connection.transport else None
+    return str(getattr(peer, "host", peer))
+
+
 @implementer(ITunnelObserver)
 class GatewayPeer:
-    """Watches one gateway connection: registers it once HTTP/2 is up, forgets it when lost."""
+    """Watches one gateway connection: takes it in once HTTP/2 is up, forgets it when lost."""
 
-    def __init__(self, registry: IGatewayRegistry, metrics: RelayMetrics) -> None:
-        self.registry = registry
+    def __init__(
+        self, tunnels: GatewayTunnels, directory: IGatewayDirectory, metrics: RelayMetrics
+    ) -> None:
+        self.tunnels = tunnels
+        self.directory = directory
         self.metrics = metrics
         self.gateway_id: str | None = None
         self.name = "a gateway"
@@ -33,25 +75,22 @@ class GatewayPeer:
             connection.close()
             return
         self.gateway_id, self.name = gateway_id, f"gateway {gateway_id}"
-        previous = self.registry.register(gateway_id, connection)
-        self.metrics.gateways_connected.set(self.registry.connected_count())
-        peer = connection.transport.getPeer() if connection.transport else None
+        previous = self.tunnels.add(gateway_id, connection)
+        self.metrics.gateways_connected.set(len(self.tunnels))
+        self._tell_directory(self.directory.gateway_connected(gateway_id), "connected")
+        peer = _peer_host(connection)
         if previous is not None:
             log.info(
                 "gateway {gw} connected again from {peer}; replacing its previous tunnel",
                 gw=gateway_id,
-                peer=str(getattr(peer, "host", peer)),
+                peer=peer,
             )
             previous.close(
                 why=f"replaced by a newer connection of gateway {gateway_id} from "
-                f"{getattr(peer, 'host', peer)}: is this certificate installed on two machines?"
+                f"{peer}: is this certificate installed on two machines?"
             )
         else:
-            log.info(
-                "gateway {gw} connected from {peer}",
-                gw=gateway_id,
-                peer=str(getattr(peer, "host", peer)),
-            )
+            log.info("gateway {gw} connected from {peer}", gw=gateway_id, peer=peer)
 
     def tunnel_rtt(self, connection: TunnelConnection, seconds: float) -> None:
         pass
@@ -65,10 +104,23 @@ class GatewayPeer:
                     why=describe_tls_failure(reason),
                 )
             return
-        self.registry.unregister(self.gateway_id, connection)
-        self.metrics.gateways_connected.set(self.registry.connected_count())
+        if self.tunnels.remove(self.gateway_id, connection):
+            self._tell_directory(
+                self.directory.gateway_disconnected(self.gateway_id), "disconnected"
+            )
+        self.metrics.gateways_connected.set(len(self.tunnels))
         log.info(
             "gateway {gw} disconnected: {why}",
             gw=self.gateway_id,
             why=describe_tls_failure(reason),
+        )
+
+    def _tell_directory(self, told: Deferred[None], what: str) -> None:
+        told.addErrback(
+            lambda f: log.failure(
+                "the gateway directory did not record that {gw} {what}",
+                f,
+                gw=self.gateway_id,
+                what=what,
+            )
         )

@@ -16,11 +16,14 @@ from twisted.web.server import Site
 from gateway.config import RelayConfig
 from gateway.net.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.reactor import IGatewayReactor
+from gateway.relay.authorisation import EveryAuthenticatedEngineer
 from gateway.relay.credentials import TokenFile
-from gateway.relay.directory import MemoryGatewayRegistry
+from gateway.relay.dialer import LocalDialer
+from gateway.relay.directory import MemoryGatewayDirectory
 from gateway.relay.engineers import EngineerStreams
-from gateway.relay.gateways import GatewayPeer
+from gateway.relay.gateways import GatewayPeer, GatewayTunnels
 from gateway.relay.metrics import RelayMetrics
+from gateway.relay.path import EngineerPath
 from gateway.tls import TLSServerEndpoint, server_options
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
@@ -46,8 +49,13 @@ class RelayDaemon(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
-        self.registry = MemoryGatewayRegistry(reactor)
+        # Where gateways are, who engineers are and what they may ask: behind interfaces, so a
+        # store shared by several relays can take the memory and file versions' place.
+        self.directory = MemoryGatewayDirectory(reactor)
         self.credentials = TokenFile(config.engineers.tokens)
+        self.authorisation = EveryAuthenticatedEngineer()
+        # The live tunnels of the gateways connected to this process: local by nature.
+        self.tunnels = GatewayTunnels()
         self.metrics = RelayMetrics(CollectorRegistry(), reactor)
         heartbeat = config.gateways.heartbeat
         metrics = self.metrics
@@ -59,7 +67,7 @@ class RelayDaemon(MultiService):
             return TunnelConnection(
                 client_side=True,
                 clock=reactor,
-                observer=GatewayPeer(self.registry, metrics),
+                observer=GatewayPeer(self.tunnels, self.directory, metrics),
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
@@ -67,7 +75,15 @@ class RelayDaemon(MultiService):
             )
 
         self.engineer_streams = EngineerStreams(
-            registry=self.registry, credentials=self.credentials, metrics=metrics, clock=reactor
+            path=EngineerPath(
+                credentials=self.credentials,
+                authorisation=self.authorisation,
+                directory=self.directory,
+                metrics=metrics,
+            ),
+            dialer=LocalDialer(self.tunnels),
+            metrics=metrics,
+            clock=reactor,
         )
 
         def engineer_connection() -> TunnelConnection:

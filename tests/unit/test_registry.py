@@ -1,8 +1,8 @@
 # Twisted's trial is only partly annotated; strict mode would flag every assertion.
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for the relay's engineer credentials and gateway registry.
+"""Tests for the relay's engineer credentials, gateway directory and table of live tunnels.
 
-(`gateway.relay.credentials`, `gateway.relay.directory`)
+(`gateway.relay.credentials`, `gateway.relay.directory`, `gateway.relay.gateways`)
 
 Engineer tokens are stored only as SHA-256 hashes in ``engineers.toml`` (mode 0600), added while
 the relay runs and picked up without a restart; a broken edit must not lock everybody out.
@@ -20,6 +20,7 @@ from typing import cast
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from gateway.relay.credentials import (
     TOKEN_PREFIX,
@@ -31,7 +32,13 @@ from gateway.relay.credentials import (
     hash_token,
     read_engineers,
 )
-from gateway.relay.directory import IGatewayRegistry, MemoryGatewayRegistry
+from gateway.relay.directory import (
+    GatewayLocation,
+    IGatewayDirectory,
+    MemoryGatewayDirectory,
+    Presence,
+)
+from gateway.relay.gateways import GatewayTunnels
 from gateway.tunnel.connection import TunnelConnection
 
 
@@ -43,7 +50,7 @@ def temporary_directory(case: SynchronousTestCase) -> Path:
 
 
 class StandInTunnel:
-    """Takes a tunnel's place: the registry only stores and compares tunnels."""
+    """Takes a tunnel's place: the table only stores and compares tunnels."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -162,6 +169,7 @@ class TokenFileTests(CredentialTestCase):
         token = add_engineer(self.path, "alice")
         store = TokenFile(self.path)
         self.assertTrue(ICredentialStore.providedBy(store))
+        verifyObject(ICredentialStore, store)
         self.assertEqual(store.authenticate(token), Engineer("alice"))
 
     def test_each_token_authenticates_only_its_own_engineer(self) -> None:
@@ -250,85 +258,131 @@ class TokenFileTests(CredentialTestCase):
         self.assertRaises(CredentialFileError, TokenFile, self.path)
 
 
-class MemoryGatewayRegistryTests(SynchronousTestCase):
+class MemoryGatewayDirectoryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.registry = MemoryGatewayRegistry(self.clock)
+        self.directory = MemoryGatewayDirectory(self.clock)
 
-    def test_provides_the_registry_interface(self) -> None:
-        self.assertTrue(IGatewayRegistry.providedBy(self.registry))
+    def locate(self, gateway_id: str) -> GatewayLocation:
+        return self.successResultOf(self.directory.locate(gateway_id))
+
+    def test_provides_the_directory_interface(self) -> None:
+        verifyObject(IGatewayDirectory, self.directory)
 
     def test_a_never_seen_gateway_is_unknown(self) -> None:
-        self.assertIsNone(self.registry.lookup("plant7"))
-        self.assertEqual(self.registry.connected_count(), 0)
+        self.assertEqual(self.locate("plant7"), GatewayLocation("plant7", Presence.UNKNOWN))
+        self.assertFalse(self.locate("plant7").online)
 
-    def test_registering_a_first_tunnel_replaces_nothing(self) -> None:
+    def test_a_connected_gateway_is_online_here_since_it_connected(self) -> None:
+        self.successResultOf(self.directory.gateway_connected("plant7"))
+        location = self.locate("plant7")
+        self.assertEqual(location.presence, Presence.HERE)
+        self.assertTrue(location.online)
+        self.assertEqual(location.connected_since, 1000)
+        self.assertEqual(location.last_seen, 1000)
+
+    def test_a_newer_tunnel_restarts_the_connected_time(self) -> None:
+        self.directory.gateway_connected("plant7")
+        self.clock.advance(5)
+        self.directory.gateway_connected("plant7")
+        location = self.locate("plant7")
+        self.assertTrue(location.online)
+        self.assertEqual(location.connected_since, 1005)
+
+    def test_a_disconnected_gateway_is_known_and_offline(self) -> None:
+        self.directory.gateway_connected("plant7")
+        self.clock.advance(30)
+        self.successResultOf(self.directory.gateway_disconnected("plant7"))
+        location = self.locate("plant7")
+        self.assertEqual(location.presence, Presence.OFFLINE)
+        self.assertFalse(location.online)
+        self.assertIsNone(location.connected_since)
+        self.assertEqual(location.last_seen, 1030)
+
+    def test_disconnecting_twice_or_unknown_gateways_is_harmless(self) -> None:
+        self.directory.gateway_connected("plant7")
+        self.directory.gateway_disconnected("plant7")
+        self.directory.gateway_disconnected("plant7")
+        self.directory.gateway_disconnected("plant9")
+        self.assertEqual(self.locate("plant7").presence, Presence.OFFLINE)
+        self.assertEqual(self.locate("plant9").presence, Presence.UNKNOWN)
+
+    def test_a_gateway_can_come_back_after_going_offline(self) -> None:
+        self.directory.gateway_connected("plant7")
+        self.directory.gateway_disconnected("plant7")
+        self.directory.gateway_connected("plant7")
+        self.assertTrue(self.locate("plant7").online)
+
+    def test_answers_are_ready_at_once(self) -> None:
+        # The engineer path relies on it: no reactor turn before the dial.
+        self.assertTrue(self.directory.locate("plant7").called)
+        self.assertTrue(self.directory.gateway_connected("plant7").called)
+        self.assertTrue(self.directory.gateway_disconnected("plant7").called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class GatewayTunnelsTests(SynchronousTestCase):
+    """This relay process's live tunnels: one per gateway id, the newest wins."""
+
+    def setUp(self) -> None:
+        self.tunnels = GatewayTunnels()
+
+    def test_a_never_seen_gateway_has_no_tunnel(self) -> None:
+        self.assertIsNone(self.tunnels.get("plant7"))
+        self.assertEqual(len(self.tunnels), 0)
+
+    def test_adding_a_first_tunnel_replaces_nothing(self) -> None:
         tunnel = stand_in("first")
-        self.assertIsNone(self.registry.register("plant7", tunnel))
-        record = self.registry.lookup("plant7")
-        assert record is not None
-        self.assertIs(record.tunnel, tunnel)
-        self.assertEqual(record.connected_since, 1000)
-        self.assertEqual(record.last_seen, 1000)
-        self.assertEqual(self.registry.connected_count(), 1)
+        self.assertIsNone(self.tunnels.add("plant7", tunnel))
+        self.assertIs(self.tunnels.get("plant7"), tunnel)
+        self.assertEqual(len(self.tunnels), 1)
 
     def test_a_new_tunnel_replaces_the_old_one_and_returns_it(self) -> None:
         old, new = stand_in("old"), stand_in("new")
-        self.registry.register("plant7", old)
-        self.clock.advance(5)
-        self.assertIs(self.registry.register("plant7", new), old)
-        record = self.registry.lookup("plant7")
-        assert record is not None
-        self.assertIs(record.tunnel, new)
-        self.assertEqual(record.connected_since, 1005)
-        self.assertEqual(self.registry.connected_count(), 1)
+        self.tunnels.add("plant7", old)
+        self.assertIs(self.tunnels.add("plant7", new), old)
+        self.assertIs(self.tunnels.get("plant7"), new)
+        self.assertEqual(len(self.tunnels), 1)
 
-    def test_unregistering_a_replaced_tunnel_changes_nothing(self) -> None:
+    def test_removing_a_replaced_tunnel_changes_nothing(self) -> None:
         old, new = stand_in("old"), stand_in("new")
-        self.registry.register("plant7", old)
-        self.registry.register("plant7", new)
-        self.registry.unregister("plant7", old)
-        record = self.registry.lookup("plant7")
-        assert record is not None
-        self.assertIs(record.tunnel, new)
-        self.assertEqual(self.registry.connected_count(), 1)
+        self.tunnels.add("plant7", old)
+        self.tunnels.add("plant7", new)
+        self.assertFalse(self.tunnels.remove("plant7", old))
+        self.assertIs(self.tunnels.get("plant7"), new)
+        self.assertEqual(len(self.tunnels), 1)
 
-    def test_unregistering_the_current_tunnel_leaves_a_known_offline_gateway(self) -> None:
+    def test_removing_the_current_tunnel_leaves_none(self) -> None:
         tunnel = stand_in("only")
-        self.registry.register("plant7", tunnel)
-        self.clock.advance(30)
-        self.registry.unregister("plant7", tunnel)
-        record = self.registry.lookup("plant7")
-        assert record is not None
-        self.assertIsNone(record.tunnel)
-        self.assertIsNone(record.connected_since)
-        self.assertEqual(record.last_seen, 1030)
-        self.assertEqual(self.registry.connected_count(), 0)
+        self.tunnels.add("plant7", tunnel)
+        self.assertTrue(self.tunnels.remove("plant7", tunnel))
+        self.assertIsNone(self.tunnels.get("plant7"))
+        self.assertEqual(len(self.tunnels), 0)
 
-    def test_unregistering_twice_or_unknown_gateways_is_harmless(self) -> None:
+    def test_removing_twice_or_unknown_gateways_is_harmless(self) -> None:
         tunnel = stand_in("only")
-        self.registry.register("plant7", tunnel)
-        self.registry.unregister("plant7", tunnel)
-        self.registry.unregister("plant7", tunnel)
-        self.registry.unregister("plant9", tunnel)
-        self.assertEqual(self.registry.connected_count(), 0)
-        self.assertIsNone(self.registry.lookup("plant9"))
+        self.tunnels.add("plant7", tunnel)
+        self.tunnels.remove("plant7", tunnel)
+        self.assertFalse(self.tunnels.remove("plant7", tunnel))
+        self.assertFalse(self.tunnels.remove("plant9", tunnel))
+        self.assertEqual(len(self.tunnels), 0)
+        self.assertIsNone(self.tunnels.get("plant9"))
 
     def test_a_gateway_can_come_back_after_going_offline(self) -> None:
         first, second = stand_in("first"), stand_in("second")
-        self.registry.register("plant7", first)
-        self.registry.unregister("plant7", first)
-        self.assertIsNone(self.registry.register("plant7", second))
-        self.assertEqual(self.registry.connected_count(), 1)
+        self.tunnels.add("plant7", first)
+        self.tunnels.remove("plant7", first)
+        self.assertIsNone(self.tunnels.add("plant7", second))
+        self.assertEqual(len(self.tunnels), 1)
 
-    def test_connected_count_counts_gateways_with_a_live_tunnel(self) -> None:
+    def test_the_count_is_of_gateways_with_a_live_tunnel(self) -> None:
         tunnels = {name: stand_in(name) for name in ("a", "b", "c")}
         for name, tunnel in tunnels.items():
-            self.registry.register(name, tunnel)
-        self.registry.register("a", stand_in("a2"))
-        self.assertEqual(self.registry.connected_count(), 3)
-        self.registry.unregister("b", tunnels["b"])
-        self.assertEqual(self.registry.connected_count(), 2)
-        self.registry.unregister("a", tunnels["a"])  # replaced already: still connected
-        self.assertEqual(self.registry.connected_count(), 2)
+            self.tunnels.add(name, tunnel)
+        self.tunnels.add("a", stand_in("a2"))
+        self.assertEqual(len(self.tunnels), 3)
+        self.tunnels.remove("b", tunnels["b"])
+        self.assertEqual(len(self.tunnels), 2)
+        self.tunnels.remove("a", tunnels["a"])  # replaced already: still connected
+        self.assertEqual(len(self.tunnels), 2)
