@@ -1,7 +1,8 @@
 """Gateway tunnels arriving at this relay: who each is, and the live ones this process holds.
 
-A gateway is who its client certificate's subject CN says.  One live tunnel per id: a newer
-connection replaces the older one.
+A gateway is who its client certificate says, by the one rule (`gateway.identity`): a certificate
+whose subject is not a valid gateway id (issued before the rule, say ``plant_7``) is refused and
+the gateway told why.  One live tunnel per id: a newer connection replaces the older one.
 
 `GatewayTunnels` is this process's own table of live tunnels: only the dialer opens streams on
 them.  The directory (`gateway.relay.directory`) hears where gateways are, never the tunnels.
@@ -14,9 +15,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.identity import InvalidGatewayId, gateway_id_of_peer
 from gateway.relay.directory import IGatewayDirectory
 from gateway.relay.metrics import RelayMetrics
-from gateway.tls import peer_common_name
 from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.connection import ITunnelObserver, TunnelConnection
 
@@ -68,11 +69,10 @@ class GatewayPeer:
         self.name = "a gateway"
 
     def tunnel_ready(self, connection: TunnelConnection) -> None:
-        gateway_id = peer_common_name(connection.transport)
-        if not gateway_id:
-            log.warn("gateway certificate without a usable subject CN; closing")
-            self.metrics.auth_failures.labels(kind="gateway_certificate").inc()
-            connection.close()
+        try:
+            gateway_id = gateway_id_of_peer(connection.transport)
+        except InvalidGatewayId as e:
+            self._refuse_certificate(connection, str(e))
             return
         self.gateway_id, self.name = gateway_id, f"gateway {gateway_id}"
         previous = self.tunnels.add(gateway_id, connection)
@@ -91,6 +91,16 @@ class GatewayPeer:
             )
         else:
             log.info("gateway {gw} connected from {peer}", gw=gateway_id, peer=peer)
+
+    def _refuse_certificate(self, connection: TunnelConnection, why: str) -> None:
+        """Count it, log it with the address, and tell the gateway (GOAWAY debug data)."""
+        self.metrics.auth_failures.labels(kind="gateway_certificate").inc()
+        log.warn(
+            "gateway certificate from {peer} not accepted: {why}; closing",
+            peer=_peer_host(connection),
+            why=why,
+        )
+        connection.close(why=f"certificate: {why}")
 
     def tunnel_rtt(self, connection: TunnelConnection, seconds: float) -> None:
         pass
