@@ -7,14 +7,13 @@ frames, schedules and flow-controls streams for either role, and hands requests 
 ``IStreamHandler``.  It knows Twisted and h2, not configuration, policy or metrics.
 
 What makes it fast (TUNNEL-NOTES.md): 16 MiB stream and 64 MiB connection windows, 1 MiB frames,
-all output of a reactor turn written in one call, and a round-robin scheduler that sends at most
-one frame per stream per round and stops as soon as the TLS transport pushes back, so a bulk
-download cannot make a WebSocket message wait behind megabytes.
+all output of a reactor turn written in one call, and a round-robin scheduler (scheduler.py) that
+sends at most one frame per stream per round and stops as soon as the TLS transport pushes back,
+so a bulk download cannot make a WebSocket message wait behind megabytes.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import h2.events as ev
@@ -41,6 +40,7 @@ from gateway.tunnel.h2tuning import (
     h2_configuration,
 )
 from gateway.tunnel.heartbeat import Heartbeat
+from gateway.tunnel.scheduler import RoundRobin
 from gateway.tunnel.stream import (
     LOW_WATER,
     StreamRequest,
@@ -122,11 +122,8 @@ class TunnelConnection(Protocol):
         self.observer: ITunnelObserver = observer or NullObserver()
         self.h2 = H2Connection(h2_configuration(client_side=client_side))
         self.streams: dict[int, TunnelStream] = {}
-        self._ready: deque[TunnelStream] = deque()
-        self._in_ready: set[int] = set()
-        self._blocked: set[int] = set()
+        self._scheduler: RoundRobin[TunnelStream] = RoundRobin()
         self._flush_call: IDelayedCall | None = None
-        self._transport_paused = False
         self._conn_uncredited = 0
         self.is_ready = False
         self.draining = False
@@ -406,9 +403,7 @@ class TunnelConnection(Protocol):
 
     def schedule(self, stream: TunnelStream) -> None:
         """The stream has something to send: put it in the round-robin."""
-        if stream.stream_id not in self._in_ready and stream.stream_id not in self._blocked:
-            self._in_ready.add(stream.stream_id)
-            self._ready.append(stream)
+        self._scheduler.add(stream)
         self._flush_soon()
 
     def reset_stream(self, stream: TunnelStream, code: int) -> None:
@@ -433,17 +428,17 @@ class TunnelConnection(Protocol):
 
     def stream_finished(self, stream: TunnelStream) -> None:
         self.streams.pop(stream.stream_id, None)
-        self._blocked.discard(stream.stream_id)
+        self._scheduler.forget(stream.stream_id)
         if self.draining and not self.streams and not self.closed:
             self.close()
 
     # -- producer (the TLS transport pushes back on us) -----------------------------------------
 
     def pauseProducing(self) -> None:
-        self._transport_paused = True
+        self._scheduler.paused = True
 
     def resumeProducing(self) -> None:
-        self._transport_paused = False
+        self._scheduler.paused = False
         self._flush_soon()
 
     def stopProducing(self) -> None:
@@ -474,17 +469,14 @@ class TunnelConnection(Protocol):
         self._flush_call = None
         if self.closed:
             return
-        while self._ready and not self._transport_paused:
-            for _ in range(len(self._ready)):
-                stream = self._ready.popleft()
-                self._in_ready.discard(stream.stream_id)
-                if self._send_one_frame(stream):
-                    self._in_ready.add(stream.stream_id)
-                    self._ready.append(stream)
+        self._scheduler.run(self._send_one_frame, self._end_of_round)
+        if not self.closed:
             self._write_out()
-            if self.closed:
-                return
+
+    def _end_of_round(self) -> bool:
+        """Write what one scheduler round produced (the transport may pause us); go on?"""
         self._write_out()
+        return not self.closed
 
     def _send_one_frame(self, stream: TunnelStream) -> bool:
         """Send up to one frame for ``stream``; True if it has more to send right away."""
@@ -495,7 +487,7 @@ class TunnelConnection(Protocol):
             if stream.queued:
                 window = self.h2.local_flow_control_window(sid)
                 if window <= 0:
-                    self._blocked.add(sid)
+                    self._scheduler.block(sid)
                     return False
                 size = min(window, self.h2.max_outbound_frame_size, stream.queued)
                 chunk = _take(stream, size)
@@ -584,17 +576,8 @@ class TunnelConnection(Protocol):
         self._window_opened(0)
 
     def _window_opened(self, stream_id: int) -> None:
-        if stream_id == 0:
-            blocked, self._blocked = self._blocked, set()
-            for sid in blocked:
-                stream = self.streams.get(sid)
-                if stream is not None:
-                    self.schedule(stream)
-        elif stream_id in self._blocked:
-            self._blocked.discard(stream_id)
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                self.schedule(stream)
+        if self._scheduler.window_opened(stream_id, self.streams):
+            self._flush_soon()
 
     def _request_received(self, event: ev.RequestReceived) -> None:
         request = StreamRequest.from_h2(event.headers)
