@@ -1,3 +1,3 @@
 from gateway.cli import main
 
-main()
+raise SystemExit(main())

@@ -1,6 +1,6 @@
 # Twisted's trial and test doubles are only partly annotated; strict mode would flag every call.
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for the vendor PKI (`gateway.pki`), ``gateway pki`` (`gateway.pki_cli`) and the test PKI.
+"""Tests for the vendor PKI (`gateway.pki`), ``gateway pki`` (`gateway.cli.pki`) and the test PKI.
 
 The certificates are checked three ways: field by field with `cryptography`, by OpenSSL's own
 chain verification through pyOpenSSL, and in a real (in-memory) mutual-TLS handshake with the
@@ -9,13 +9,11 @@ same Twisted TLS options the relay and the gateway use.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -47,6 +45,8 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.cli import main, parser
+from gateway.cli.common import Console, UsageError
 from gateway.pki import (
     CLOCK_SKEW,
     CertificateInfo,
@@ -57,7 +57,6 @@ from gateway.pki import (
     issue_gateway_certificate,
     issue_relay_certificate,
 )
-from gateway.pki_cli import add_pki_commands, run_pki
 from tests.helpers.pki import TestPKI, make_expired_gateway, make_other_ca_gateway, make_pki
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -769,22 +768,17 @@ class MutualTLSTests(SynchronousTestCase):
 class CLITests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = temporary_directory(self) / "pki"
-        self.parser = argparse.ArgumentParser(prog="gateway")
-        add_pki_commands(self.parser.add_subparsers(dest="command", required=True))
 
     def run_cli(self, *argv: str, code: int = 0) -> tuple[str, str]:
-        """Parse like the top-level CLI and run; returns (stdout, stderr)."""
+        """Run ``gateway pki ARGV`` in-process; returns (stdout, stderr)."""
         out, err = io.StringIO(), io.StringIO()
-        args = self.parser.parse_args(["pki", *argv])
-        self.assertEqual(run_pki(args, out, err), code, err.getvalue())
+        self.assertEqual(main(["pki", *argv], stdout=out, stderr=err), code, err.getvalue())
         return out.getvalue(), err.getvalue()
 
     def usage_error(self, *argv: str) -> str:
-        stderr = io.StringIO()
-        self.patch(sys, "stderr", stderr)
-        error = self.assertRaises(SystemExit, self.parser.parse_args, ["pki", *argv])
-        self.assertEqual(error.code, 2)
-        return stderr.getvalue()
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["pki", *argv], stdout=out, stderr=err), 2)
+        return err.getvalue()
 
     def test_init_ca_creates_a_private_ca_directory(self) -> None:
         ca_dir = self.dir / "vendor-ca"
@@ -920,18 +914,15 @@ class CLITests(SynchronousTestCase):
     def test_every_command_has_help_with_an_example(self) -> None:
         for command in ("init-ca", "issue-relay", "issue-gateway", "show"):
             stdout = io.StringIO()
-            self.patch(sys, "stdout", stdout)
-            error = self.assertRaises(
-                SystemExit, self.parser.parse_args, ["pki", command, "--help"]
-            )
-            self.assertEqual(error.code, 0)
+            self.assertEqual(main(["pki", command, "--help"], stdout=stdout), 0)
             self.assertIn("example", stdout.getvalue())
             self.assertIn(f"gateway pki {command} ", stdout.getvalue())
 
-    def test_args_func_runs_the_command_too(self) -> None:
-        """A top-level CLI may dispatch on args.func instead of calling run_pki itself."""
-        args = self.parser.parse_args(["pki", "init-ca", "--dir", str(self.dir)])
-        out, err = io.StringIO(), io.StringIO()
-        self.assertEqual(args.func(args, out, err), 0)
-        self.assertEqual(args.func(args, out, err), 2)
-        self.assertIn("exists; pass --force", err.getvalue())
+    def test_the_parsed_handler_runs_the_command_too(self) -> None:
+        """The handler the parser sets is the whole command; it fails by raising, like all."""
+        args = parser().parse_args(["pki", "init-ca", "--dir", str(self.dir)])
+        console = Console(io.StringIO(), io.StringIO())
+        self.assertEqual(args.handler(args, console), 0)
+        error = self.assertRaises(UsageError, args.handler, args, console)
+        self.assertEqual(error.exit_code, 2)
+        self.assertIn("exists; pass --force", error.line)

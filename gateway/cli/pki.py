@@ -1,8 +1,8 @@
 """``gateway pki``: the vendor's CA and certificate tooling on the command line.
 
-Only argument wiring and output live here; `gateway.pki` does the work. The top-level CLI adds
-this group with `add_pki_commands` and runs it with `run_pki`, which turns every `PKIError`
-into one line on stderr and exit code 2, so a user mistake never shows a traceback.
+Only argument wiring and output live here; `gateway.pki` does the work.  Each sub-command is a
+handler like every other command's; a `PKIError` (a user's mistake: a missing CA, a file that
+exists, a bad name) becomes one ``gateway pki: ...`` line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -11,35 +11,28 @@ import argparse
 import json
 import os
 import textwrap
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING
 
-from gateway.pki import (
-    CertificateInfo,
-    PKIError,
-    create_ca,
-    describe_certificate,
-    issue_gateway_certificate,
-    issue_relay_certificate,
-)
+from gateway.cli.common import Commands, Console, Handler, UsageError
+from gateway.identity import GATEWAY_ID_RULE
 
-__all__ = ["add_pki_commands", "run_pki"]
+if TYPE_CHECKING:
+    from gateway.pki import CertificateInfo
 
-#: What each sub-command's ``func`` is: it reports on ``out`` and returns the exit code.
-Handler = Callable[[argparse.Namespace, TextIO], int]
+__all__ = ["register"]
 
+PROG = "gateway pki"
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 
 
-def add_pki_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    """Add the ``pki`` parser and its sub-commands; each sets ``args.func`` (see `run_pki`)."""
-    pki = subparsers.add_parser(
+def register(commands: Commands) -> None:
+    """Add ``gateway pki`` and its sub-commands; each sets ``args.pki_handler``."""
+    pki = commands.add(
         "pki",
+        run_pki,
         help="vendor CA and certificate tooling",
         description=(
             "Create the vendor CA and issue the certificates the relay and the gateways "
@@ -55,26 +48,24 @@ def add_pki_commands(
         ),
         formatter_class=_HelpFormatter,
     )
-    commands = pki.add_subparsers(
+    subcommands = pki.add_subparsers(
         title="commands", dest="pki_command", metavar="COMMAND", required=True
     )
-    _add_init_ca(commands)
-    _add_issue_relay(commands)
-    _add_issue_gateway(commands)
-    _add_show(commands)
+    _add_init_ca(subcommands)
+    _add_issue_relay(subcommands)
+    _add_issue_gateway(subcommands)
+    _add_show(subcommands)
 
 
-def run_pki(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Run the parsed ``gateway pki`` command; returns the exit code (0 ok, 2 user error)."""
-    handler: Handler | None = getattr(args, "pki_handler", None)
-    if handler is None:
-        err.write("gateway pki: choose a command: init-ca, issue-relay, issue-gateway, show\n")
-        return 2
+def run_pki(args: argparse.Namespace, console: Console) -> int:
+    """Run the parsed ``gateway pki COMMAND``."""
+    from gateway.pki import PKIError
+
+    handler: Handler = args.pki_handler
     try:
-        return handler(args, out)
+        return handler(args, console)
     except PKIError as e:
-        err.write(f"gateway pki: {e}\n")
-        return 2
+        raise UsageError(str(e), prog=PROG) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,12 +103,7 @@ def _add_command(
         epilog=epilog,
         formatter_class=_HelpFormatter,
     )
-
-    def func(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-        """Same call as `run_pki`, for a top-level CLI that dispatches on ``args.func``."""
-        return run_pki(args, out, err)
-
-    parser.set_defaults(func=func, pki_handler=handler)
+    parser.set_defaults(pki_handler=handler)
     return parser
 
 
@@ -223,7 +209,7 @@ def _add_issue_gateway(commands: argparse._SubParsersAction[argparse.ArgumentPar
         dest="gateway_id",
         required=True,
         metavar="GATEWAY_ID",
-        help="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        help=GATEWAY_ID_RULE,
     )
     _add_issuer_options(parser)
     _add_common_issue_options(parser, days=825)
@@ -263,7 +249,9 @@ def _positive_int(text: str) -> int:
 # Commands
 
 
-def _init_ca(args: argparse.Namespace, out: TextIO) -> int:
+def _init_ca(args: argparse.Namespace, console: Console) -> int:
+    from gateway.pki import PKIError, create_ca
+
     directory: Path = args.dir
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -277,11 +265,13 @@ def _init_ca(args: argparse.Namespace, out: TextIO) -> int:
         key_type=_key_type(args),
         force=args.force,
     )
-    _report_written(out, info, directory / CA_KEY)
+    _report_written(console, info, directory / CA_KEY)
     return 0
 
 
-def _issue_relay(args: argparse.Namespace, out: TextIO) -> int:
+def _issue_relay(args: argparse.Namespace, console: Console) -> int:
+    from gateway.pki import issue_relay_certificate
+
     cert, key = _outputs(args.out, args.ca_dir / "relay")
     info = issue_relay_certificate(
         args.ca_dir / CA_CERT,
@@ -293,11 +283,13 @@ def _issue_relay(args: argparse.Namespace, out: TextIO) -> int:
         key_type=_key_type(args),
         force=args.force,
     )
-    _report_written(out, info, key)
+    _report_written(console, info, key)
     return 0
 
 
-def _issue_gateway(args: argparse.Namespace, out: TextIO) -> int:
+def _issue_gateway(args: argparse.Namespace, console: Console) -> int:
+    from gateway.pki import issue_gateway_certificate
+
     cert, key = _outputs(args.out, args.ca_dir / args.gateway_id)
     info = issue_gateway_certificate(
         args.ca_dir / CA_CERT,
@@ -309,23 +301,21 @@ def _issue_gateway(args: argparse.Namespace, out: TextIO) -> int:
         key_type=_key_type(args),
         force=args.force,
     )
-    _report_written(out, info, key)
+    _report_written(console, info, key)
     return 0
 
 
-def _show(args: argparse.Namespace, out: TextIO) -> int:
+def _show(args: argparse.Namespace, console: Console) -> int:
+    from gateway.pki import describe_certificate
+
     now = datetime.now(UTC)
     infos: list[CertificateInfo] = []
     for path in args.files:
         infos.extend(describe_certificate(path))
     if args.json:
-        json.dump([_as_json(info, now) for info in infos], out, indent=2)
-        out.write("\n")
-        return 0
-    for index, info in enumerate(infos):
-        if index:
-            out.write("\n")
-        out.write(_as_text(info, now))
+        console.print(json.dumps([_as_json(info, now) for info in infos], indent=2))
+    elif infos:
+        console.print("\n\n".join(_as_text(info, now) for info in infos))
     return 0
 
 
@@ -344,13 +334,13 @@ def _outputs(prefix: Path | None, default: Path) -> tuple[Path, Path]:
     return Path(text + ".pem"), Path(text + ".key")
 
 
-def _report_written(out: TextIO, info: CertificateInfo, key: Path) -> None:
-    out.write(f"wrote {info.path} (certificate)\n")
-    out.write(f"wrote {key} (private key, mode 0600: keep it secret)\n")
-    out.write(f"subject: {info.subject}\n")
+def _report_written(console: Console, info: CertificateInfo, key: Path) -> None:
+    console.print(f"wrote {info.path} (certificate)")
+    console.print(f"wrote {key} (private key, mode 0600: keep it secret)")
+    console.print(f"subject: {info.subject}")
     if info.names:
-        out.write(f"names: {', '.join(info.names)}\n")
-    out.write(f"valid until: {_when(info.not_after)}\n")
+        console.print(f"names: {', '.join(info.names)}")
+    console.print(f"valid until: {_when(info.not_after)}")
 
 
 def _as_text(info: CertificateInfo, now: datetime) -> str:
@@ -366,7 +356,7 @@ def _as_text(info: CertificateInfo, now: datetime) -> str:
         ("CA", "yes" if info.is_ca else "no"),
     ]
     lines = [f"{info.path}:"] + [f"  {label + ':':<13}{value}" for label, value in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def _as_json(info: CertificateInfo, now: datetime) -> dict[str, object]:

@@ -1,0 +1,50 @@
+"""``gateway demo``: the whole stack on loopback; ``gateway demo-processor``: the processor."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import Commands, Console, Refused, UsageError
+from gateway.cli.process import react
+
+
+def register(commands: Commands) -> None:
+    demo = commands.add("demo", run_demo, help="the whole stack on loopback, ready to try")
+    demo.add_argument("--workdir", type=Path, help="where to put configs, certificates, logs")
+    demo.add_argument("--mode", choices=["attended", "unattended"], default="unattended")
+
+    processor = commands.add(
+        "demo-processor", run_processor, help="the demo processor web UI alone"
+    )
+    processor.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT")
+    processor.add_argument("--name", default="Demo vision processor", help="name shown on the page")
+
+
+def run_demo(args: argparse.Namespace, console: Console) -> int:
+    """The orchestrator runs child processes, not a reactor; it says what it does itself."""
+    from gateway.demo.orchestrator import run_demo
+
+    return run_demo(args.workdir, args.mode)
+
+
+def run_processor(args: argparse.Namespace, console: Console) -> int:
+    from twisted.internet.error import CannotListenError
+
+    from gateway.config import parse_address
+    from gateway.demo.processor import run_processor
+
+    try:
+        parse_address(args.listen)
+    except ValueError as e:
+        raise UsageError(f"demo-processor: --listen: {e}") from None
+
+    async def main(reactor: Any) -> int:
+        try:
+            await run_processor(reactor, args.listen)
+        except CannotListenError as e:
+            return console.fail(Refused(f"cannot listen on {args.listen}: {e.socketError}"))
+        return 0
+
+    return react(console, args, main)
