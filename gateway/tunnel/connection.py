@@ -31,6 +31,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.errors import TunnelClosed
+from gateway.tunnel.guards import oversized_input
 from gateway.tunnel.h2tuning import (
     CONNECTION_WINDOW,
     LOCAL_SETTINGS,
@@ -217,31 +218,16 @@ class TunnelConnection(Protocol):
             self._dispatch(event)
             if self.closed:
                 return
-        if self._oversized_input():
+        too_big = oversized_input(
+            self.h2.incoming_buffer, self.h2.max_inbound_frame_size, MAX_HEADER_LIST_SIZE
+        )
+        if too_big:
+            self._refuse_oversized(too_big)
             return
         self._flush_soon()  # acks and window updates go out when this batch ends
 
-    def _oversized_input(self) -> bool:
-        """Refuse a frame or header block larger than allowed before h2 buffers all of it.
-
-        h2 checks a frame's length only once the whole frame has arrived, and collects up to 64
-        CONTINUATION frames before decoding headers: an unauthenticated client could make us hold
-        tens of megabytes per connection.  The frame header and the header block are known early.
-        """
-        frames = self.h2.incoming_buffer  # h2 internals, read defensively: absent means no check
-        buffered = getattr(frames, "_data", b"")
-        too_big = ""
-        if len(buffered) >= 9:
-            declared = int.from_bytes(buffered[:3], "big")
-            if declared > self.h2.max_inbound_frame_size:
-                too_big = f"a frame of {declared} bytes (limit {self.h2.max_inbound_frame_size})"
-        header_block = sum(
-            len(getattr(f, "data", b"")) for f in getattr(frames, "_headers_buffer", ())
-        )
-        if header_block > MAX_HEADER_LIST_SIZE:
-            too_big = f"a header block over {MAX_HEADER_LIST_SIZE} bytes"
-        if not too_big:
-            return False
+    def _refuse_oversized(self, too_big: str) -> None:
+        """A frame or header block over our limits is arriving (see guards.py): hang up now."""
         log.warn(
             "{peer} sent {what}; closing that connection", peer=self.observer.name, what=too_big
         )
@@ -251,7 +237,6 @@ class TunnelConnection(Protocol):
             pass
         self._write_out()
         self._close_transport()
-        return True
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.closed:
