@@ -20,7 +20,6 @@ import h2.events as ev
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError, StreamClosedError
-from h2.settings import Settings
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -39,6 +38,8 @@ from gateway.tunnel.h2tuning import (
     MAX_HEADER_LIST_SIZE,
     STREAM_WINDOW,
     h2_configuration,
+    install,
+    lean_settings,
 )
 from gateway.tunnel.heartbeat import Heartbeat
 from gateway.tunnel.scheduler import RoundRobin
@@ -121,7 +122,9 @@ class TunnelConnection(Protocol):
         self.clock = clock
         self.handler = handler
         self.observer: ITunnelObserver = observer or NullObserver()
+        install()  # h2's per-frame repr made cheap: see h2tuning.install
         self.h2 = H2Connection(h2_configuration(client_side=client_side))
+        lean_settings(self.h2, LOCAL_SETTINGS)
         self.streams: dict[int, TunnelStream] = {}
         self._scheduler: RoundRobin[TunnelStream] = RoundRobin()
         self._flush_call: IDelayedCall | None = None
@@ -150,7 +153,6 @@ class TunnelConnection(Protocol):
             # TLS handshake and the peer's SETTINGS must arrive in time: a connection that
             # stalls before HTTP/2 (half a ClientHello, silence) would otherwise hold a socket.
             self._ready_deadline = self.clock.callLater(self.ready_timeout, self._not_ready)
-        self.h2.local_settings = Settings(client=self.client_side, initial_values=LOCAL_SETTINGS)
         self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self.h2.initiate_connection()

@@ -424,7 +424,9 @@ class DrainTests(SynchronousTestCase):
 class H2TuningTests(SynchronousTestCase):
     def test_lean_setting_values_keep_h2_settings_semantics(self) -> None:
         """Settings changes are pending until acknowledged, then take effect (as with deques)."""
-        from h2.settings import SettingCodes, Settings
+        from h2.settings import SettingCodes
+
+        from gateway.tunnel.h2tuning import LeanSettings as Settings
 
         settings = Settings(client=True)
         settings[SettingCodes.INITIAL_WINDOW_SIZE] = 1 << 20
