@@ -9,7 +9,8 @@ frames, schedules and flow-controls streams for either role, and hands requests 
 What makes it fast (TUNNEL-NOTES.md): 16 MiB stream and 64 MiB connection windows, 1 MiB frames,
 all output of a reactor turn written in one call, and a round-robin scheduler (scheduler.py) that
 sends at most one frame per stream per round and stops as soon as the TLS transport pushes back,
-so a bulk download cannot make a WebSocket message wait behind megabytes.
+so a bulk download cannot make a WebSocket message wait behind megabytes.  Streams own their
+queues (stream.py); the connection takes frames from them and owns only the h2 state.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from gateway.tunnel.h2tuning import (
     LOCAL_SETTINGS,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
-    STREAM_WINDOW,
     h2_configuration,
     install,
     lean_settings,
@@ -53,7 +53,6 @@ from gateway.wire import Refusal
 
 log = Logger()
 
-STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
 CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
 LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
@@ -366,9 +365,7 @@ class TunnelConnection(Protocol):
             request += [(b":scheme", b"https"), (b":path", (path or "/").encode())]
         request += headers or []
         self.h2.send_headers(stream_id, request, end_stream=end_stream)
-        stream = TunnelStream(self, stream_id, None)
-        if end_stream:
-            stream.local_closed = stream.end_requested = True
+        stream = TunnelStream.opened(self, stream_id, end=end_stream)
         self.streams[stream_id] = stream
         self._flush_soon()
         return stream
@@ -402,16 +399,15 @@ class TunnelConnection(Protocol):
             pass
         self._flush_soon()
 
-    def credit_stream(self, stream: TunnelStream, flow: int) -> None:
-        """The stream's consumer took ``flow`` bytes: let the sender have that much again."""
-        stream.uncredited += flow
-        if stream.uncredited >= STREAM_CREDIT_BATCH and not self.closed:
-            amount, stream.uncredited = stream.uncredited, 0
-            try:
-                self.h2.increment_flow_control_window(amount, stream.stream_id)
-            except (StreamClosedError, KeyError, ProtocolError):
-                return
-            self._flush_soon()
+    def credit_stream(self, stream: TunnelStream, amount: int) -> None:
+        """The stream's consumer took ``amount`` bytes: let the sender have that much again."""
+        if self.closed:
+            return
+        try:
+            self.h2.increment_flow_control_window(amount, stream.stream_id)
+        except (StreamClosedError, KeyError, ProtocolError):
+            return
+        self._flush_soon()
 
     def stream_finished(self, stream: TunnelStream) -> None:
         self.streams.pop(stream.stream_id, None)
@@ -477,7 +473,7 @@ class TunnelConnection(Protocol):
                     self._scheduler.block(sid)
                     return False
                 size = min(window, self.h2.max_outbound_frame_size, stream.queued)
-                chunk = _take(stream, size)
+                chunk = stream.take(size)
                 end = stream.end_requested and not stream.queued
                 self.h2.send_data(sid, chunk, end_stream=end)
                 if stream.queued < LOW_WATER:
@@ -568,10 +564,10 @@ class TunnelConnection(Protocol):
 
     def _request_received(self, event: ev.RequestReceived) -> None:
         request = StreamRequest.from_h2(event.headers)
-        stream = TunnelStream(self, event.stream_id, request)
+        stream = TunnelStream.requested(
+            self, event.stream_id, request, ended=event.stream_ended is not None
+        )
         self.streams[event.stream_id] = stream
-        if event.stream_ended is not None:
-            stream.remote_closed = True
         if self.draining:
             stream.refuse(Refusal.SHUTTING_DOWN, "the tunnel is shutting down; try again shortly")
         elif self.handler is None:
@@ -602,33 +598,6 @@ class TunnelConnection(Protocol):
         )
         if self.transport is not None:
             self.transport.abortConnection()
-
-
-def _take(stream: TunnelStream, size: int) -> bytes:
-    """Take exactly ``size`` bytes from the front of the stream's queue (without copying
-    when one queued piece already has the right size)."""
-    queue = stream.queue
-    first = queue[0]
-    if len(first) == size:
-        del queue[0]
-        stream.queued -= size
-        return first
-    pieces: list[bytes] = []
-    got = taken = 0
-    while got < size:
-        piece = queue[taken]
-        room = size - got
-        if len(piece) > room:
-            pieces.append(piece[:room])
-            queue[taken] = piece[room:]
-            got = size
-        else:
-            pieces.append(piece)
-            got += len(piece)
-            taken += 1
-    del queue[:taken]
-    stream.queued -= size
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _error_name(code: int) -> str:

@@ -10,11 +10,15 @@ Backpressure never pauses the shared connection.  Inbound, a stream whose consum
 withholds its WINDOW_UPDATEs, so the sender stops after one window (the per-stream memory bound).
 Outbound, a stream whose queue passes ``HIGH_WATER`` pauses its producer (e.g. stops reading from
 the processor) until the connection's fair scheduler has drained it below ``LOW_WATER``.
+
+The stream owns its queue and its flags; the connection carrying it (a ``StreamOwner``, see
+owner.py) takes bytes with ``take`` and tells it what happened through the methods at the end of
+the class.  This module never imports the connection.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from attrs import frozen
 from h2.errors import ErrorCodes
@@ -31,16 +35,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.tunnel.errors import StreamReset
+from gateway.tunnel.h2tuning import STREAM_WINDOW
+from gateway.tunnel.owner import StreamOwner
 from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
-
-if TYPE_CHECKING:
-    from gateway.tunnel.connection import TunnelConnection
 
 log = Logger()
 
 HIGH_WATER = 1024 * 1024
 """Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
 LOW_WATER = 256 * 1024
+STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
+"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames)."""
 
 
 @frozen
@@ -97,6 +102,9 @@ class TunnelStream:
 
     Thousands sit idle on a busy relay, so a stream is kept small: slots, and no Deferred or
     buffers until something needs them (an idle stream costs ~0.5 KiB here, h2's own state aside).
+
+    The connection's scheduler reads ``queued``, ``headers_sent``, ``end_requested``,
+    ``local_closed`` and ``finished``; only the stream itself changes them.
     """
 
     __slots__ = (
@@ -104,8 +112,10 @@ class TunnelStream:
         "_pending",
         "_producer",
         "_producer_paused",
+        "_queue",
         "_response",
         "_sink_paused",
+        "_uncredited",
         "bytes_received",
         "bytes_sent",
         "connection",
@@ -115,17 +125,18 @@ class TunnelStream:
         "headers_sent",
         "local_closed",
         "protocol",
-        "queue",
         "queued",
         "remote_closed",
         "request",
         "reset_code",
         "stream_id",
-        "uncredited",
     )
 
     def __init__(
-        self, connection: TunnelConnection, stream_id: int, request: StreamRequest | None
+        self,
+        connection: StreamOwner[TunnelStream],
+        stream_id: int,
+        request: StreamRequest | None,
     ) -> None:
         self.connection = connection
         self.stream_id = stream_id
@@ -137,7 +148,7 @@ class TunnelStream:
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
         # the producer is paused once it holds HIGH_WATER bytes).
-        self.queue: list[bytes] = []
+        self._queue: list[bytes] = []
         self.queued = 0
         self.headers_sent = request is None  # a client's request headers go out at open
         self.end_requested = False
@@ -148,11 +159,34 @@ class TunnelStream:
         # Inbound flow control.
         self._pending: list[tuple[bytes, int]] | None = None  # arrived before attach()
         self._sink_paused = False
-        self._owed = 0
-        self.uncredited = 0
+        self._owed = 0  # consumed while our consumer paused us: credited on resumeProducing()
+        self._uncredited = 0  # consumed and not credited yet (see STREAM_CREDIT_BATCH)
         # Our producer (e.g. the processor's TCP transport), paused while the queue is full.
         self._producer: IPushProducer | None = None
         self._producer_paused = False
+
+    @classmethod
+    def opened(cls, owner: StreamOwner[TunnelStream], stream_id: int, *, end: bool) -> TunnelStream:
+        """A stream we opened: our request headers went out already, with END_STREAM if ``end``
+        (then nothing more is sent on it)."""
+        stream = cls(owner, stream_id, None)
+        if end:
+            stream.local_closed = stream.end_requested = True
+        return stream
+
+    @classmethod
+    def requested(
+        cls,
+        owner: StreamOwner[TunnelStream],
+        stream_id: int,
+        request: StreamRequest,
+        *,
+        ended: bool,
+    ) -> TunnelStream:
+        """A stream the other end opened with ``request``; ``ended``: it sends nothing more."""
+        stream = cls(owner, stream_id, request)
+        stream.remote_closed = ended
+        return stream
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} {self.request.authority if self.request else ''}>"
@@ -203,7 +237,7 @@ class TunnelStream:
             target=self.request.authority if self.request else "",
             reason=reason,
         )
-        self.queue.clear()
+        self._queue.clear()
         self.queued = 0
         self.respond(
             refusal.status,
@@ -230,7 +264,7 @@ class TunnelStream:
     def write(self, data: bytes) -> None:
         if self.local_closed or self.end_requested or self.finished or not data:
             return
-        self.queue.append(data)
+        self._queue.append(data)
         self.queued += len(data)
         self.bytes_sent += len(data)
         if self.queued >= HIGH_WATER and self._producer is not None and not self._producer_paused:
@@ -297,12 +331,41 @@ class TunnelStream:
         self._sink_paused = False
         owed, self._owed = self._owed, 0
         if owed and not self.finished:
-            self.connection.credit_stream(self, owed)
+            self._credit(owed)
 
     def stopProducing(self) -> None:
         self.abortConnection()
 
     # -- called by the connection -----------------------------------------------------------------
+
+    def take(self, size: int) -> bytes:
+        """Take exactly ``size`` (at most ``queued``) bytes from the front of the queue to send.
+
+        No copy when the first queued piece has exactly that size (the common case for a bulk
+        transfer: the splice writes what it read, the scheduler takes a frame's worth).
+        """
+        queue = self._queue
+        first = queue[0]
+        if len(first) == size:
+            del queue[0]
+            self.queued -= size
+            return first
+        pieces: list[bytes] = []
+        got = taken = 0
+        while got < size:
+            piece = queue[taken]
+            room = size - got
+            if len(piece) > room:
+                pieces.append(piece[:room])
+                queue[taken] = piece[room:]
+                got = size
+            else:
+                pieces.append(piece)
+                got += len(piece)
+                taken += 1
+        del queue[:taken]
+        self.queued -= size
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def data_received(self, data: bytes, flow: int) -> None:
         self.bytes_received += len(data)
@@ -322,7 +385,18 @@ class TunnelStream:
         if self._sink_paused:
             self._owed += flow
         elif flow:
-            self.connection.credit_stream(self, flow)
+            # self._credit(flow), inline: this runs for every DATA frame.
+            self._uncredited += flow
+            if self._uncredited >= STREAM_CREDIT_BATCH:
+                amount, self._uncredited = self._uncredited, 0
+                self.connection.credit_stream(self, amount)
+
+    def _credit(self, flow: int) -> None:
+        """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
+        self._uncredited += flow
+        if self._uncredited >= STREAM_CREDIT_BATCH:
+            amount, self._uncredited = self._uncredited, 0
+            self.connection.credit_stream(self, amount)
 
     def ended_by_peer(self) -> None:
         self.remote_closed = True
@@ -369,7 +443,7 @@ class TunnelStream:
         if self.finished:
             return
         self.finished = True
-        self.queue.clear()
+        self._queue.clear()
         self.queued = 0
         self._pending = None
         self._producer = None

@@ -1,0 +1,36 @@
+"""What a stream needs from the connection that carries it.
+
+A ``TunnelStream`` holds its own queue and flags and asks its owner only for these few things, so
+``stream.py`` does not import ``connection.py`` (the connection imports the stream, never the
+other way round) and a stream can be tested against a fake owner.  ``TunnelConnection`` is the
+owner in the product; it matches this protocol structurally.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+StreamT_contra = TypeVar("StreamT_contra", contravariant=True)
+
+
+class StreamOwner(Protocol[StreamT_contra]):
+    @property
+    def transport(self) -> Any:
+        """The connection's own transport (for ``getPeer``/``getHost``), or None."""
+
+    def send_response(
+        self, stream: StreamT_contra, status: int, headers: list[tuple[bytes, bytes]], end: bool
+    ) -> None:
+        """Send the response headers of a stream the other end opened."""
+
+    def schedule(self, stream: StreamT_contra) -> None:
+        """The stream has something to send (bytes or its END_STREAM): give it turns."""
+
+    def reset_stream(self, stream: StreamT_contra, code: int) -> None:
+        """Send RST_STREAM with ``code``."""
+
+    def credit_stream(self, stream: StreamT_contra, amount: int) -> None:
+        """Let the sender have ``amount`` more bytes on this stream (the stream batches)."""
+
+    def stream_finished(self, stream: StreamT_contra) -> None:
+        """The stream ended (both directions closed, reset, or the connection lost)."""

@@ -1,0 +1,205 @@
+"""A tunnel stream on its own, against a fake owner: its queue, its flags, its credit."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.interfaces import IPushProducer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+import gateway.tunnel.stream
+from gateway.tunnel.owner import StreamOwner
+from gateway.tunnel.stream import (
+    HIGH_WATER,
+    LOW_WATER,
+    STREAM_CREDIT_BATCH,
+    StreamRequest,
+    TunnelStream,
+)
+from gateway.wire import Refusal
+from tests.helpers.tunnel import Recorder
+
+
+@define
+class FakeOwner:
+    """Records what a stream asks of its connection."""
+
+    transport: Any = None
+    scheduled: int = 0
+    credits: list[int] = field(factory=list)
+    responses: list[tuple[int, bool]] = field(factory=list)
+    resets: list[int] = field(factory=list)
+    finished: list[int] = field(factory=list)
+
+    def send_response(
+        self, stream: TunnelStream, status: int, headers: list[tuple[bytes, bytes]], end: bool
+    ) -> None:
+        self.responses.append((status, end))
+
+    def schedule(self, stream: TunnelStream) -> None:
+        self.scheduled += 1
+
+    def reset_stream(self, stream: TunnelStream, code: int) -> None:
+        self.resets.append(code)
+
+    def credit_stream(self, stream: TunnelStream, amount: int) -> None:
+        self.credits.append(amount)
+
+    def stream_finished(self, stream: TunnelStream) -> None:
+        self.finished.append(stream.stream_id)
+
+
+@implementer(IPushProducer)
+class FakeProducer:
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+REQUEST = StreamRequest(method="CONNECT", authority="web", path="", headers={})
+
+
+def opened(owner: StreamOwner[TunnelStream] | None = None, end: bool = False) -> TunnelStream:
+    return TunnelStream.opened(owner or FakeOwner(), 1, end=end)
+
+
+class QueueTests(SynchronousTestCase):
+    def test_write_queues_and_schedules(self) -> None:
+        owner = FakeOwner()
+        stream = opened(owner)
+        stream.write(b"abc")
+        stream.write(b"")
+        stream.write(b"de")
+        self.assertEqual((stream.queued, stream.bytes_sent, owner.scheduled), (5, 5, 2))
+
+    def test_taking_exactly_the_first_piece_does_not_copy_it(self) -> None:
+        stream = opened()
+        piece = b"p" * 1000
+        stream.write(piece)
+        stream.write(b"next")
+        self.assertIs(stream.take(1000), piece)
+        self.assertEqual(stream.queued, 4)
+
+    def test_take_joins_and_splits_pieces_in_order(self) -> None:
+        stream = opened()
+        for piece in (b"ab", b"cde", b"fghij"):
+            stream.write(piece)
+        self.assertEqual(stream.take(4), b"abcd")
+        self.assertEqual(stream.queued, 6)
+        self.assertEqual(stream.take(2), b"ef")
+        self.assertEqual(stream.take(4), b"ghij")
+        self.assertEqual(stream.queued, 0)
+
+    def test_a_full_queue_pauses_the_producer_until_drained_below_low_water(self) -> None:
+        stream = opened()
+        producer = FakeProducer()
+        stream.registerProducer(producer, True)
+        stream.write(b"q" * (HIGH_WATER - 1))
+        self.assertFalse(producer.paused)
+        stream.write(b"q")
+        self.assertTrue(producer.paused)
+        stream.take(HIGH_WATER - LOW_WATER + 1)  # the scheduler sent a frame, and below
+        stream.drained_below_low_water()  # LOW_WATER it tells the stream
+        self.assertFalse(producer.paused)
+
+    def test_a_producer_registered_on_a_full_queue_starts_paused(self) -> None:
+        stream = opened()
+        stream.write(b"q" * HIGH_WATER)
+        producer = FakeProducer()
+        stream.registerProducer(producer, True)
+        self.assertTrue(producer.paused)
+
+    def test_a_refused_stream_drops_its_queue_and_ends(self) -> None:
+        owner = FakeOwner()
+        stream = TunnelStream.requested(owner, 3, REQUEST, ended=False)
+        stream.write(b"never sent")
+        stream.refuse(Refusal.TARGET_NOT_ALLOWED, "no")
+        self.assertEqual(stream.queued, 0)
+        self.assertEqual(owner.responses, [(403, True)])
+        self.assertEqual(owner.finished, [3])
+
+
+class OpeningTests(SynchronousTestCase):
+    def test_a_stream_opened_with_end_sends_nothing_more(self) -> None:
+        owner = FakeOwner()
+        stream = opened(owner, end=True)
+        self.assertTrue(stream.headers_sent)
+        self.assertTrue(stream.local_closed and stream.end_requested)
+        stream.write(b"late")
+        self.assertEqual((stream.queued, owner.scheduled), (0, 0))
+
+    def test_a_stream_opened_without_end_waits_for_its_writes(self) -> None:
+        stream = opened()
+        self.assertTrue(stream.headers_sent)
+        self.assertFalse(stream.local_closed or stream.end_requested)
+
+    def test_a_request_that_ended_delivers_the_half_close_on_attach(self) -> None:
+        owner = FakeOwner()
+        stream = TunnelStream.requested(owner, 3, REQUEST, ended=True)
+        self.assertFalse(stream.headers_sent)
+        stream.accept()
+        recorder = Recorder()
+        stream.attach(recorder)
+        self.assertTrue(recorder.read_closed)
+        self.assertEqual(owner.responses, [(200, False)])
+
+    def test_the_transport_face_without_a_connection_transport(self) -> None:
+        stream = opened()
+        self.assertIsNone(stream.getPeer())
+        self.assertIsNone(stream.getHost())
+
+
+class CreditTests(SynchronousTestCase):
+    def test_credit_goes_back_in_batches(self) -> None:
+        owner = FakeOwner()
+        stream = opened(owner)
+        stream.attach(Recorder())
+        chunk = STREAM_CREDIT_BATCH // 3 + 1
+        for _ in range(5):
+            stream.data_received(b"d", chunk)
+        self.assertEqual(owner.credits, [3 * chunk])
+
+    def test_a_paused_consumer_withholds_credit_until_it_resumes(self) -> None:
+        owner = FakeOwner()
+        stream = opened(owner)
+        stream.attach(Recorder())
+        stream.pauseProducing()
+        stream.data_received(b"d", STREAM_CREDIT_BATCH)
+        self.assertEqual(owner.credits, [])
+        stream.resumeProducing()
+        self.assertEqual(owner.credits, [STREAM_CREDIT_BATCH])
+
+    def test_data_before_attach_is_credited_when_delivered(self) -> None:
+        owner = FakeOwner()
+        stream = TunnelStream.requested(owner, 3, REQUEST, ended=False)
+        stream.data_received(b"early", STREAM_CREDIT_BATCH)
+        self.assertEqual(owner.credits, [])
+        recorder = Recorder()
+        stream.attach(recorder)
+        self.assertEqual((recorder.received, owner.credits), (b"early", [STREAM_CREDIT_BATCH]))
+
+
+class ModuleTests(SynchronousTestCase):
+    def test_the_stream_module_does_not_import_the_connection(self) -> None:
+        source = Path(gateway.tunnel.stream.__file__).read_text("utf-8")
+        imported = {
+            node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+        } | {
+            alias.name
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        self.assertNotIn("gateway.tunnel.connection", imported)
+        self.assertIn("gateway.tunnel.owner", imported)
