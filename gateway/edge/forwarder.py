@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from gateway import __version__
 from gateway.config import Target
-from gateway.edge.access import AccessPolicy, Allowed
+from gateway.edge.access import AccessPolicy, AccessRequest, Allowed
 from gateway.net.endpoints import quiet_factory
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
@@ -128,7 +128,13 @@ class StreamForwarder:
             stream.refuse(Refusal.BAD_REQUEST, f"method {request.method} is not supported")
             return
         engineer = request.headers.get("engineer", "unknown engineer")
-        decision = self.policy.decide(request.authority)
+        asked = AccessRequest(
+            target=request.authority,
+            engineer=engineer,
+            connection_id=str(stream.stream_id),
+            at=self._clock.seconds(),
+        )
+        decision = self.policy.decide(asked)
         if not isinstance(decision, Allowed):
             self.events.stream_refused(request.authority, decision.refusal.token)
             stream.refuse(decision.refusal, decision.reason)

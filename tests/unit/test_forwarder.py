@@ -97,14 +97,14 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(self.events.refused, [("plc", "target-not-allowed")])
 
     def test_disabled_mode_refuses_allowlisted_targets(self) -> None:
-        self.policy.mode = AccessMode.DISABLED
+        self.policy.set_mode(AccessMode.DISABLED)
         response, _ = self._open()
         refused = self.failureResultOf(response, StreamRefused).value
         self.assertEqual(refused.token, "access-disabled")
         self.assertEqual(self.connector.calls, [])
 
     def test_attended_mode_refuses_with_a_reason(self) -> None:
-        self.policy.mode = AccessMode.ATTENDED
+        self.policy.set_mode(AccessMode.ATTENDED)
         response, _ = self._open()
         refused = self.failureResultOf(response, StreamRefused).value
         self.assertEqual(refused.token, "session-required")

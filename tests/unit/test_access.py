@@ -8,10 +8,13 @@ its target is on the allowlist, and the address it goes to always comes from gat
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import AccessMode, Address, Target
-from gateway.edge.access import AccessPolicy, Allowed, Refused
+from gateway.edge.access import AccessPolicy, AccessRequest, Allowed, Permission, Refused
 from gateway.wire import Refusal, clean_reason
 
 WEB = Target("web", Address("192.168.10.2", 80))
@@ -19,15 +22,21 @@ HMI = Target("hmi", Address("192.168.10.3", 8080), connect_timeout=2.0)
 TARGETS = (WEB, HMI)
 
 
+def asking(target: str, **overrides: Any) -> AccessRequest:
+    """A stream to ``target`` as the forwarder would put it to the policy."""
+    request = AccessRequest(target=target, engineer="alice", connection_id="r-1", at=1000.0)
+    return attrs.evolve(request, **overrides)
+
+
 class PolicyTestCase(SynchronousTestCase):
     def allowed(self, policy: AccessPolicy, name: str) -> Allowed:
-        decision = policy.decide(name)
+        decision = policy.decide(asking(name))
         if not isinstance(decision, Allowed):
             raise self.failureException(f"{name!r} refused: {decision}")
         return decision
 
     def refused(self, policy: AccessPolicy, name: str, refusal: Refusal) -> Refused:
-        decision = policy.decide(name)
+        decision = policy.decide(asking(name))
         if not isinstance(decision, Refused):
             raise self.failureException(f"{name!r} allowed: {decision}")
         self.assertEqual(decision.refusal, refusal, decision.reason)
@@ -99,12 +108,58 @@ class ModeChangeTests(PolicyTestCase):
     def test_mode_can_be_changed_while_running(self) -> None:
         policy = AccessPolicy(TARGETS, AccessMode.ATTENDED)
         self.refused(policy, "web", Refusal.SESSION_REQUIRED)
-        policy.mode = AccessMode.UNATTENDED
+        policy.set_mode(AccessMode.UNATTENDED)
         self.assertEqual(self.allowed(policy, "web"), Allowed(WEB))
-        policy.mode = AccessMode.DISABLED
+        policy.set_mode(AccessMode.DISABLED)
         self.refused(policy, "web", Refusal.ACCESS_DISABLED)
-        policy.mode = AccessMode.UNATTENDED
+        policy.set_mode(AccessMode.UNATTENDED)
         self.allowed(policy, "web")
+
+    def test_every_mode_change_is_told_once_with_old_and_new(self) -> None:
+        changes: list[tuple[AccessMode, AccessMode]] = []
+        policy = AccessPolicy(
+            TARGETS, AccessMode.ATTENDED, on_mode_change=lambda *c: changes.append(c)
+        )
+        self.assertIs(policy.set_mode(AccessMode.DISABLED), AccessMode.ATTENDED)
+        policy.set_mode(AccessMode.DISABLED)  # no change: nothing to tell
+        policy.set_mode(AccessMode.UNATTENDED)
+        self.assertEqual(
+            changes,
+            [
+                (AccessMode.ATTENDED, AccessMode.DISABLED),
+                (AccessMode.DISABLED, AccessMode.UNATTENDED),
+            ],
+        )
+        self.assertIs(policy.mode, AccessMode.UNATTENDED)
 
     def test_the_allowlist_is_listed_by_name(self) -> None:
         self.assertEqual(AccessPolicy(TARGETS, AccessMode.DISABLED).target_names, ["hmi", "web"])
+
+
+class RequestTests(PolicyTestCase):
+    def test_the_decision_rests_on_the_name_not_on_the_rest_of_the_request(self) -> None:
+        """Until sessions exist, who asks, with which claimed session and permission, on which
+        connection and when changes nothing: each mode decides as it did on a bare name."""
+        variants: list[dict[str, Any]] = [
+            {},
+            {"engineer": "mallory", "connection_id": "g-7", "at": 0.0},
+            {"session": "s-forged"},
+            {"permission": Permission.VIEW},
+        ]
+        for mode in AccessMode:
+            policy = AccessPolicy(TARGETS, mode)
+            for name in ("web", "plc"):
+                first = policy.decide(asking(name))
+                for overrides in variants:
+                    self.assertEqual(policy.decide(asking(name, **overrides)), first)
+
+    def test_a_claimed_session_does_not_open_attended_mode(self) -> None:
+        policy = AccessPolicy(TARGETS, AccessMode.ATTENDED)
+        decision = policy.decide(asking("web", session="s-1"))
+        self.assertIsInstance(decision, Refused)
+        assert isinstance(decision, Refused)
+        self.assertEqual(decision.refusal, Refusal.SESSION_REQUIRED)
+
+    def test_unattended_streams_belong_to_no_session(self) -> None:
+        policy = AccessPolicy(TARGETS, AccessMode.UNATTENDED)
+        self.assertIsNone(self.allowed(policy, "web").session)
