@@ -11,6 +11,7 @@ another relay will be another dialer, over a tunnel between the relays held open
 
 from __future__ import annotations
 
+from hpack import NeverIndexedHeaderTuple
 from zope.interface import Interface, implementer
 
 from gateway.relay.credentials import Engineer
@@ -47,7 +48,9 @@ class LocalDialer:
                 target,
                 headers=[
                     (ENGINEER_HEADER, clean_reason(engineer.name)),
-                    (CONNECTION_ID_HEADER, connection_id.encode("ascii")),
+                    # Unique per stream: indexing it in HPACK's table would only evict entries
+                    # worth keeping (engineer names) and lengthen every later header's lookup.
+                    NeverIndexedHeaderTuple(CONNECTION_ID_HEADER, connection_id.encode("ascii")),
                 ],
             )
         except TunnelClosed as e:
