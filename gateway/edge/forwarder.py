@@ -9,15 +9,17 @@ asks about the gateway; sessions and approvals will use it too).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -195,9 +197,9 @@ class StreamForwarder:
         if failure.check(TimeoutError):
             refusal = Refusal.TARGET_TIMEOUT
             why = f"did not answer within {target.connect_timeout:g}s"
-        elif failure.check(ConnectError):
+        elif isinstance(failure.value, ConnectError):
             refusal = Refusal.TARGET_UNREACHABLE
-            why = _connect_error_text(failure)
+            why = connect_error_text(failure.value)
         else:
             refusal = Refusal.TARGET_UNREACHABLE
             why = str(failure.value) or type(failure.value).__name__
@@ -230,9 +232,36 @@ class StreamForwarder:
             conn.to_target.transport.abortConnection()
 
 
-def _connect_error_text(failure: Failure) -> str:
-    text = str(getattr(failure.value, "osError", None) or failure.value)
-    text = text or type(failure.value).__name__
+_REFUSED = "connection refused (is the processor switched on and its web server running?)"
+_HINTS = {
+    errno.ECONNREFUSED: _REFUSED,
+    errno.EHOSTUNREACH: "no route to host (is the processor switched on and on this network?)",
+    errno.ENETUNREACH: "network is unreachable (is the gateway's plant network port connected?)",
+    errno.ETIMEDOUT: "connection timed out (is the processor switched on and on this network?)",
+}
+
+
+def connect_error_text(error: ConnectError) -> str:
+    """Why a processor could not be reached, in words: Twisted's ConnectError carries a bare errno
+    (``osError``) and the OS's text, and ``str()`` of it reads "An error occurred ...: 113: ..."."""
+    if isinstance(error, ConnectionRefusedError):
+        return _REFUSED
+    number = error.osError
+    if isinstance(number, int) and number > 0:
+        if number in _HINTS:
+            return _HINTS[number]
+        return _sentence(os.strerror(number))
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+    if not text and number:
+        text = str(number)
+    if not text:
+        text = error.MESSAGE
     if "refused" in text.lower():
-        return "connection refused (is the processor switched on and its web server running?)"
-    return text.rstrip(".")
+        return _REFUSED
+    return _sentence(text)
+
+
+def _sentence(text: str) -> str:
+    """``Host is unreachable.`` -> ``host is unreachable``: to follow "is unreachable: "."""
+    text = text.strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text

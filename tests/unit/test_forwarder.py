@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionRefusedError,
+    NoRouteError,
+    TCPTimedOutError,
+    TimeoutError,
+    UnknownHostError,
+    getConnectError,
+)
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import AccessMode, Address, Target
 from gateway.edge.access import AccessPolicy
-from gateway.edge.forwarder import StreamEvents, StreamForwarder
+from gateway.edge.forwarder import StreamEvents, StreamForwarder, connect_error_text
 from gateway.splice import SpliceEnd
 from gateway.wire import StreamRefused
 from tests.helpers.tunnel import Recorder, linked_tunnels
@@ -123,6 +133,20 @@ class ForwarderTests(SynchronousTestCase):
         self.assertFalse(self.t.server.closed)
         again.addErrback(lambda _: None)  # still waiting for its processor when the test ends
 
+    def test_a_refused_processor_is_explained_in_words_not_an_errno(self) -> None:
+        response, _ = self._open()
+        # What Twisted's TCP client really fails with: the errno and the OS's text.
+        self.connector.calls[0][2].errback(
+            getConnectError((errno.ECONNREFUSED, "Connection refused"))
+        )
+        self.t.settle()
+        refused = self.failureResultOf(response, StreamRefused).value
+        self.assertEqual(
+            refused.reason,
+            "processor 'web' at 192.168.10.2:80 is unreachable: connection refused "
+            "(is the processor switched on and its web server running?)",
+        )
+
     def test_processor_timeout_is_a_504(self) -> None:
         response, _ = self._open()
         self.connector.calls[0][2].errback(TimeoutError())
@@ -168,3 +192,45 @@ class ForwarderTests(SynchronousTestCase):
         t.settle()
         refused = self.failureResultOf(stream.response, StreamRefused).value
         self.assertIn("boom", str(refused))
+
+
+class ConnectErrorTextTests(SynchronousTestCase):
+    """Each way a processor can be unreachable reads as words after "is unreachable: "."""
+
+    def text(self, error: ConnectError) -> str:
+        failure = Failure(error)
+        self.assertTrue(failure.check(ConnectError))
+        return connect_error_text(failure.value)  # type: ignore[arg-type]
+
+    def test_refused(self) -> None:
+        expected = "connection refused (is the processor switched on and its web server running?)"
+        self.assertEqual(self.text(getConnectError((111, "Connection refused"))), expected)
+        self.assertEqual(self.text(ConnectionRefusedError()), expected)
+        self.assertEqual(self.text(ConnectError(string="Connection refused")), expected)
+
+    def test_no_route_to_host(self) -> None:
+        error = getConnectError((errno.EHOSTUNREACH, "No route to host"))
+        self.assertTrue(self.text(error).startswith("no route to host ("))
+
+    def test_network_unreachable(self) -> None:
+        error = getConnectError((errno.ENETUNREACH, "Network is unreachable"))
+        self.assertIsInstance(error, NoRouteError)
+        self.assertTrue(self.text(error).startswith("network is unreachable ("))
+
+    def test_kernel_timeout(self) -> None:
+        error = getConnectError((errno.ETIMEDOUT, "Connection timed out"))
+        self.assertIsInstance(error, TCPTimedOutError)
+        self.assertTrue(self.text(error).startswith("connection timed out ("))
+
+    def test_any_other_errno_reads_as_the_systems_words(self) -> None:
+        error = getConnectError((errno.EACCES, "Permission denied"))
+        self.assertEqual(self.text(error), "permission denied")
+        self.assertNotIn("13", self.text(error))
+
+    def test_an_unknown_host(self) -> None:
+        error = UnknownHostError(-2, "Name or service not known")
+        self.assertEqual(self.text(error), "name or service not known")
+
+    def test_a_bare_connect_error_still_says_something(self) -> None:
+        self.assertEqual(self.text(ConnectError()), "an error occurred while connecting")
+        self.assertEqual(self.text(ConnectError(string="Proxy said no.")), "proxy said no")
