@@ -1,7 +1,9 @@
 """Engineer credentials: who a bearer token belongs to, from ``engineers.toml``.
 
 Only SHA-256 hashes of tokens are stored.  `ICredentialStore` is the interface the relay's engineer
-path uses; a shared store for several relays will implement it too.
+path uses (its authenticate step); a shared store for several relays will implement it too.  It is
+synchronous on purpose: every stream asks, floods of bad tokens included, and engineer credentials
+change rarely, so a shared store keeps a local copy current the way `TokenFile` follows its file.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ GATEWAY_HEADER = wire.GATEWAY_HEADER.decode()  # deprecated: use gateway.wire (g
 
 @implementer(IStreamHandler)
 class EngineerStreams:
+    """Runs each engineer stream through the path and relays what the gateway makes of it."""
+
     def __init__(
         self,
         *,
