@@ -1,17 +1,16 @@
 """Streams the relay asks for: decide each one, then splice it to its processor.
 
-This is the gateway's ``IStreamHandler``.  ``CONNECT`` streams go through the ``AccessPolicy``;
+This is the gateway's ``IStreamHandler`` for ``CONNECT`` streams (``StreamDispatcher`` sends the
+control requests elsewhere).  They go through the ``AccessPolicy``;
 allowed ones are connected to the processor's TCP address and spliced with backpressure.  A
 processor that refuses or does not answer in time ends that one stream with a reason the engineer
-sees; everything else carries on.  ``GET /v1/...`` requests are the control channel (the relay
-asks about the gateway; sessions and approvals will use it too).
+sees; everything else carries on.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import __version__
 from gateway.config import Target
 from gateway.edge.access import AccessPolicy, AccessRequest, Allowed
 from gateway.net.endpoints import quiet_factory
@@ -104,14 +102,12 @@ class StreamForwarder:
     def __init__(
         self,
         *,
-        gateway_id: str,
         policy: AccessPolicy,
         connect: TargetConnector,
         clock: IReactorTime,
         events: StreamEvents | None = None,
         half_close_timeout: float = 30.0,
     ) -> None:
-        self.gateway_id = gateway_id
         self.half_close_timeout = half_close_timeout
         self.policy = policy
         self._connect = connect
@@ -123,9 +119,6 @@ class StreamForwarder:
     def stream_requested(self, stream: TunnelStream) -> None:
         request = stream.request
         assert request is not None
-        if request.method == "GET" and request.path.startswith("/v1/"):
-            self._control(stream)
-            return
         if request.method != "CONNECT":
             stream.refuse(Refusal.BAD_REQUEST, f"method {request.method} is not supported")
             return
@@ -208,24 +201,6 @@ class StreamForwarder:
             stream.refuse(
                 refusal, f"processor {target.name!r} at {target.address} is unreachable: {why}"
             )
-
-    def _control(self, stream: TunnelStream) -> None:
-        assert stream.request is not None
-        if stream.request.path != "/v1/info":
-            stream.refuse(Refusal.BAD_REQUEST, f"unknown control path {stream.request.path}")
-            return
-        body = json.dumps(
-            {
-                "id": self.gateway_id,
-                "version": __version__,
-                "access_mode": self.policy.mode.value,
-                "targets": self.policy.target_names,
-                "connections": len(self.active),
-            }
-        ).encode()
-        stream.respond(200, [(b"content-type", b"application/json")])
-        stream.write(body)
-        stream.loseWriteConnection()
 
     def abort_all(self) -> None:
         for conn in list(self.active.values()):

@@ -15,6 +15,8 @@ from twisted.web.server import Site
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.edge.access import AccessPolicy
+from gateway.edge.control import ControlRoutes, info_route
+from gateway.edge.dispatch import StreamDispatcher
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.link import (
     GatewayTunnelService,
@@ -47,13 +49,16 @@ class EdgeDaemon(MultiService):
         self.metrics.set_certificate(config.relay.cert.read_bytes())
         self.policy = AccessPolicy(config.targets, config.access_mode)
         self.forwarder = StreamForwarder(
-            gateway_id=self.gateway_id,
             policy=self.policy,
             connect=tcp_connector(reactor),
             clock=reactor,
             events=self.metrics,
             half_close_timeout=config.half_close_timeout,
         )
+        self.control = ControlRoutes(
+            [info_route(self.gateway_id, self.policy, lambda: len(self.forwarder.active))]
+        )
+        self.dispatcher = StreamDispatcher(self.forwarder, self.control)
         self.state = TunnelState(str(config.relay.address), reactor, self.metrics)
         link = config.relay
         batch = WriteBatch()
@@ -62,7 +67,7 @@ class EdgeDaemon(MultiService):
             return TunnelConnection(
                 client_side=False,
                 clock=reactor,
-                handler=self.forwarder,
+                handler=self.dispatcher,
                 observer=self.state,
                 heartbeat_interval=link.heartbeat.interval,
                 heartbeat_timeout=link.heartbeat.timeout,

@@ -1,9 +1,8 @@
-"""The gateway decides each stream: allowlist, access mode, processor connection, control."""
+"""The gateway decides each stream: allowlist, access mode, processor connection."""
 
 from __future__ import annotations
 
 import errno
-import json
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import (
@@ -63,7 +62,6 @@ class ForwarderTests(SynchronousTestCase):
         self.connector = FakeConnector()
         self.policy = AccessPolicy((WEB,), AccessMode.UNATTENDED)
         self.forwarder = StreamForwarder(
-            gateway_id="gw-1",
             policy=self.policy,
             connect=self.connector,
             clock=self.clock,
@@ -168,19 +166,16 @@ class ForwarderTests(SynchronousTestCase):
         self.assertTrue(processor.disconnecting)
         self.assertEqual(self.forwarder.active, {})
 
-    def test_info_control_request_describes_the_gateway(self) -> None:
+    def test_control_requests_are_not_streams(self) -> None:
         stream = self.t.client.open_stream("gw", method="GET", path="/v1/info", end_stream=True)
-        rec = Recorder()
-        stream.attach(rec)
+        stream.attach(Recorder())
         self.t.settle()
-        info = json.loads(rec.received)
-        self.assertEqual(info["id"], "gw-1")
-        self.assertEqual(info["targets"], ["web"])
-        self.assertEqual(info["access_mode"], "unattended")
+        refused = self.failureResultOf(stream.response, StreamRefused).value
+        self.assertEqual(refused.token, "bad-request")
+        self.assertEqual(refused.reason, "method GET is not supported")
 
     def test_connector_failure_is_never_unhandled(self) -> None:
         forwarder = StreamForwarder(
-            gateway_id="gw",
             policy=self.policy,
             connect=lambda t, e: fail(RuntimeError("boom")),
             clock=self.clock,
