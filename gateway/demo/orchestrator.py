@@ -23,19 +23,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import http.client
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -43,15 +39,17 @@ from typing import IO, Any, Final
 
 from attrs import frozen
 
-from gateway.pki import PKIError, create_ca, issue_gateway_certificate, issue_relay_certificate
-from gateway.relay.credentials import CredentialFileError, add_engineer
+from gateway._files import FileWriteError, write_atomically, write_private
+from gateway.demo import stack
+from gateway.demo.stack import PROBE_ERRORS, PROBE_USER_AGENT, Ports, Process, loopback
+from gateway.pki import PKIError
+from gateway.relay.credentials import CredentialFileError
 
 __all__ = ["run_demo"]
 
 GATEWAY_ID: Final = "demo-gateway"
 ENGINEER: Final = "demo-engineer"
-TARGET: Final = "web"
-LOOPBACK: Final = "127.0.0.1"
+TARGET: Final = stack.WEB
 
 STAGE_TIMEOUT: Final = 30.0
 """Seconds each startup stage may take.  Generous: a cold Python start of a child on a slow CI
@@ -72,15 +70,11 @@ _LISTEN_FAILED: Final = re.compile(
 POLL: Final = 0.1
 LOG_TAIL_LINES: Final = 10
 MARKER: Final = ".gateway-demo"
+WRITTEN_BY: Final = "`gateway demo`"
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-
-_PROBE_USER_AGENT: Final = "gateway-demo-probe"
-# urllib honours http_proxy from the environment; loopback checks must never go to a proxy.
-_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_OPENER.addheaders = [("User-Agent", _PROBE_USER_AGENT)]
 
 
 class DemoError(Exception):
@@ -92,7 +86,10 @@ class DemoError(Exception):
         super().__init__(message)
         self.log = log
         self.exit_code = exit_code
-        self.tail = _tail_lines(log) if log is not None else []  # now, before stopping adds more
+        # Now, before stopping adds more; the demo's own probes would crowd out what went wrong.
+        self.tail = (
+            stack.log_tail(log, LOG_TAIL_LINES, without=PROBE_USER_AGENT) if log is not None else []
+        )
 
 
 class PortTaken(DemoError):
@@ -104,59 +101,8 @@ class StopRequested(Exception):
 
 
 @frozen
-class Ports:
-    """Every loopback port of one run; picked together so they are distinct."""
-
-    processor: int
-    relay_gateways: int
-    relay_engineers: int
-    relay_metrics: int
-    status: int
-    metrics: int
-    forward: int
-
-
-@frozen
-class Layout:
-    """Where a demo keeps its files; all in one folder so the configs use plain relative paths."""
-
-    workdir: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.workdir / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.workdir / "ca.key"
-
-    @property
-    def relay_cert(self) -> Path:
-        return self.workdir / "relay.pem"
-
-    @property
-    def relay_key(self) -> Path:
-        return self.workdir / "relay.key"
-
-    @property
-    def gateway_cert(self) -> Path:
-        return self.workdir / "gateway.pem"
-
-    @property
-    def gateway_key(self) -> Path:
-        return self.workdir / "gateway.key"
-
-    @property
-    def engineers(self) -> Path:
-        return self.workdir / "engineers.toml"
-
-    @property
-    def relay_config(self) -> Path:
-        return self.workdir / "relay.toml"
-
-    @property
-    def gateway_config(self) -> Path:
-        return self.workdir / "gateway.toml"
+class Layout(stack.Layout):
+    """Where a demo keeps its files: all in one folder, so the configs use plain relative paths."""
 
     @property
     def logs(self) -> Path:
@@ -165,6 +111,12 @@ class Layout:
     @property
     def demo_json(self) -> Path:
         return self.workdir / "demo.json"
+
+    @property
+    def stopped_json(self) -> Path:
+        """demo.json once the demo stopped: its token stays readable, and a script waiting for
+        demo.json to appear is not fooled by a stack that is gone."""
+        return self.workdir / "demo.stopped.json"
 
     @property
     def marker(self) -> Path:
@@ -214,27 +166,30 @@ class StopSignal:
 
 
 class Child:
-    """One ``python -m gateway ...`` process of the demo and the log file it writes to."""
+    """One ``python -m gateway ...`` process of the demo, with the title its messages use."""
 
-    def __init__(self, name: str, title: str, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.name = name
+    def __init__(self, title: str, program: Process) -> None:
         self.title = title
-        self.process = process
-        self.log = log
+        self.program = program
+
+    @property
+    def log(self) -> Path:
+        return self.program.log
 
     def failure(self, when: str) -> DemoError | None:
         """Why this child is no use any more, or None while it runs."""
-        code = self.process.poll()
+        code = self.program.popen.poll()
         if code is None:
             return None
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         message = f"the {self.title} {how} {when}"
-        if _LISTEN_FAILED.search(_tail_text(self.log)):
+        tail = "\n".join(stack.log_tail(self.log, 50, without=PROBE_USER_AGENT))
+        if _LISTEN_FAILED.search(tail):
             return PortTaken(message + " (its port was taken)", self.log)
         return DemoError(message, self.log)
 
 
-class Stack:
+class Children:
     """The running children, started in order and stopped in reverse order."""
 
     def __init__(self, layout: Layout, stop: StopSignal) -> None:
@@ -246,22 +201,19 @@ class Stack:
         self, name: str, title: str, args: Sequence[str], extra_env: dict[str, str] | None = None
     ) -> Child:
         """Start ``python -m gateway ARGS`` logging to ``logs/NAME.log`` (truncated each run)."""
-        log = self.layout.logs / f"{name}.log"
         env = dict(os.environ)
         env.pop("GATEWAY_TOKEN", None)  # only the engineer client gets a token
         env.update({"GATEWAY_EXIT_WITH_PARENT": "1", "PYTHONUNBUFFERED": "1"})
         env.update(extra_env or {})
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.layout.workdir,
-                env=env,
-                process_group=0,  # see StopSignal: the terminal's Ctrl-C is ours to relay
-            )
-        child = Child(name, title, process, log)
+        program = Process.start(
+            name,
+            stack.python_gateway(args),
+            log=self.layout.logs / f"{name}.log",
+            cwd=self.layout.workdir,
+            env=env,
+            own_group=True,  # see StopSignal: the terminal's Ctrl-C is ours to relay
+        )
+        child = Child(title, program)
         self.children.append(child)
         return child
 
@@ -274,45 +226,9 @@ class Stack:
 
     def stop(self) -> None:
         """SIGTERM every child (last started first), wait up to STOP_GRACE, then SIGKILL."""
-        alive = [c for c in reversed(self.children) if c.process.poll() is None]
-        for child in alive:
-            _send(child.process, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        while any(c.process.poll() is None for c in alive):
-            if time.monotonic() > deadline or self.stop_signal.hurry:
-                break
-            time.sleep(POLL)
-        for child in alive:
-            if child.process.poll() is None:
-                _send(child.process, signal.SIGKILL)
-            child.process.wait()
+        programs = [child.program for child in self.children]
+        stack.stop_together(programs, STOP_GRACE, hurry=lambda: self.stop_signal.hurry)
         self.children.clear()
-
-
-def _send(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signum)
-
-
-def _tail_lines(path: Path, count: int = LOG_TAIL_LINES) -> list[str]:
-    """The last lines of a log worth showing, read from its end so a huge log costs nothing.
-
-    The demo's own readiness probes appear in access logs; they would crowd out the lines that
-    say what went wrong, so they are left out.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 256 * 1024))
-            data = f.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    return [line for line in lines if _PROBE_USER_AGENT not in line][-count:]
-
-
-def _tail_text(path: Path) -> str:
-    return "\n".join(_tail_lines(path, 50))
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,126 +288,37 @@ def claimed_workdir(requested: Path | None) -> Iterator[Layout]:
             f"pid {os.getpid()}\n"
         )
         lock.flush()
-        # A demo.json from an earlier run describes processes that are gone.
-        with contextlib.suppress(FileNotFoundError):
-            layout.demo_json.unlink()
+        # An earlier run's demo.json describes processes that are gone, and its token is
+        # about to be replaced: only the files of this run may be found here.
+        for old in (layout.demo_json, layout.stopped_json):
+            old.unlink(missing_ok=True)
         yield layout
 
 
 def make_credentials(layout: Layout) -> str:
     """A fresh throw-away CA, relay and gateway certificates and engineer token; the token."""
-    create_ca(layout.ca, layout.ca_key, name="Gateway demo vendor CA (throw-away)", force=True)
-    issue_relay_certificate(
-        layout.ca,
-        layout.ca_key,
-        layout.relay_cert,
-        layout.relay_key,
-        names=["localhost", LOOPBACK],
-        force=True,
-    )
-    issue_gateway_certificate(
-        layout.ca,
-        layout.ca_key,
-        layout.gateway_cert,
-        layout.gateway_key,
-        gateway_id=GATEWAY_ID,
-        force=True,
-    )
-    with contextlib.suppress(FileNotFoundError):
-        layout.engineers.unlink()  # tokens are stored hashed: old ones cannot be shown again
-    return add_engineer(layout.engineers, ENGINEER)
-
-
-def free_ports() -> Ports:
-    """Seven distinct free loopback ports (all held open together, then released)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(7):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(s)
-            s.bind((LOOPBACK, 0))
-        p = [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-    return Ports(p[0], p[1], p[2], p[3], p[4], p[5], p[6])
+    stack.make_pki(layout, GATEWAY_ID, ca_name="Gateway demo vendor CA (throw-away)", force=True)
+    return stack.make_engineer(layout.engineers, ENGINEER)
 
 
 def _addr(port: int) -> str:
-    return f"{LOOPBACK}:{port}"
+    return str(loopback(port))
 
 
-def relay_toml(ports: Ports) -> str:
-    return f"""\
-# relay.toml written by `gateway demo`: the vendor relay, on loopback only.
-# Run it yourself with:  gateway relay -c relay.toml
-# Paths are relative to this file's folder.
-
-[gateways]                      # where gateways dial in (mutual TLS)
-listen = "{_addr(ports.relay_gateways)}"       # a real relay listens on 0.0.0.0:443
-ca   = "ca.pem"                 # the CA that signs gateway certificates
-cert = "relay.pem"              # this relay's certificate (names: localhost, 127.0.0.1)
-key  = "relay.key"
-
-[engineers]                     # where engineer clients (`gateway connect`) come in (TLS)
-listen = "{_addr(ports.relay_engineers)}"
-tokens = "engineers.toml"       # engineer tokens, stored hashed
-                                # add one with: gateway relay add-engineer NAME -c relay.toml
-
-[metrics]
-listen = "{_addr(ports.relay_metrics)}"        # Prometheus text at /metrics
-
-[service]
-drain_timeout = 3               # seconds to let streams finish on shutdown (demo: short)
-"""
+def relay_toml(layout: Layout, ports: Ports) -> str:
+    return stack.relay_toml(layout, ports, written_by=WRITTEN_BY, service={"drain_timeout": 3})
 
 
-def gateway_toml(ports: Ports, mode: str) -> str:
-    return f"""\
-# gateway.toml written by `gateway demo`: the edge daemon, on loopback only.
-# Run it yourself with:  gateway run -c gateway.toml
-# Paths are relative to this file's folder.
-
-[relay]
-address = "{_addr(ports.relay_gateways)}"     # the relay's gateway listener (host:port)
-ca   = "ca.pem"                 # the CA that signed the relay's certificate (pinned)
-cert = "gateway.pem"            # this gateway's certificate; its subject is the id {GATEWAY_ID}
-key  = "gateway.key"
-reconnect_max_delay = 5         # seconds; a real gateway backs off up to 60
-# proxy = "http://proxy.plant.local:3128"   # optional HTTP CONNECT proxy
-
-[[target]]                      # the allowlist: nothing else is reachable through the gateway
-name = "{TARGET}"
-address = "{_addr(ports.processor)}"          # the demo processor
-
-[access]
-mode = "{mode}"                 # attended | unattended | disabled
-
-[status]
-listen = "{_addr(ports.status)}"              # status page, and JSON at /api/status
-
-[metrics]
-listen = "{_addr(ports.metrics)}"             # Prometheus text at /metrics
-
-[service]
-drain_timeout = 3               # seconds to let streams finish on shutdown (demo: short)
-"""
-
-
-def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Readers see the old file or the whole new one, never a half-written one."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+def gateway_toml(layout: Layout, ports: Ports, mode: str) -> str:
+    return stack.gateway_toml(
+        layout,
+        ports,
+        gateway_id=GATEWAY_ID,
+        mode=mode,
+        written_by=WRITTEN_BY,
+        relay={"reconnect_max_delay": 5},
+        service={"drain_timeout": 3},
+    )
 
 
 def gateway_command() -> list[str]:
@@ -509,35 +336,28 @@ def gateway_command() -> list[str]:
     return [sys.executable, "-m", "gateway"]
 
 
-def connect_args(layout: Layout, ports: Ports) -> list[str]:
-    return [
-        "connect",
-        "--relay",
-        _addr(ports.relay_engineers),
-        "--ca",
-        str(layout.ca),
-        "--gateway",
-        GATEWAY_ID,
-        "--target",
-        TARGET,
-        "--listen",
-        _addr(ports.forward),
-    ]
+def connect_args(layout: Layout, ports: Ports, listen: int, token: str | None = None) -> list[str]:
+    return stack.connect_args(
+        relay=loopback(ports.relay_engineers),
+        ca=layout.ca,
+        gateway_id=GATEWAY_ID,
+        target=TARGET,
+        listen=loopback(listen),
+        token=token,
+    )
 
 
 def demo_info(layout: Layout, ports: Ports, token: str) -> dict[str, Any]:
     """demo.json: the contract in BRIEF section 3 (scripts and tests read it)."""
-    args = connect_args(layout, ports)
-    ca = args.index("--ca") + 2
-    command = [*gateway_command(), *args[:ca], "--token", token, *args[ca:]]
+    command = [*gateway_command(), *connect_args(layout, ports, ports.forward, token)]
     return {
         "workdir": str(layout.workdir),
         "gateway_id": GATEWAY_ID,
-        "status_url": f"http://{_addr(ports.status)}/",
-        "metrics_url": f"http://{_addr(ports.metrics)}/metrics",
-        "relay_metrics_url": f"http://{_addr(ports.relay_metrics)}/metrics",
-        "processor_url": f"http://{_addr(ports.processor)}/",
-        "forward_url": f"http://{_addr(ports.forward)}/",
+        "status_url": stack.url(ports.status),
+        "metrics_url": stack.url(_required(ports.metrics), "/metrics"),
+        "relay_metrics_url": stack.url(ports.relay_metrics, "/metrics"),
+        "processor_url": stack.url(ports.processor),
+        "forward_url": stack.url(ports.forward),
         "relay_address": _addr(ports.relay_engineers),
         "relay_gateway_address": _addr(ports.relay_gateways),
         "relay_ca": str(layout.ca),
@@ -548,50 +368,32 @@ def demo_info(layout: Layout, ports: Ports, token: str) -> dict[str, Any]:
     }
 
 
+def another_client(layout: Layout, ports: Ports, token: str) -> str:
+    """A second engineer client's command line, to paste as printed.
+
+    Its ``--listen`` is a port that is free now: the demo's own client holds the forward port.
+    The token goes in ``GATEWAY_TOKEN``, as the README recommends, not on the command line.
+    """
+    args = connect_args(layout, ports, stack.free_port())
+    return f"GATEWAY_TOKEN={shlex.quote(token)} " + shlex.join([*gateway_command(), *args])
+
+
+def _required(port: int | None) -> int:
+    assert port is not None, "the demo's gateway always has a metrics listener"
+    return port
+
+
 # --------------------------------------------------------------------------------------------
 # Readiness
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """One GET; raises OSError (or an http.client error) when nothing sensible came back."""
-    with _OPENER.open(url, timeout=timeout) as response:
-        return int(response.status), bytes(response.read())
+    return stack.http_get(url, timeout)
 
 
-_PROBE_ERRORS: Final = (OSError, http.client.HTTPException, ValueError)
-
-
-def _listening(port: int) -> str | None:
-    """Whether something listens on loopback ``port``, without connecting to it.
-
-    A probe connection would not be free: through ``gateway connect`` it opens a tunnel stream
-    (counted, logged, audited), and on the relay it counts as a failed TLS handshake.  So read
-    the kernel's socket table; only where there is none (not Linux) connect after all.
-    """
-    try:
-        table = Path("/proc/net/tcp").read_text("ascii")
-    except OSError:
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=1):
-                return None
-        except OSError as e:
-            return f"port {port} does not accept connections ({e.strerror or e})"
-    wanted = f"0100007F:{port:04X}"  # 127.0.0.1 in the kernel's byte order
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 3 and fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
-            return None
-    return f"nothing listens on port {port} yet"
-
-
-def _metric(text: str, name: str) -> float | None:
-    """The sum of a metric's samples in Prometheus text, or None if it is absent."""
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+(\S+)", re.MULTILINE)
-    values = [float(v) for v in pattern.findall(text)]
-    return sum(values) if values else None
-
-
-def wait_until(stack: Stack, child: Child, what: str, probe: Callable[[], str | None]) -> None:
+def wait_until(
+    children: Children, child: Child, what: str, probe: Callable[[], str | None]
+) -> None:
     """Poll ``probe`` (None: ready; else what is missing) until ready, a child dies or time's up.
 
     Every child is checked on every round: a relay that died explains a gateway that never
@@ -601,13 +403,13 @@ def wait_until(stack: Stack, child: Child, what: str, probe: Callable[[], str | 
     missing = "not checked yet"
     delay = POLL / 2
     while True:
-        stack.stop_signal.check()
-        problem = stack.first_failure()
+        children.stop_signal.check()
+        problem = children.first_failure()
         if problem is not None:
             raise problem
         try:
             result = probe()
-        except _PROBE_ERRORS as e:
+        except PROBE_ERRORS as e:
             result = str(e)
         if result is None:
             return
@@ -621,67 +423,54 @@ def wait_until(stack: Stack, child: Child, what: str, probe: Callable[[], str | 
         delay = min(delay * 1.5, 0.5)  # quick when things are quick, quiet when they are not
 
 
-def start_stack(stack: Stack, layout: Layout, ports: Ports, mode: str, token: str) -> None:
+def start_stack(children: Children, layout: Layout, ports: Ports, mode: str, token: str) -> None:
     """Start the four processes in dependency order, each ready before the next starts."""
-    processor = stack.start(
-        "processor", "demo processor", ["demo-processor", "--listen", _addr(ports.processor)]
+    processor = children.start(
+        "processor", "demo processor", stack.processor_args(loopback(ports.processor))
     )
     page: dict[str, bytes] = {}
 
     def processor_ready() -> str | None:
-        status, body = _get(f"http://{_addr(ports.processor)}/")
+        status, body = _get(stack.url(ports.processor))
         if status != 200:
             return f"GET / answered {status}"
         page["body"] = body
         return None
 
-    wait_until(stack, processor, "answer HTTP", processor_ready)
+    wait_until(children, processor, "answer HTTP", processor_ready)
 
-    relay = stack.start("relay", "relay", ["relay", "-c", str(layout.relay_config)])
-    relay_metrics = f"http://{_addr(ports.relay_metrics)}/metrics"
+    relay = children.start("relay", "relay", stack.relay_args(layout.relay_config))
 
     def relay_ready() -> str | None:
-        _get(relay_metrics)
-        return _listening(ports.relay_gateways) or _listening(ports.relay_engineers)
+        _get(stack.url(ports.relay_metrics, "/metrics"))
+        return stack.listening(ports.relay_gateways) or stack.listening(ports.relay_engineers)
 
-    wait_until(stack, relay, "start listening", relay_ready)
+    wait_until(children, relay, "start listening", relay_ready)
 
-    gateway = stack.start("gateway", "gateway", ["run", "-c", str(layout.gateway_config)])
+    gateway = children.start("gateway", "gateway", stack.run_args(layout.gateway_config))
+    wait_until(
+        children, gateway, "bring its tunnel to the relay up", lambda: stack.tunnel_up(ports)
+    )
 
-    def tunnel_up() -> str | None:
-        status = json.loads(_get(f"http://{_addr(ports.status)}/api/status")[1])
-        tunnel = status.get("tunnel") if isinstance(status, dict) else None
-        if not isinstance(tunnel, dict):
-            return "the status JSON has no tunnel object"
-        if tunnel.get("state") != "up":
-            error = tunnel.get("last_error")
-            return f"tunnel is {tunnel.get('state')!r}" + (f": {error}" if error else "")
-        connected = _metric(_get(relay_metrics)[1].decode(), "relay_gateways_connected")
-        if not connected or connected < 1:
-            return f"relay_gateways_connected is {connected} on the relay"
-        return None
-
-    wait_until(stack, gateway, "bring its tunnel to the relay up", tunnel_up)
-
-    client = stack.start(
+    client = children.start(
         "connect",
         "engineer client",
-        connect_args(layout, ports),
+        connect_args(layout, ports, ports.forward),
         {"GATEWAY_TOKEN": token},
     )
-    wait_until(stack, client, "open its local port", lambda: _listening(ports.forward))
+    wait_until(children, client, "open its local port", lambda: stack.listening(ports.forward))
     if mode == "attended":
         return  # refused until a session is approved, by design: nothing to fetch yet
 
     def forward_serves_page() -> str | None:
-        status, body = _get(f"http://{_addr(ports.forward)}/", timeout=5)
+        status, body = _get(stack.url(ports.forward), timeout=5)
         if status != 200:
             return f"GET / through the tunnel answered {status}"
         if body != page["body"]:
             return "GET / through the tunnel did not return the processor's page"
         return None
 
-    wait_until(stack, client, "forward a request to the processor", forward_serves_page)
+    wait_until(children, client, "forward a request to the processor", forward_serves_page)
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,7 +493,7 @@ def report_failure(error: DemoError) -> None:
             _say(f"    {line}", file=sys.stderr)
 
 
-def summary(info: dict[str, Any], mode: str) -> str:
+def summary(info: dict[str, Any], mode: str, another: str) -> str:
     lines = [
         f"The remote service gateway demo is running ({mode} mode).",
         "",
@@ -723,11 +512,12 @@ def summary(info: dict[str, Any], mode: str) -> str:
         f"  Relay metrics:         {info['relay_metrics_url']}",
         f"  Processor directly:    {info['processor_url']}",
         "",
-        "  Another engineer client (change --listen to a free port):",
-        f"    {info['connect_command']}",
+        "  Another engineer client, on a port that is free now:",
+        f"    {another}",
         "",
         f"  Work dir: {info['workdir']}",
-        "    relay.toml, gateway.toml (reusable), certificates, demo.json; logs in logs/",
+        "    relay.toml, gateway.toml (reusable), certificates; logs in logs/;",
+        "    demo.json (URLs, engineer token) while the demo runs, demo.stopped.json after",
         "",
         "Press Ctrl-C to stop.",
     ]
@@ -764,15 +554,15 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
     except (OSError, PKIError, CredentialFileError) as e:
         raise DemoError(f"cannot create the demo's certificates and token: {e}") from None
     _say(f"gateway demo: starting in {layout.workdir} ...")
-    stack = Stack(layout, stop)
+    children = Children(layout, stop)
     try:
-        ports = _start_with_retries(stack, layout, mode, token)
+        ports = _start_with_retries(children, layout, mode, token)
         info = demo_info(layout, ports, token)
-        _write_atomically(layout.demo_json, json.dumps(info, indent=2) + "\n", 0o600)  # token
-        _say(summary(info, mode))
+        _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
+        _say(summary(info, mode, another_client(layout, ports, token)))
         while True:
             stop.check()
-            problem = stack.first_failure("while the demo was running")
+            problem = children.first_failure("while the demo was running")
             if problem is not None:
                 raise problem
             time.sleep(POLL * 2)
@@ -780,24 +570,52 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
         _say("gateway demo: stopping ...")
         return EXIT_OK
     finally:
-        stack.stop()  # on every way out: a signal, a failure, or a bug
-        # demo.json promises a running stack; once that is gone, so is the promise.
-        with contextlib.suppress(FileNotFoundError):
-            layout.demo_json.unlink()
+        children.stop()  # on every way out: a signal, a failure, or a bug
+        kept = _retire(layout)
         if stop.received is not None:
             _say(f"gateway demo: stopped. The work dir stays for you: {layout.workdir}")
+            _say("    relay.toml, gateway.toml (reusable), certificates; logs in logs/")
+            if kept is not None:
+                _say(f"    the engineer token is kept in {kept.name} (demo.json is there only")
+                _say("    while the demo runs)")
 
 
-def _start_with_retries(stack: Stack, layout: Layout, mode: str, token: str) -> Ports:
+def _retire(layout: Layout) -> Path | None:
+    """Rename demo.json, which promises a running stack, once the stack is gone.
+
+    Its engineer token is the only copy (the relay keeps hashes), so it is kept under another
+    name rather than deleted; whoever waits for demo.json to appear is not misled.
+    """
+    try:
+        os.replace(layout.demo_json, layout.stopped_json)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _say(f"gateway demo: cannot rename {layout.demo_json}: {e.strerror or e}", file=sys.stderr)
+        return None
+    return layout.stopped_json
+
+
+def _write(path: Path, text: str, *, private: bool = False) -> None:
+    try:
+        if private:
+            write_private(path, text)
+        else:
+            write_atomically(path, text)
+    except FileWriteError as e:
+        raise DemoError(str(e)) from None
+
+
+def _start_with_retries(children: Children, layout: Layout, mode: str, token: str) -> Ports:
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        ports = free_ports()
-        _write_atomically(layout.relay_config, relay_toml(ports))
-        _write_atomically(layout.gateway_config, gateway_toml(ports, mode))
+        ports = Ports.pick()
+        _write(layout.relay_config, relay_toml(layout, ports))
+        _write(layout.gateway_config, gateway_toml(layout, ports, mode))
         try:
-            start_stack(stack, layout, ports, mode, token)
+            start_stack(children, layout, ports, mode, token)
             return ports
         except PortTaken as e:
-            stack.stop()
+            children.stop()
             if attempt == PORT_ATTEMPTS:
                 raise
             _say(f"gateway demo: {e}; retrying on other ports", file=sys.stderr)

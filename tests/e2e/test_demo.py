@@ -11,22 +11,23 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 from attrs import frozen
+
+from gateway.demo.stack import free_port
+from gateway.promtext import metric_value as metric
 
 pytestmark = pytest.mark.e2e
 
@@ -71,18 +72,6 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, str, bytes]:
 def pattern(size: int) -> bytes:
     """What ``/download?size=N`` must send: byte i is ``i % 251``."""
     return (bytes(range(251)) * (size // 251 + 1))[:size]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def metric(text: str, name: str) -> float | None:
-    found = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
 
 
 def start_demo(
@@ -156,9 +145,11 @@ def stop(
         os.kill(pid, signal.SIGKILL)
 
 
-def run_and_fetch(argv: list[str], url: str, log: IO[bytes]) -> bytes:
+def run_and_fetch(
+    argv: list[str], url: str, log: IO[bytes], env: Mapping[str, str] | None = None
+) -> bytes:
     """Start ``argv`` (an engineer client) and GET ``url`` through it once it forwards."""
-    client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -261,6 +252,32 @@ def test_the_printed_connect_command_works_as_given(demo: Demo) -> None:
         argv[0] = shutil.which("gateway") or "gateway"
     with open(demo.workdir / "logs" / "test-connect.log", "wb") as log:
         body = run_and_fetch(argv, f"http://127.0.0.1:{port}/", log)
+    assert body == get(demo.info["processor_url"])[2]
+
+
+def printed_client(output: str) -> tuple[dict[str, str], list[str]]:
+    """The summary's "another engineer client" line, read as a shell would: ``VAR=value``
+    words before the command are its environment."""
+    lines = [line.strip() for line in output.splitlines()]
+    [line] = [line for line in lines if line.startswith("GATEWAY_TOKEN=")]
+    words = shlex.split(line)
+    env = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    return env, words
+
+
+def test_the_printed_second_client_works_as_printed(demo: Demo) -> None:
+    env, argv = printed_client(demo.output.read_text())
+    assert env == {"GATEWAY_TOKEN": demo.info["engineer_token"]}
+    assert "--token" not in argv  # the environment keeps it out of the process list
+    listen = argv[argv.index("--listen") + 1]
+    assert listen != demo.info["forward_url"][7:-1]  # that port is the demo's own client's
+    if argv[0] == "gateway":  # on PATH as printed; make sure it is this installation's
+        argv[0] = shutil.which("gateway") or "gateway"
+    with open(demo.workdir / "logs" / "test-second-client.log", "wb") as log:
+        body = run_and_fetch(argv, f"http://{listen}/", log, {**os.environ, **env})
     assert body == get(demo.info["processor_url"])[2]
 
 
