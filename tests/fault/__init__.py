@@ -13,14 +13,15 @@ import signal
 import socket
 import threading
 import time
-import urllib.request
 
+from gateway.demo.stack import PROBE_ERRORS, scrape
+from tests.helpers import processes
 from tests.helpers.clients import PERIOD, expected, get
 from tests.helpers.processes import Stack, port_open, wait_until
 
-HEARTBEAT_INTERVAL = 2.0
-HEARTBEAT_TIMEOUT = 3.0
-RECONNECT_CAP = 2.0
+HEARTBEAT_INTERVAL = float(processes.HEARTBEAT_INTERVAL)
+HEARTBEAT_TIMEOUT = float(processes.HEARTBEAT_TIMEOUT)
+RECONNECT_CAP = float(processes.RECONNECT_CAP)
 """As ``Stack.write_configs`` sets them (heartbeat interval and timeout, reconnect cap)."""
 SLACK = 3.0
 """For a loaded 2-core machine shared with other test runs."""
@@ -33,16 +34,12 @@ MiB = 1024 * 1024
 
 
 def metric(url: str, name: str) -> float | None:
-    """One sample of ``name`` (exact series, labels included) from a /metrics page."""
+    """``name`` (a metric, or an exact series with its labels) from a /metrics page; None when
+    it is absent or the page does not answer."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
+        return scrape(url, name)
+    except PROBE_ERRORS:
         return None
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def gateway_metric(stack: Stack, name: str) -> float | None:

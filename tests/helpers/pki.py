@@ -2,7 +2,8 @@
 
 Tests that need TLS use these instead of checked-in PEM files, so no test depends on a
 certificate that silently expires, and every test exercises the same profiles the product
-issues. ECDSA P-256 keys keep `make_pki` well under 50 ms.
+issues. ECDSA P-256 keys keep `make_pki` well under 50 ms. The files are laid out as in every
+throw-away stack (`gateway.demo.stack`); the impostors below are this module's own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from attrs import frozen
 
-from gateway.pki import create_ca, issue_gateway_certificate, issue_relay_certificate
+from gateway.demo.stack import RELAY_NAMES, Layout
+from gateway.demo.stack import make_pki as make_pki_files
+from gateway.pki import create_ca, issue_gateway_certificate
 
 __all__ = ["TestPKI", "make_expired_gateway", "make_other_ca_gateway", "make_pki"]
 
@@ -38,7 +41,7 @@ def make_pki(
     directory: Path,
     *,
     gateway_id: str = "test-gateway",
-    relay_names: Sequence[str] = ("localhost", "127.0.0.1"),
+    relay_names: Sequence[str] = RELAY_NAMES,
 ) -> TestPKI:
     """A CA, a relay certificate for ``relay_names`` and a gateway certificate for ``gateway_id``.
 
@@ -46,26 +49,18 @@ def make_pki(
     in ``directory`` (created if missing). Refuses to overwrite, so two PKIs in one directory
     are a loud mistake rather than a confusing mismatch.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = TestPKI(
-        directory=directory,
-        ca_cert=directory / "ca.pem",
-        ca_key=directory / "ca.key",
-        relay_cert=directory / "relay.pem",
-        relay_key=directory / "relay.key",
-        gateway_cert=directory / "gateway.pem",
-        gateway_key=directory / "gateway.key",
+    layout = Layout(Path(directory))
+    make_pki_files(layout, gateway_id, ca_name="Test vendor CA", relay_names=relay_names)
+    return TestPKI(
+        directory=layout.pki,
+        ca_cert=layout.ca,
+        ca_key=layout.ca_key,
+        relay_cert=layout.relay_cert,
+        relay_key=layout.relay_key,
+        gateway_cert=layout.gateway_cert,
+        gateway_key=layout.gateway_key,
         gateway_id=gateway_id,
     )
-    create_ca(pki.ca_cert, pki.ca_key, name="Test vendor CA")
-    issue_relay_certificate(
-        pki.ca_cert, pki.ca_key, pki.relay_cert, pki.relay_key, names=relay_names
-    )
-    issue_gateway_certificate(
-        pki.ca_cert, pki.ca_key, pki.gateway_cert, pki.gateway_key, gateway_id=gateway_id
-    )
-    return pki
 
 
 def make_other_ca_gateway(directory: Path, gateway_id: str = "test-gateway") -> tuple[Path, Path]:

@@ -1,5 +1,9 @@
 """Real processes on loopback for end-to-end tests: a throw-away PKI, configs, and readiness.
 
+The stack is laid out, configured and started the way the demo and the benchmarks do it
+(`gateway.demo.stack`); what is the tests' own is their tuning (short heartbeats and drains, so
+faults show within seconds), a second target that nothing listens on, and spare forward ports.
+
 Every wait polls a readiness signal (a port that answers, a status field, a metric) against a
 deadline; a child that dies early fails the test at once with its log file named.
 """
@@ -8,31 +12,45 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from attrs import define, field
 
-from gateway.relay.credentials import add_engineer
+from gateway.config import Address, Target, parse_address
+from gateway.demo import stack as shared
+from gateway.demo.stack import Process, free_port, loopback, url
+from gateway.promtext import metric_value
 from tests.helpers.pki import TestPKI, make_pki
+
+__all__ = [
+    "DEADLINE",
+    "Proc",
+    "Stack",
+    "free_port",
+    "fresh_stack",
+    "http_get",
+    "make_stack",
+    "port_open",
+    "running_stack",
+    "start",
+    "wait_until",
+]
 
 DEADLINE = 30.0
 
+Proc = Process
+"""A started program of a test stack (``popen``, ``log``, ``text()``, ``tail()``, ``stop()``)."""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+HEARTBEAT_INTERVAL = 2
+HEARTBEAT_TIMEOUT = 3
+RECONNECT_CAP = 2
+"""The tests' heartbeat and redial settings (tests/fault derives its recovery bounds from them)."""
 
 
 def wait_until(
@@ -53,62 +71,24 @@ def wait_until(
 
 
 def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return shared.answers(port)
 
 
-def http_get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        data: bytes = response.read()
-        return data
-
-
-@define
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    _file: IO[bytes] = field(repr=False)
-
-    def text(self) -> str:
-        return self.log.read_text("utf-8", "replace")
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.text().splitlines()[-lines:])
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        self._file.close()
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
+def http_get(address: str, timeout: float = 5.0) -> bytes:
+    return shared.http_get(address, timeout)[1]
 
 
 def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
-    log = workdir / f"{name}.log"
-    file = log.open("ab")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "gateway", *args],
-        stdout=file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+    """``python -m gateway ARGS`` in ``workdir``, appending to ``NAME.log`` there (a restarted
+    program's log keeps what its predecessor wrote)."""
+    return Process.start(
+        name,
+        shared.python_gateway(args),
+        log=workdir / f"{name}.log",
         cwd=workdir,
-        env=full_env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        append=True,
     )
-    return Proc(name, popen, log, file)
 
 
 @define
@@ -125,74 +105,81 @@ class Stack:
     def gateway_id(self) -> str:
         return self.pki.gateway_id
 
+    @property
+    def layout(self) -> shared.Layout:
+        return shared.Layout(self.workdir, pki=self.pki.directory)
+
+    @property
+    def stack_ports(self) -> shared.Ports:
+        p = self.ports
+        return shared.Ports(
+            processor=p["processor"],
+            relay_gateways=p["relay_gw"],
+            relay_engineers=p["relay_eng"],
+            relay_metrics=p["relay_metrics"],
+            status=p["status"],
+            metrics=p["gw_metrics"],
+            forward=p["forward"],
+        )
+
     def url(self, name: str, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.ports[name]}{path}"
+        return url(self.ports[name], path)
 
     def write_configs(self, *, mode: str = "unattended", extra_targets: str = "") -> None:
-        (self.workdir / "relay.toml").write_text(
-            f"""[gateways]
-listen = "127.0.0.1:{self.ports["relay_gw"]}"
-ca = "{self.pki.ca_cert}"
-cert = "{self.pki.relay_cert}"
-key = "{self.pki.relay_key}"
-heartbeat_interval = 2
-heartbeat_timeout = 3
-[engineers]
-listen = "127.0.0.1:{self.ports["relay_eng"]}"
-tokens = "engineers.toml"
-[metrics]
-listen = "127.0.0.1:{self.ports["relay_metrics"]}"
-[service]
-drain_timeout = 2
-"""
+        """relay.toml and gateway.toml; ``extra_targets``: more ``[[target]]`` tables (TOML)."""
+        layout, ports = self.layout, self.stack_ports
+        layout.relay_config.write_text(
+            shared.relay_toml(
+                layout,
+                ports,
+                written_by="the end-to-end tests",
+                relative=False,  # tests swap certificates by replacing their paths
+                gateways={
+                    "heartbeat_interval": HEARTBEAT_INTERVAL,
+                    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+                },
+                service={"drain_timeout": 2},
+            )
         )
-        (self.workdir / "gateway.toml").write_text(
-            f"""[relay]
-address = "127.0.0.1:{self.ports["relay_gw"]}"
-ca = "{self.pki.ca_cert}"
-cert = "{self.pki.gateway_cert}"
-key = "{self.pki.gateway_key}"
-heartbeat_interval = 2
-heartbeat_timeout = 3
-reconnect_max_delay = 2
-[[target]]
-name = "web"
-address = "127.0.0.1:{self.ports["processor"]}"
-[[target]]
-name = "stopped"
-address = "127.0.0.1:{self.ports["dead"]}"
-connect_timeout = 2
-{extra_targets}
-[access]
-mode = "{mode}"
-[status]
-listen = "127.0.0.1:{self.ports["status"]}"
-[metrics]
-listen = "127.0.0.1:{self.ports["gw_metrics"]}"
-[service]
-drain_timeout = 2
-half_close_timeout = 3
-"""
+        targets = [
+            Target("web", loopback(self.ports["processor"])),
+            Target("stopped", loopback(self.ports["dead"]), connect_timeout=2),
+            *_targets(extra_targets),
+        ]
+        layout.gateway_config.write_text(
+            shared.gateway_toml(
+                layout,
+                ports,
+                gateway_id=self.gateway_id,
+                mode=mode,
+                targets=targets,
+                written_by="the end-to-end tests",
+                relative=False,  # tests swap certificates by replacing their paths
+                relay={
+                    "heartbeat_interval": HEARTBEAT_INTERVAL,
+                    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+                    "reconnect_max_delay": RECONNECT_CAP,
+                },
+                service={"drain_timeout": 2, "half_close_timeout": 3},
+            )
         )
 
     def start_processor(self) -> Proc:
         proc = start(
-            "processor",
-            ["demo-processor", "--listen", f"127.0.0.1:{self.ports['processor']}"],
-            self.workdir,
+            "processor", shared.processor_args(loopback(self.ports["processor"])), self.workdir
         )
         self.procs["processor"] = proc
         wait_until("processor listening", lambda: port_open(self.ports["processor"]), proc=proc)
         return proc
 
     def start_relay(self) -> Proc:
-        proc = start("relay", ["relay", "-c", "relay.toml"], self.workdir)
+        proc = start("relay", shared.relay_args(self.layout.relay_config), self.workdir)
         self.procs["relay"] = proc
         wait_until("relay metrics", lambda: port_open(self.ports["relay_metrics"]), proc=proc)
         return proc
 
     def start_gateway(self, *, wait_up: bool = True) -> Proc:
-        proc = start("gateway", ["run", "-c", "gateway.toml"], self.workdir)
+        proc = start("gateway", shared.run_args(self.layout.gateway_config), self.workdir)
         self.procs["gateway"] = proc
         if wait_up:
             self.wait_tunnel_up()
@@ -213,10 +200,7 @@ half_close_timeout = 3
             text = http_get(self.url("relay_metrics", "/metrics")).decode()
         except OSError:
             return None
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+        return metric_value(text, name)
 
     def wait_tunnel_up(self, deadline: float = DEADLINE) -> None:
         wait_until(
@@ -237,19 +221,13 @@ half_close_timeout = 3
         port_key: str = "forward",
         gateway: str | None = None,
     ) -> Proc:
-        args = [
-            "connect",
-            "--relay",
-            f"127.0.0.1:{self.ports['relay_eng']}",
-            "--ca",
-            str(self.pki.ca_cert),
-            "--gateway",
-            gateway or self.gateway_id,
-            "--target",
-            target,
-            "--listen",
-            f"127.0.0.1:{self.ports[port_key]}",
-        ]
+        args = shared.connect_args(
+            relay=loopback(self.ports["relay_eng"]),
+            ca=self.pki.ca_cert,
+            gateway_id=gateway or self.gateway_id,
+            target=target,
+            listen=loopback(self.ports[port_key]),
+        )
         proc = start(name, args, self.workdir, env={"GATEWAY_TOKEN": token or self.token})
         self.procs[name] = proc
         wait_until(f"{name} listening", lambda: port_open(self.ports[port_key]), proc=proc)
@@ -258,6 +236,20 @@ half_close_timeout = 3
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
+
+
+def _targets(toml: str) -> list[Target]:
+    """``[[target]]`` tables given as TOML text, as the stack's renderer takes them."""
+    found = []
+    for table in tomllib.loads(toml).get("target", []) if toml.strip() else []:
+        address: Address = parse_address(table["address"])
+        timeout = table.get("connect_timeout")
+        found.append(
+            Target(table["name"], address)
+            if timeout is None
+            else Target(table["name"], address, connect_timeout=float(timeout))
+        )
+    return found
 
 
 @contextmanager
@@ -298,8 +290,8 @@ def make_stack(mode: str = "unattended") -> tuple[Stack, tempfile.TemporaryDirec
         "forward2",
         "forward3",
     ]
-    ports = {n: free_port() for n in names}
-    token = add_engineer(workdir / "engineers.toml", "erin")
+    ports = dict(zip(names, shared.free_ports(len(names)), strict=True))
+    token = shared.make_engineer(shared.Layout(workdir).engineers, "erin")
     stack = Stack(workdir, pki, token, ports)
     stack.write_configs(mode=mode)
     return stack, tmp

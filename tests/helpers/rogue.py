@@ -19,7 +19,6 @@ import ssl
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +30,9 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.exceptions import StreamClosedError
 from hpack import Encoder
+
+from gateway.demo.stack import http_get
+from gateway.promtext import samples
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -302,14 +304,7 @@ def in_parallel(cases: Mapping[str, Callable[[], T]], workers: int = 16) -> dict
 
 def metrics(url: str, timeout: float = 5.0) -> dict[str, float]:
     """A Prometheus exposition as ``{"name{labels}": value}``."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        text: str = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+    return samples(http_get(url, timeout)[1].decode())
 
 
 # -- an HTTP/2 client -----------------------------------------------------------------------------

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from attrs import define
 
+from gateway.demo.stack import Process
 from tests.helpers.processes import free_port, port_open, wait_until
 
 
@@ -17,7 +17,7 @@ from tests.helpers.processes import free_port, port_open, wait_until
 class Squid:
     port: int
     directory: Path
-    popen: subprocess.Popen[bytes]
+    process: Process
 
     @property
     def access_log(self) -> str:
@@ -25,13 +25,7 @@ class Squid:
         return path.read_text("utf-8", "replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        self.process.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -58,18 +52,17 @@ coredump_dir {directory}
 shutdown_lifetime 1 seconds
 """
     )
-    log = (directory / "stdout.log").open("ab")
-    popen = subprocess.Popen(
+    process = Process.start(
+        "squid",
         [binary, "-N", "-f", str(directory / "squid.conf")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log=directory / "stdout.log",
+        append=True,
     )
-    squid = Squid(port, directory, popen)
+    squid = Squid(port, directory, process)
     try:
-        wait_until("squid to listen", lambda: port_open(port) or popen.poll() is not None)
-        if popen.poll() is not None:
-            raise AssertionError(f"squid exited: {(directory / 'stdout.log').read_text()}")
+        wait_until("squid to listen", lambda: port_open(port) or not process.alive())
+        if not process.alive():
+            raise AssertionError(f"squid exited: {process.text()}")
     except BaseException:
         squid.stop()
         raise
