@@ -117,7 +117,8 @@ def run_worker(args: argparse.Namespace) -> None:
     from twisted.protocols.basic import LineReceiver
 
     from gateway.config import Address, Heartbeat, RelayLink
-    from gateway.edge.link import GatewayTunnelService, TunnelMetricsSink, TunnelState
+    from gateway.edge.events import FanOut
+    from gateway.edge.link import GatewayTunnelService, TunnelObserver
     from gateway.net.endpoints import quiet_factory
     from gateway.pki import issue_gateway_certificate
     from gateway.tls import TLSClientEndpoint, client_options
@@ -163,8 +164,8 @@ def run_worker(args: argparse.Namespace) -> None:
     host, _, port_text = args.relay.rpartition(":")
     address = Address(host, int(port_text))
 
-    class RecordingState(TunnelState):
-        """The gateway's own tunnel state, plus the benchmark's counters."""
+    class RecordingState(TunnelObserver):
+        """The gateway's own tunnel observer, plus the benchmark's counters."""
 
         def tunnel_ready(self, connection: TunnelConnection) -> None:
             super().tunnel_ready(connection)
@@ -206,7 +207,7 @@ def run_worker(args: argparse.Namespace) -> None:
         )
         options = client_options(link.expected_name, link.ca, cert_path=cert, key_path=key)
         endpoint = CountingEndpoint(TLSClientEndpoint(tcp, options, reactor), recorder)
-        state = RecordingState(str(address), reactor, TunnelMetricsSink())
+        state = RecordingState(str(address), FanOut())
 
         def make_tunnel() -> TunnelConnection:
             return TunnelConnection(
@@ -224,7 +225,7 @@ def run_worker(args: argparse.Namespace) -> None:
             reactor=reactor,
             endpoint=endpoint,
             make_protocol=quiet_factory(make_tunnel),
-            state=state,
+            observer=state,
             drain_timeout=1.0,
             rng=Random(rng.getrandbits(64)),
         )

@@ -1,10 +1,14 @@
-"""Streams the relay asks for: decide each one, then splice it to its processor.
+"""Engineer streams: decide each ``CONNECT``, then splice it to its processor.
 
-This is the gateway's ``IStreamHandler`` for ``CONNECT`` streams (``StreamDispatcher`` sends the
-control requests elsewhere).  They go through the ``AccessPolicy``;
-allowed ones are connected to the processor's TCP address and spliced with backpressure.  A
-processor that refuses or does not answer in time ends that one stream with a reason the engineer
-sees; everything else carries on.
+Each stream the relay opens is put to the ``AccessPolicy`` as an ``AccessRequest``; allowed ones
+are connected to the processor's TCP address and spliced with backpressure.  A processor that
+refuses or does not answer in time ends that one stream with a reason the engineer sees; everything
+else carries on.  What happens is reported as ``IStreamEvents``; bytes are counted per chunk by an
+``IByteCounter`` handed to the splice ends directly.
+
+Every stream has one connection id, the relay's (``wire.CONNECTION_ID_HEADER``) when it sent a
+well-formed one, else a local ``g-<n>``: the same id in the log lines, the status page and the
+events.
 """
 
 from __future__ import annotations
@@ -12,13 +16,18 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectError, ConnectionRefusedError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionDone,
+    ConnectionRefusedError,
+    TimeoutError,
+)
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,55 +35,21 @@ from zope.interface import implementer
 
 from gateway.config import Target
 from gateway.edge.access import AccessPolicy, AccessRequest, Allowed
+from gateway.edge.events import ConnectionRecord, FanOut, IByteCounter, IStreamEvents
 from gateway.net.endpoints import quiet_factory
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
 from gateway.tunnel.stream import TunnelStream
-from gateway.wire import Refusal
+from gateway.wire import CONNECTION_ID_HEADER, ENGINEER_HEADER, Refusal
 
 log = Logger()
 
-
-@define
-class ActiveConnection:
-    """One engineer connection through this gateway, as the status page shows it."""
-
-    id: int
-    target: str
-    engineer: str
-    started: float
-    to_target: SpliceEnd = field(repr=False)
-    from_target: SpliceEnd = field(repr=False)
-
-    @property
-    def bytes_to_target(self) -> int:
-        return self.to_target.bytes
-
-    @property
-    def bytes_from_target(self) -> int:
-        return self.from_target.bytes
-
-
-class StreamEvents:
-    """What the forwarder reports; metrics implement it (kept apart so tests can count)."""
-
-    def stream_opened(self, target: str) -> None:
-        pass
-
-    def stream_closed(self, target: str) -> None:
-        pass
-
-    def stream_refused(self, target: str, token: str) -> None:
-        pass
-
-    def bytes_to_target(self, n: int) -> None:
-        pass
-
-    def bytes_from_target(self, n: int) -> None:
-        pass
-
-
 TargetConnector = Callable[[Target, SpliceEnd], Deferred[Any]]
+
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+"""What a connection id from the relay may look like: short, printable, no spaces."""
+_CONNECTION_ID_KEY = CONNECTION_ID_HEADER.decode()
+_ENGINEER_KEY = ENGINEER_HEADER.decode()
 
 
 def tcp_connector(reactor: IReactorTCP) -> TargetConnector:
@@ -97,23 +72,35 @@ def tcp_connector(reactor: IReactorTCP) -> TargetConnector:
     return connect
 
 
+def connection_id_from(headers: Mapping[str, str]) -> str | None:
+    """The relay's id for this connection, or None if it sent none or a malformed one."""
+    value = headers.get(_CONNECTION_ID_KEY)
+    if value is None or not _CONNECTION_ID.fullmatch(value):
+        return None
+    return value
+
+
 @implementer(IStreamHandler)
 class StreamForwarder:
+    """The gateway's handler for ``CONNECT`` streams (``StreamDispatcher`` sends them here)."""
+
     def __init__(
         self,
         *,
         policy: AccessPolicy,
         connect: TargetConnector,
         clock: IReactorTime,
-        events: StreamEvents | None = None,
+        events: IStreamEvents | None = None,
+        counter: IByteCounter | None = None,
         half_close_timeout: float = 30.0,
     ) -> None:
         self.half_close_timeout = half_close_timeout
         self.policy = policy
         self._connect = connect
         self._clock = clock
-        self.events = events or StreamEvents()
-        self.active: dict[int, ActiveConnection] = {}
+        self.events: IStreamEvents = events if events is not None else FanOut()
+        self.counter: IByteCounter = counter if counter is not None else FanOut()
+        self.active: dict[str, ConnectionRecord] = {}
         self._ids = itertools.count(1)
 
     def stream_requested(self, stream: TunnelStream) -> None:
@@ -122,51 +109,67 @@ class StreamForwarder:
         if request.method != "CONNECT":
             stream.refuse(Refusal.BAD_REQUEST, f"method {request.method} is not supported")
             return
-        engineer = request.headers.get("engineer", "unknown engineer")
         asked = AccessRequest(
             target=request.authority,
-            engineer=engineer,
-            connection_id=str(stream.stream_id),
+            engineer=request.headers.get(_ENGINEER_KEY, "unknown engineer"),
+            connection_id=self._connection_id(request.headers),
             at=self._clock.seconds(),
         )
         decision = self.policy.decide(asked)
         if not isinstance(decision, Allowed):
-            self.events.stream_refused(request.authority, decision.refusal.token)
-            stream.refuse(decision.refusal, decision.reason)
+            self._refuse(stream, asked, decision.refusal, decision.reason)
             return
         target = decision.target
-        processor_end = SpliceEnd(on_bytes=self.events.bytes_from_target)
+        # Looked up per stream, not per chunk: the counter's own method when there is one.
+        processor_end = SpliceEnd(on_bytes=self.counter.bytes_from_target)
         d = self._connect(target, processor_end)
         d.addCallbacks(
-            lambda _: self._connected(stream, target, engineer, processor_end),
-            lambda f: self._failed(stream, target, f),
+            lambda _: self._connected(stream, asked, decision, processor_end),
+            lambda f: self._failed(stream, asked, target, f),
         )
         d.addErrback(lambda f: log.failure("forwarding stream to {t}", f, t=target.name))
 
+    def _connection_id(self, headers: Mapping[str, str]) -> str:
+        relays = connection_id_from(headers)
+        if relays is not None and relays not in self.active:
+            return relays
+        return self._local_id()
+
+    def _local_id(self) -> str:
+        while (local := f"g-{next(self._ids)}") in self.active:
+            pass
+        return local
+
     def _connected(
-        self, stream: TunnelStream, target: Target, engineer: str, processor_end: SpliceEnd
+        self, stream: TunnelStream, asked: AccessRequest, allowed: Allowed, processor_end: SpliceEnd
     ) -> None:
         if stream.finished:
             # The engineer gave up while we were connecting.
             processor_end.transport.loseConnection()
             return
-        stream_end = SpliceEnd(on_bytes=self.events.bytes_to_target)
-        conn = ActiveConnection(
-            id=next(self._ids),
+        target = allowed.target
+        stream_end = SpliceEnd(on_bytes=self.counter.bytes_to_target)
+        cid = asked.connection_id
+        if cid in self.active:  # the relay sent one id for two streams at once: keep them apart
+            cid = self._local_id()
+        conn = ConnectionRecord(
+            id=cid,
             target=target.name,
-            engineer=engineer,
+            address=str(target.address),
+            engineer=asked.engineer,
+            session=allowed.session,
             started=self._clock.seconds(),
             to_target=stream_end,
             from_target=processor_end,
         )
         self.active[conn.id] = conn
-        self.events.stream_opened(target.name)
+        self.events.stream_opened(conn)
         log.info(
-            "stream {sid}: {engineer} connected to {target} ({address})",
-            sid=stream.stream_id,
-            engineer=engineer,
-            target=target.name,
-            address=str(target.address),
+            "stream {cid}: {engineer} connected to {target} ({address})",
+            cid=conn.id,
+            engineer=conn.engineer,
+            target=conn.target,
+            address=conn.address,
         )
         stream_end.on_lost = lambda reason: self._closed(conn, reason)
         stream.accept()
@@ -174,19 +177,24 @@ class StreamForwarder:
         HalfCloseGuard(stream_end, processor_end, self._clock, self.half_close_timeout)
         splice(stream_end, processor_end)
 
-    def _closed(self, conn: ActiveConnection, reason: Failure) -> None:
-        if self.active.pop(conn.id, None) is None:
+    def _closed(self, conn: ConnectionRecord, reason: Failure) -> None:
+        if self.active.get(conn.id) is not conn:
             return
-        self.events.stream_closed(conn.target)
+        del self.active[conn.id]
+        down, up = conn.bytes_to_target, conn.bytes_from_target
+        self.events.stream_closed(conn, down, up, _why_closed(reason))
         log.info(
-            "stream to {target} by {engineer} ended: {down} bytes to it, {up} back",
+            "stream {cid} to {target} by {engineer} ended: {down} bytes to it, {up} back",
+            cid=conn.id,
             target=conn.target,
             engineer=conn.engineer,
-            down=conn.bytes_to_target,
-            up=conn.bytes_from_target,
+            down=down,
+            up=up,
         )
 
-    def _failed(self, stream: TunnelStream, target: Target, failure: Failure) -> None:
+    def _failed(
+        self, stream: TunnelStream, asked: AccessRequest, target: Target, failure: Failure
+    ) -> None:
         if failure.check(TimeoutError):
             refusal = Refusal.TARGET_TIMEOUT
             why = f"did not answer within {target.connect_timeout:g}s"
@@ -196,11 +204,22 @@ class StreamForwarder:
         else:
             refusal = Refusal.TARGET_UNREACHABLE
             why = str(failure.value) or type(failure.value).__name__
-        self.events.stream_refused(target.name, refusal.token)
+        reason = f"processor {target.name!r} at {target.address} is unreachable: {why}"
+        self._refuse(stream, asked, refusal, reason)
+
+    def _refuse(
+        self, stream: TunnelStream, asked: AccessRequest, refusal: Refusal, reason: str
+    ) -> None:
+        self.events.stream_refused(asked, refusal, reason)
+        log.info(
+            "stream {cid}: {engineer} was refused {target!r} ({token})",
+            cid=asked.connection_id,
+            engineer=asked.engineer,
+            target=asked.target,
+            token=refusal.token,
+        )
         if not stream.finished:
-            stream.refuse(
-                refusal, f"processor {target.name!r} at {target.address} is unreachable: {why}"
-            )
+            stream.refuse(refusal, reason)
 
     def abort_all(self) -> None:
         for conn in list(self.active.values()):
@@ -240,3 +259,9 @@ def _sentence(text: str) -> str:
     """``Host is unreachable.`` -> ``host is unreachable``: to follow "is unreachable: "."""
     text = text.strip().rstrip(".")
     return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def _why_closed(reason: Failure) -> str:
+    if reason.check(ConnectionDone):
+        return "closed"
+    return str(reason.value) or type(reason.value).__name__

@@ -4,6 +4,15 @@ A ``ClientService`` dials through TLS (pinned relay CA, host name checked, our c
 presented) and redials with full-jitter backoff whenever the connection fails or drops; the
 heartbeat inside ``TunnelConnection`` turns a dead or blackholed relay into a drop within
 ``heartbeat_interval + heartbeat_timeout`` seconds.
+
+Three parts, one job each:
+
+* ``GatewayTunnelService``: the ``ClientService`` and the graceful drain on stop;
+* ``TunnelObserver``: hears the tunnel (``ITunnelObserver``) and every failed dial, explains
+  failures in plain language, resets the backoff once HTTP/2 is up, and reports ``ITunnelEvents``
+  (to the daemon's fan-out);
+* ``TunnelStatus``: the tunnel as the status page shows it, a small state machine fed by those
+  events (phase, since when, round-trip time, last error, connects).
 """
 
 from __future__ import annotations
@@ -15,13 +24,19 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import RelayLink
+from gateway.edge.events import ITunnelEvents
 from gateway.net.backoff import Backoff
 from gateway.net.proxy import HTTPConnectEndpoint
 from gateway.reactor import IGatewayReactor
@@ -39,87 +54,120 @@ class TunnelPhase(enum.Enum):
     STOPPED = "stopped"
 
 
-class TunnelMetricsSink:
-    """Where tunnel events are counted; ``GatewayMetrics`` overrides these."""
-
-    def up(self, is_up: bool) -> None:
-        pass
-
-    def connected(self) -> None:
-        pass
-
-    def rtt(self, seconds: float) -> None:
-        pass
+ALLOWED: dict[TunnelPhase, frozenset[TunnelPhase]] = {
+    TunnelPhase.CONNECTING: frozenset({TunnelPhase.UP, TunnelPhase.DOWN, TunnelPhase.STOPPED}),
+    TunnelPhase.UP: frozenset({TunnelPhase.DOWN, TunnelPhase.STOPPED}),
+    TunnelPhase.DOWN: frozenset({TunnelPhase.UP, TunnelPhase.STOPPED}),
+    TunnelPhase.STOPPED: frozenset(),
+}
+"""Which phase may follow which.  Stopped is final: a stopping gateway does not come back up."""
 
 
-@implementer(ITunnelObserver)
-class TunnelState:
+class InvalidTransition(Exception):
+    """A move the table does not allow: a bug in whoever reported the event."""
+
+
+@implementer(ITunnelEvents)
+class TunnelStatus:
     """The tunnel as the status page and logs see it: phase, since when, round-trip time."""
 
-    def __init__(self, relay: str, clock: IGatewayReactor, sink: TunnelMetricsSink) -> None:
+    def __init__(self, relay: str, clock: IReactorTime) -> None:
         self.relay = relay
         self._clock = clock
-        self._sink = sink
         self.phase = TunnelPhase.CONNECTING
         self.since = clock.seconds()
         self.rtt: float | None = None
         self.last_error: str | None = None
         self.connects = 0
-        self.current: TunnelConnection | None = None
-        self.backoff: Backoff | None = None
 
-    name = property(lambda self: f"relay {self.relay}")
-
-    def _move(self, phase: TunnelPhase, why: str) -> None:
-        if phase is self.phase:
+    def move(self, new: TunnelPhase, why: str) -> None:
+        """Go to ``new`` and log it; staying in the same phase is not a move."""
+        if new is self.phase:
             return
-        log.info("tunnel {old} -> {new}: {why}", old=self.phase.value, new=phase.value, why=why)
-        self.phase, self.since = phase, self._clock.seconds()
-        self._sink.up(phase is TunnelPhase.UP)
+        if new not in ALLOWED[self.phase]:
+            raise InvalidTransition(f"tunnel {self.phase.value} -> {new.value}: {why}")
+        log.info("tunnel {old} -> {new}: {why}", old=self.phase.value, new=new.value, why=why)
+        self.phase, self.since = new, self._clock.seconds()
+
+    # ITunnelEvents
+    def tunnel_up(self, why: str) -> None:
+        self.connects += 1
+        self.last_error = None
+        self.move(TunnelPhase.UP, why)
+
+    def tunnel_down(self, why: str) -> None:
+        self.move(TunnelPhase.DOWN, why)
+
+    def tunnel_failed(self, why: str) -> None:
+        self.last_error = why
+
+    def tunnel_stopped(self, why: str) -> None:
+        self.move(TunnelPhase.STOPPED, why)
+
+    def tunnel_rtt(self, seconds: float) -> None:
+        self.rtt = seconds
+
+
+@implementer(ITunnelObserver)
+class TunnelObserver:
+    """Turns the tunnel's callbacks and failed dials into ``ITunnelEvents``.
+
+    It also keeps the connection that is up now (the one to drain on stop) and resets the
+    backoff only once HTTP/2 is up, so that a relay failing every handshake is not redialled
+    every second.
+    """
+
+    def __init__(self, relay: str, events: ITunnelEvents, backoff: Backoff | None = None) -> None:
+        self.relay = relay
+        self._events = events
+        self.backoff = backoff
+        self.current: TunnelConnection | None = None
+        self.stopping = False
+
+    @property
+    def name(self) -> str:
+        return f"relay {self.relay}"
 
     def tunnel_ready(self, connection: TunnelConnection) -> None:
         self.current = connection
         if self.backoff is not None:
             self.backoff.succeeded()
-        self.connects += 1
-        self.last_error = None
-        self._sink.connected()
-        self._move(TunnelPhase.UP, f"connected to relay {self.relay}")
+        if not self.stopping:  # a handshake finishing while we drain: about to be closed
+            self._events.tunnel_up(f"connected to relay {self.relay}")
 
     def tunnel_rtt(self, connection: TunnelConnection, seconds: float) -> None:
-        self.rtt = seconds
-        self._sink.rtt(seconds)
+        self._events.tunnel_rtt(seconds)
 
     def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
         if self.current is connection:
             self.current = None
         why = describe_tls_failure(reason)
         if not connection.is_ready:
-            self.last_error = why
             log.warn("cannot open the tunnel to relay {relay}: {why}", relay=self.relay, why=why)
-        if self.phase is not TunnelPhase.STOPPED:
-            self._move(TunnelPhase.DOWN, f"connection lost: {why}")
-
-    def stopped(self) -> None:
-        self._move(TunnelPhase.STOPPED, "gateway stopping")
+            self._events.tunnel_failed(why)
+        if not self.stopping:
+            self._events.tunnel_down(f"connection lost: {why}")
 
     def dial_failed(self, reason: Failure) -> None:
         """No connection at all (refused, unreachable, DNS, proxy): say why, every time."""
-        if self.phase is TunnelPhase.STOPPED or reason.check(CancelledError):
+        if self.stopping or reason.check(CancelledError):
             return  # we are stopping: a cancelled dial is not the relay's fault
         why = describe_tls_failure(reason)
-        self.last_error = why
         log.warn("cannot reach relay {relay}: {why}", relay=self.relay, why=why)
-        if self.phase is TunnelPhase.UP:
-            self._move(TunnelPhase.DOWN, why)
+        self._events.tunnel_failed(why)
+
+    def stopped(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._events.tunnel_stopped("gateway stopping")
 
 
 @implementer(IStreamClientEndpoint)
 class ReportingEndpoint:
     """Wraps the relay endpoint so that every failed dial is explained in the log and status."""
 
-    def __init__(self, wrapped: IStreamClientEndpoint, state: TunnelState) -> None:
-        self._wrapped, self._state = wrapped, state
+    def __init__(self, wrapped: IStreamClientEndpoint, observer: TunnelObserver) -> None:
+        self._wrapped, self._observer = wrapped, observer
 
     def __repr__(self) -> str:
         return repr(self._wrapped)
@@ -128,7 +176,7 @@ class ReportingEndpoint:
         d = self._wrapped.connect(protocolFactory)
 
         def report(failure: Failure) -> Failure:
-            self._state.dial_failed(failure)
+            self._observer.dial_failed(failure)
             return failure
 
         return d.addErrback(report)
@@ -157,21 +205,21 @@ class GatewayTunnelService(Service):
         reactor: IGatewayReactor,
         endpoint: IStreamClientEndpoint,
         make_protocol: Factory,
-        state: TunnelState,
+        observer: TunnelObserver,
         drain_timeout: float,
         rng: Random | None = None,
     ) -> None:
         self._reactor = reactor
-        self._state = state
+        self._observer = observer
         self._drain_timeout = drain_timeout
         # No prepareConnection: ClientService has no transition for a connection lost while
         # one is pending (a traceback on every failed handshake).  The tunnel enforces its own
         # handshake deadline (TunnelConnection.ready_timeout) and the backoff keeps counting
-        # failures until HTTP/2 is really up (TunnelState.tunnel_ready resets it).
+        # failures until HTTP/2 is really up (TunnelObserver.tunnel_ready resets it).
         self.backoff = Backoff(rng or Random(), base=1.0, cap=link.reconnect_cap)
-        state.backoff = self.backoff
+        observer.backoff = self.backoff
         self.client = ClientService(
-            ReportingEndpoint(endpoint, state),
+            ReportingEndpoint(endpoint, observer),
             make_protocol,
             retryPolicy=self.backoff,
             clock=reactor,
@@ -179,7 +227,7 @@ class GatewayTunnelService(Service):
 
     @property
     def current(self) -> TunnelConnection | None:
-        return self._state.current
+        return self._observer.current
 
     def startService(self) -> None:
         super().startService()
@@ -187,7 +235,7 @@ class GatewayTunnelService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        self._state.stopped()
+        self._observer.stopped()
         connection = self.current
         drained = succeed(None) if connection is None else connection.drain(self._drain_timeout)
         if connection is not None and connection.streams:

@@ -1,4 +1,4 @@
-"""The gateway decides each stream: allowlist, access mode, processor connection."""
+"""The gateway decides each stream: allowlist, access mode, processor connection, connection id."""
 
 from __future__ import annotations
 
@@ -16,33 +16,23 @@ from twisted.internet.error import (
 )
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from gateway.config import AccessMode, Address, Target
-from gateway.edge.access import AccessPolicy
-from gateway.edge.forwarder import StreamEvents, StreamForwarder, connect_error_text
+from gateway.edge.access import AccessPolicy, AccessRequest
+from gateway.edge.events import ConnectionRecord, IByteCounter, IStreamEvents
+from gateway.edge.forwarder import StreamForwarder, connect_error_text, connection_id_from
+from gateway.edge.testing import ByteTally, RecordingEvents
 from gateway.splice import SpliceEnd
-from gateway.wire import StreamRefused
+from gateway.tunnel.connection import IStreamHandler
+from gateway.wire import CONNECTION_ID_HEADER, Refusal, StreamRefused
 from tests.helpers.tunnel import Recorder, linked_tunnels
 
 WEB = Target("web", Address("192.168.10.2", 80))
-
-
-class CountingEvents(StreamEvents):
-    def __init__(self) -> None:
-        self.refused: list[tuple[str, str]] = []
-        self.opened: list[str] = []
-        self.closed: list[str] = []
-
-    def stream_refused(self, target: str, token: str) -> None:
-        self.refused.append((target, token))
-
-    def stream_opened(self, target: str) -> None:
-        self.opened.append(target)
-
-    def stream_closed(self, target: str) -> None:
-        self.closed.append(target)
+REQUEST = b"GET / HTTP/1.1\r\n\r\n"
 
 
 class FakeConnector:
@@ -58,7 +48,9 @@ class FakeConnector:
 class ForwarderTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.events = CountingEvents()
+        self.clock.advance(1000)
+        self.events = RecordingEvents()
+        self.tally = ByteTally()
         self.connector = FakeConnector()
         self.policy = AccessPolicy((WEB,), AccessMode.UNATTENDED)
         self.forwarder = StreamForwarder(
@@ -66,43 +58,143 @@ class ForwarderTests(SynchronousTestCase):
             connect=self.connector,
             clock=self.clock,
             events=self.events,
+            counter=self.tally,
         )
         self.t = linked_tunnels(self.forwarder, self.clock)
         self.addCleanup(self.t.close)
+        self.logged: list[str] = []
 
-    def _open(self, target: str = "web") -> tuple[Deferred[object], Recorder]:
-        stream = self.t.client.open_stream(target, headers=[(b"engineer", b"alice")])
+    def _open(
+        self, target: str = "web", connection_id: bytes | None = None
+    ) -> tuple[Deferred[object], Recorder]:
+        headers = [(b"engineer", b"alice")]
+        if connection_id is not None:
+            headers.append((CONNECTION_ID_HEADER, connection_id))
+        stream = self.t.client.open_stream(target, headers=headers)
         rec = Recorder()
         stream.attach(rec)
-        stream.write(b"GET / HTTP/1.1\r\n\r\n")
+        stream.write(REQUEST)
         self.t.settle()
         return stream.response, rec  # type: ignore[return-value]
 
-    def test_allowlisted_target_is_connected_and_spliced(self) -> None:
-        response, rec = self._open()
-        target, end, d = self.connector.calls[0]
-        self.assertEqual(target.address, Address("192.168.10.2", 80))
+    def _answer(self, index: int = 0) -> tuple[SpliceEnd, StringTransport]:
+        """The processor of the ``index``-th dial answers."""
+        _target, end, d = self.connector.calls[index]
         processor = StringTransport()
         end.makeConnection(processor)
         d.callback(end)
         self.t.settle()
+        return end, processor
+
+    def test_fakes_provide_the_interfaces(self) -> None:
+        self.assertTrue(verifyObject(IStreamEvents, self.events))
+        self.assertTrue(verifyObject(IByteCounter, self.tally))
+        self.assertTrue(verifyObject(IStreamHandler, self.forwarder))
+
+    def test_allowlisted_target_is_connected_and_spliced(self) -> None:
+        response, rec = self._open()
+        self.assertEqual(self.connector.calls[0][0].address, Address("192.168.10.2", 80))
+        end, processor = self._answer()
         self.assertEqual(self.successResultOf(response).status, 200)  # type: ignore[attr-defined]
-        self.assertEqual(processor.value(), b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(processor.value(), REQUEST)
         end.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
         self.t.settle()
         self.assertEqual(rec.received, b"HTTP/1.1 200 OK\r\n\r\n")
-        self.assertEqual(self.events.opened, ["web"])
+        [(opened,)] = self.events.named("stream_opened")
+        assert isinstance(opened, ConnectionRecord)
+        self.assertEqual((opened.engineer, opened.target, opened.session), ("alice", "web", None))
+        self.assertEqual(opened.address, "192.168.10.2:80")
+        self.assertEqual(opened.started, 1000)
         [conn] = self.forwarder.active.values()
-        self.assertEqual((conn.engineer, conn.target), ("alice", "web"))
-        self.assertEqual(conn.bytes_to_target, len(b"GET / HTTP/1.1\r\n\r\n"))
+        self.assertIs(conn, opened)
+        self.assertEqual(conn.bytes_to_target, len(REQUEST))
+        self.assertEqual(conn.bytes_from_target, len(b"HTTP/1.1 200 OK\r\n\r\n"))
+
+    def test_bytes_are_counted_each_way_by_the_counter(self) -> None:
+        self._open()
+        end, _ = self._answer()
+        end.dataReceived(b"x" * 10)
+        self.t.settle()
+        self.assertEqual((self.tally.to_target, self.tally.from_target), (len(REQUEST), 10))
+
+    def test_a_closed_stream_reports_its_bytes_and_leaves_the_active_list(self) -> None:
+        self._open()
+        end, _ = self._answer()
+        end.dataReceived(b"abc")
+        end.connectionLost(Failure(ConnectionRefusedError()))  # the processor went away
+        self.t.settle()
+        [(conn, down, up, why)] = self.events.named("stream_closed")
+        self.assertEqual(self.events.named("stream_opened"), [(conn,)])
+        self.assertEqual((down, up), (len(REQUEST), 3))
+        self.assertEqual(why, "stream reset by this side (CANCEL)")
+        self.assertEqual(self.forwarder.active, {})
+
+    def test_the_relays_connection_id_names_the_connection(self) -> None:
+        self._open(connection_id=b"r-42")
+        self._answer()
+        [conn] = self.forwarder.active.values()
+        self.assertEqual(conn.id, "r-42")
+        self.assertEqual(list(self.forwarder.active), ["r-42"])
+
+    def test_without_a_connection_id_the_gateway_numbers_its_own(self) -> None:
+        self._open()
+        self._open()
+        self._answer(0)
+        self._answer(1)
+        self.assertEqual(sorted(self.forwarder.active), ["g-1", "g-2"])
+
+    def test_a_malformed_connection_id_is_ignored(self) -> None:
+        for bad in (b"", b"has space", b"x" * 65, b"new\\nline", b"\xc3\xa9t\xc3\xa9", b"-lead"):
+            self.assertIsNone(connection_id_from({"connection-id": bad.decode("utf-8")}), bad)
+        self._open(connection_id=b"evil\x7fid")
+        self._answer()
+        [conn] = self.forwarder.active.values()
+        self.assertEqual(conn.id, "g-1")
+
+    def test_a_connection_id_already_in_use_is_not_reused(self) -> None:
+        self._open(connection_id=b"r-1")
+        self._answer(0)
+        self._open(connection_id=b"r-1")
+        self._answer(1)
+        self.assertEqual(sorted(self.forwarder.active), ["g-1", "r-1"])
+
+    def test_one_id_for_two_streams_at_once_still_keeps_them_apart(self) -> None:
+        self._open(connection_id=b"r-1")
+        self._open(connection_id=b"r-1")  # both still connecting: the id is not in use yet
+        first, _ = self._answer(0)
+        second, _ = self._answer(1)
+        self.assertEqual(sorted(self.forwarder.active), ["g-1", "r-1"])
+        for end in (first, second):
+            end.connectionLost(Failure(ConnectionRefusedError()))
+        self.t.settle()
+        self.assertEqual(self.forwarder.active, {})
+        self.assertEqual(len(self.events.named("stream_closed")), 2)
+
+    def test_connection_lines_in_the_log_carry_the_connection_id(self) -> None:
+        with capturedLogs() as events:
+            self._open(connection_id=b"r-9")
+            end, _ = self._answer()
+            end.connectionLost(Failure(ConnectionRefusedError()))
+            self.t.settle()
+            refused, _ = self._open("plc", connection_id=b"r-10")
+            self.failureResultOf(refused, StreamRefused)
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("stream r-9: alice connected to web (192.168.10.2:80)", lines)
+        self.assertIn("stream r-9 to web by alice ended: 18 bytes to it, 0 back", lines)
+        self.assertIn("stream r-10: alice was refused 'plc' (target-not-allowed)", lines)
 
     def test_unknown_target_is_refused_without_dialling(self) -> None:
-        response, _ = self._open("plc")
+        response, _ = self._open("plc", connection_id=b"r-3")
         refused = self.failureResultOf(response, StreamRefused).value
         self.assertEqual(refused.token, "target-not-allowed")
         self.assertIn("'plc'", str(refused))
         self.assertEqual(self.connector.calls, [])
-        self.assertEqual(self.events.refused, [("plc", "target-not-allowed")])
+        [(request, refusal, reason)] = self.events.named("stream_refused")
+        self.assertEqual(
+            request, AccessRequest(target="plc", engineer="alice", connection_id="r-3", at=1000)
+        )
+        self.assertEqual(refusal, Refusal.TARGET_NOT_ALLOWED)
+        self.assertEqual(reason, refused.reason)
 
     def test_disabled_mode_refuses_allowlisted_targets(self) -> None:
         self.policy.set_mode(AccessMode.DISABLED)
@@ -125,6 +217,8 @@ class ForwarderTests(SynchronousTestCase):
         refused = self.failureResultOf(response, StreamRefused).value
         self.assertEqual((refused.status, refused.token), (502, "target-unreachable"))
         self.assertIn("connection refused", str(refused))
+        [(_request, refusal, _reason)] = self.events.named("stream_refused")
+        self.assertEqual(refusal, Refusal.TARGET_UNREACHABLE)
         # The tunnel carries on.
         again, _ = self._open()
         self.assertNoResult(again)
@@ -165,6 +259,7 @@ class ForwarderTests(SynchronousTestCase):
         d.callback(end)
         self.assertTrue(processor.disconnecting)
         self.assertEqual(self.forwarder.active, {})
+        self.assertEqual(self.events.named("stream_opened"), [])
 
     def test_control_requests_are_not_streams(self) -> None:
         stream = self.t.client.open_stream("gw", method="GET", path="/v1/info", end_stream=True)

@@ -1,0 +1,201 @@
+"""What the edge daemon reports, and the fan-out that hands each report to every consumer.
+
+The link and the forwarder say what happened (a tunnel came up, a stream opened or was refused);
+they do not know who listens.  The metrics count it, the status model keeps what the status page
+shows, and the audit trail will record it: each is one consumer on the daemon's ``FanOut`` (cf.
+``IUsageWriter`` in magic-wormhole-transit-relay's usage.py).
+
+Bytes are different: they are counted per chunk on the data path, so ``IByteCounter`` is kept
+apart and ``FanOut`` hands out the single counter's own bound method when there is only one (no
+loop, no extra call per chunk).  The status page reads live byte counts from the splice ends in
+``ConnectionRecord``, and the audit trail gets the totals when a stream closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define, field
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from gateway.config import AccessMode
+from gateway.edge.access import AccessRequest
+from gateway.splice import SpliceEnd
+from gateway.wire import Refusal
+
+log = Logger()
+
+
+@define
+class ConnectionRecord:
+    """One engineer connection through this gateway, from the moment its processor answered."""
+
+    id: str
+    """The connection id: the relay's (``wire.CONNECTION_ID_HEADER``) or a local ``g-<n>``."""
+    target: str
+    address: str
+    engineer: str
+    session: str | None
+    started: float
+    to_target: SpliceEnd = field(repr=False)
+    from_target: SpliceEnd = field(repr=False)
+
+    @property
+    def bytes_to_target(self) -> int:
+        return self.to_target.bytes
+
+    @property
+    def bytes_from_target(self) -> int:
+        return self.from_target.bytes
+
+
+class ITunnelEvents(Interface):
+    """The tunnel to the relay, as the link reports it."""
+
+    def tunnel_up(why: str) -> None:
+        """A tunnel connection is up (TLS and HTTP/2 settings done): once per connect."""
+
+    def tunnel_down(why: str) -> None:
+        """The tunnel is down: the connection was lost, or failed before it came up."""
+
+    def tunnel_failed(why: str) -> None:
+        """A dial or handshake failed: ``why`` says what to check (shown as the last error)."""
+
+    def tunnel_stopped(why: str) -> None:
+        """The gateway is stopping: the tunnel is drained and not redialled."""
+
+    def tunnel_rtt(seconds: float) -> None:
+        """A heartbeat measured the round-trip time to the relay."""
+
+
+class IStreamEvents(Interface):
+    """Engineer streams, as the forwarder reports them."""
+
+    def stream_opened(connection: ConnectionRecord) -> None:
+        """The processor answered and the stream is spliced to it."""
+
+    def stream_closed(
+        connection: ConnectionRecord, bytes_to_target: int, bytes_from_target: int, why: str
+    ) -> None:
+        """The connection ended (``why``: "closed", or what broke it) after moving these bytes."""
+
+    def stream_refused(request: AccessRequest, refusal: Refusal, reason: str) -> None:
+        """A stream was refused: by the access decision, or its processor could not be reached."""
+
+
+class IByteCounter(Interface):
+    """Bytes moved, per chunk, on the data path: implementations must be cheap and not raise."""
+
+    def bytes_to_target(n: int) -> None:
+        """``n`` bytes went from an engineer to a processor."""
+
+    def bytes_from_target(n: int) -> None:
+        """``n`` bytes came back from a processor."""
+
+
+class IAccessEvents(Interface):
+    """The plant's control of access (sessions and codes will be reported here too)."""
+
+    def access_mode_changed(old: AccessMode, new: AccessMode) -> None:
+        """The access mode was switched."""
+
+
+def _no_bytes(n: int) -> None:
+    pass
+
+
+@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents)
+class FanOut:
+    """Calls every registered consumer of an event; one consumer's failure does not stop the rest.
+
+    A consumer implements any of the interfaces above and hears only those events.
+    """
+
+    bytes_to_target: Callable[[int], None]
+    bytes_from_target: Callable[[int], None]
+
+    def __init__(self, *consumers: object) -> None:
+        self._consumers: dict[type[Interface], list[Any]] = {
+            ITunnelEvents: [],
+            IStreamEvents: [],
+            IByteCounter: [],
+            IAccessEvents: [],
+        }
+        self._bind_byte_counters()
+        for consumer in consumers:
+            self.add(consumer)
+
+    def add(self, consumer: object) -> None:
+        """Register a consumer.  Add every consumer before the first stream opens: a stream keeps
+        the byte counter it started with."""
+        provided = [i for i in self._consumers if i.providedBy(consumer)]
+        if not provided:
+            raise TypeError(f"{consumer!r} provides none of the daemon's event interfaces")
+        for interface in provided:
+            self._consumers[interface].append(consumer)
+        self._bind_byte_counters()
+
+    def _each(self, interface: type[Interface], event: str, *args: object) -> None:
+        for consumer in self._consumers[interface]:
+            try:
+                getattr(consumer, event)(*args)
+            except Exception:
+                log.failure("{consumer!r} failed on {event}", consumer=consumer, event=event)
+
+    def _bind_byte_counters(self) -> None:
+        counters = self._consumers[IByteCounter]
+        if not counters:
+            self.bytes_to_target = self.bytes_from_target = _no_bytes
+        elif len(counters) == 1:
+            # The hot path: the counter's own method, as if there were no fan-out.
+            self.bytes_to_target = counters[0].bytes_to_target
+            self.bytes_from_target = counters[0].bytes_from_target
+        else:
+            to_target = [c.bytes_to_target for c in counters]
+            from_target = [c.bytes_from_target for c in counters]
+            self.bytes_to_target = lambda n: _count(to_target, n)
+            self.bytes_from_target = lambda n: _count(from_target, n)
+
+    # ITunnelEvents
+    def tunnel_up(self, why: str) -> None:
+        self._each(ITunnelEvents, "tunnel_up", why)
+
+    def tunnel_down(self, why: str) -> None:
+        self._each(ITunnelEvents, "tunnel_down", why)
+
+    def tunnel_failed(self, why: str) -> None:
+        self._each(ITunnelEvents, "tunnel_failed", why)
+
+    def tunnel_stopped(self, why: str) -> None:
+        self._each(ITunnelEvents, "tunnel_stopped", why)
+
+    def tunnel_rtt(self, seconds: float) -> None:
+        self._each(ITunnelEvents, "tunnel_rtt", seconds)
+
+    # IStreamEvents
+    def stream_opened(self, connection: ConnectionRecord) -> None:
+        self._each(IStreamEvents, "stream_opened", connection)
+
+    def stream_closed(
+        self, connection: ConnectionRecord, bytes_to_target: int, bytes_from_target: int, why: str
+    ) -> None:
+        self._each(
+            IStreamEvents, "stream_closed", connection, bytes_to_target, bytes_from_target, why
+        )
+
+    def stream_refused(self, request: AccessRequest, refusal: Refusal, reason: str) -> None:
+        self._each(IStreamEvents, "stream_refused", request, refusal, reason)
+
+    # IAccessEvents
+    def access_mode_changed(self, old: AccessMode, new: AccessMode) -> None:
+        self._each(IAccessEvents, "access_mode_changed", old, new)
+
+
+def _count(counters: list[Callable[[int], None]], n: int) -> None:
+    for count in counters:
+        try:
+            count(n)
+        except Exception:
+            log.failure("byte counter {counter!r} failed", counter=count)

@@ -1,0 +1,181 @@
+"""The status JSON contract (BRIEF section 3) as plain data, and the view that builds it.
+
+``StatusView.report()`` reads the tunnel's state machine, the access policy and the live
+connections (byte counts straight from their splice ends, so nothing is counted twice) into
+frozen attrs classes; ``attrs.asdict`` of a ``StatusReport`` is the JSON that ``/api/status``
+serves.  Sessions, pending requests and check results have their places (empty lists until the
+consent and check services exist).  The status page reads it through ``IStatusView`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+from attrs import field, frozen
+from zope.interface import Interface, implementer
+
+from gateway import __version__
+from gateway.edge.access import AccessPolicy, AccessRequest
+from gateway.edge.events import ConnectionRecord, IStreamEvents
+from gateway.edge.link import TunnelStatus
+from gateway.wire import Refusal
+
+
+@frozen
+class TunnelReport:
+    state: str
+    since: str
+    relay: str
+    rtt_ms: float | None
+    last_error: str | None
+    connects: int
+
+
+@frozen
+class RequestReport:
+    """An engineer's pending request for a session."""
+
+    id: str
+    engineer: str
+    reason: str
+    targets: list[str]
+    asked: str
+    expires: str
+
+
+@frozen
+class AccessReport:
+    mode: str
+    targets: list[str]
+    requests: list[RequestReport] = field(factory=list)
+
+
+@frozen
+class SessionReport:
+    id: str
+    engineer: str
+    reason: str
+    targets: list[str]
+    permission: str
+    started: str
+    expires: str
+    approved_by: str
+    connections: list[str]
+
+
+@frozen
+class ConnectionReport:
+    id: str
+    session: str | None
+    target: str
+    engineer: str
+    started: str
+    bytes_to_target: int
+    bytes_from_target: int
+
+
+@frozen
+class CheckReport:
+    name: str
+    ok: bool
+    detail: str
+    remedy: str = ""
+
+
+@frozen
+class StatusReport:
+    id: str
+    version: str
+    tunnel: TunnelReport
+    access: AccessReport
+    sessions: list[SessionReport]
+    connections: list[ConnectionReport]
+    checks: list[CheckReport]
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class IStatusView(Interface):
+    """What the status page reads (its control actions will come as a second interface)."""
+
+    def report() -> StatusReport:
+        """The gateway's status right now."""
+
+
+@implementer(IStreamEvents)
+class LiveConnections:
+    """The engineer connections open now: the status model's consumer of stream events."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, ConnectionRecord] = {}
+
+    def __iter__(self) -> Iterator[ConnectionRecord]:
+        return iter(list(self._open.values()))
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def stream_opened(self, connection: ConnectionRecord) -> None:
+        self._open[connection.id] = connection
+
+    def stream_closed(
+        self, connection: ConnectionRecord, bytes_to_target: int, bytes_from_target: int, why: str
+    ) -> None:
+        if self._open.get(connection.id) is connection:
+            del self._open[connection.id]
+
+    def stream_refused(self, request: AccessRequest, refusal: Refusal, reason: str) -> None:
+        pass
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+@implementer(IStatusView)
+class StatusView:
+    def __init__(
+        self,
+        gateway_id: str,
+        tunnel: TunnelStatus,
+        policy: AccessPolicy,
+        connections: LiveConnections,
+    ) -> None:
+        self._gateway_id = gateway_id
+        self._tunnel = tunnel
+        self._policy = policy
+        self._connections = connections
+
+    def report(self) -> StatusReport:
+        tunnel = self._tunnel
+        return StatusReport(
+            id=self._gateway_id,
+            version=__version__,
+            tunnel=TunnelReport(
+                state=tunnel.phase.value,
+                since=iso(tunnel.since),
+                relay=tunnel.relay,
+                rtt_ms=None if tunnel.rtt is None else round(tunnel.rtt * 1000, 2),
+                last_error=tunnel.last_error,
+                connects=tunnel.connects,
+            ),
+            access=AccessReport(mode=self._policy.mode.value, targets=self._policy.target_names),
+            sessions=[],
+            connections=[
+                ConnectionReport(
+                    id=c.id,
+                    session=c.session,
+                    target=c.target,
+                    engineer=c.engineer,
+                    started=iso(c.started),
+                    bytes_to_target=c.bytes_to_target,
+                    bytes_from_target=c.bytes_from_target,
+                )
+                for c in self._connections
+            ],
+            checks=[],
+        )

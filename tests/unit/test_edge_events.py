@@ -1,0 +1,209 @@
+"""The daemon's events fan out to every consumer: metrics, status model, (soon) audit."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gateway.config import AccessMode
+from gateway.edge.access import AccessRequest
+from gateway.edge.events import (
+    ConnectionRecord,
+    FanOut,
+    IAccessEvents,
+    IByteCounter,
+    IStreamEvents,
+    ITunnelEvents,
+)
+from gateway.edge.link import TunnelStatus
+from gateway.edge.metrics import GatewayMetrics
+from gateway.edge.status import LiveConnections
+from gateway.edge.testing import ByteTally, RecordingEvents
+from gateway.splice import SpliceEnd
+from gateway.wire import Refusal
+
+ASKED = AccessRequest(target="plc", engineer="alice", connection_id="r-1", at=5.0)
+
+
+def record(id: str = "r-1") -> ConnectionRecord:
+    return ConnectionRecord(
+        id=id,
+        target="web",
+        address="192.168.10.2:80",
+        engineer="alice",
+        session=None,
+        started=5.0,
+        to_target=SpliceEnd(),
+        from_target=SpliceEnd(),
+    )
+
+
+@implementer(ITunnelEvents)
+class Broken:
+    """A consumer whose every event fails."""
+
+    def __getattr__(self, name: str) -> object:
+        def fail(*args: object) -> None:
+            raise ZeroDivisionError(name)
+
+        return fail
+
+
+@implementer(IByteCounter)
+class BrokenCounter:
+    def bytes_to_target(self, n: int) -> None:
+        raise ZeroDivisionError("to")
+
+    def bytes_from_target(self, n: int) -> None:
+        raise ZeroDivisionError("from")
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_the_fan_out_provides_every_event_interface(self) -> None:
+        for fan in (FanOut(), FanOut(ByteTally()), FanOut(ByteTally(), ByteTally())):
+            for interface in (ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents):
+                self.assertTrue(verifyObject(interface, fan))
+
+    def test_metrics_consume_tunnel_stream_and_byte_events(self) -> None:
+        metrics = GatewayMetrics(CollectorRegistry())
+        for interface in (ITunnelEvents, IStreamEvents, IByteCounter):
+            self.assertTrue(verifyObject(interface, metrics))
+
+    def test_the_status_model_consumes_tunnel_and_stream_events(self) -> None:
+        self.assertTrue(verifyObject(ITunnelEvents, TunnelStatus("relay:443", Clock())))
+        self.assertTrue(verifyObject(IStreamEvents, LiveConnections()))
+
+    def test_the_fakes_provide_what_they_claim(self) -> None:
+        for interface in (ITunnelEvents, IStreamEvents, IAccessEvents):
+            self.assertTrue(verifyObject(interface, RecordingEvents()))
+        self.assertTrue(verifyObject(IByteCounter, ByteTally()))
+
+
+class FanOutTests(SynchronousTestCase):
+    def test_every_consumer_hears_every_event_in_order(self) -> None:
+        first, second = RecordingEvents(), RecordingEvents()
+        fan = FanOut(first, second)
+        conn = record()
+        fan.tunnel_up("connected")
+        fan.tunnel_rtt(0.25)
+        fan.stream_opened(conn)
+        fan.stream_closed(conn, 10, 20, "closed")
+        fan.stream_refused(ASKED, Refusal.TARGET_NOT_ALLOWED, "no")
+        fan.tunnel_failed("refused")
+        fan.tunnel_down("lost")
+        fan.tunnel_stopped("stopping")
+        fan.access_mode_changed(AccessMode.ATTENDED, AccessMode.DISABLED)
+        expected = [
+            ("tunnel_up", "connected"),
+            ("tunnel_rtt", 0.25),
+            ("stream_opened", conn),
+            ("stream_closed", conn, 10, 20, "closed"),
+            ("stream_refused", ASKED, Refusal.TARGET_NOT_ALLOWED, "no"),
+            ("tunnel_failed", "refused"),
+            ("tunnel_down", "lost"),
+            ("tunnel_stopped", "stopping"),
+            ("access_mode_changed", AccessMode.ATTENDED, AccessMode.DISABLED),
+        ]
+        self.assertEqual(first.seen, expected)
+        self.assertEqual(second.seen, expected)
+
+    def test_a_consumer_hears_only_the_interfaces_it_provides(self) -> None:
+        live = LiveConnections()  # stream events only
+        fan = FanOut(live)
+        fan.tunnel_up("connected")  # nobody to tell: no error
+        fan.stream_opened(record())
+        self.assertEqual(len(live), 1)
+
+    def test_a_failing_consumer_is_logged_and_the_others_still_hear(self) -> None:
+        before, after = RecordingEvents(), RecordingEvents()
+        fan = FanOut(before, Broken(), after)
+        fan.tunnel_up("connected")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(before.seen, [("tunnel_up", "connected")])
+        self.assertEqual(after.seen, [("tunnel_up", "connected")])
+
+    def test_something_that_consumes_nothing_is_refused(self) -> None:
+        self.assertRaises(TypeError, FanOut().add, object())
+
+    def test_a_consumer_added_later_hears_later_events(self) -> None:
+        fan = FanOut()
+        fan.tunnel_up("first")
+        late = RecordingEvents()
+        fan.add(late)
+        fan.tunnel_down("second")
+        self.assertEqual(late.seen, [("tunnel_down", "second")])
+
+
+class ByteCountingTests(SynchronousTestCase):
+    """Bytes are counted per chunk on the data path: no fan-out loop for a single counter."""
+
+    def test_one_counter_is_called_directly(self) -> None:
+        tally = ByteTally()
+        fan = FanOut(RecordingEvents(), tally, LiveConnections())
+        self.assertEqual(fan.bytes_to_target, tally.bytes_to_target)
+        self.assertEqual(fan.bytes_from_target, tally.bytes_from_target)
+        fan.bytes_to_target(3)
+        fan.bytes_from_target(4)
+        self.assertEqual((tally.to_target, tally.from_target), (3, 4))
+
+    def test_no_counter_counts_nothing_and_does_not_fail(self) -> None:
+        fan = FanOut(RecordingEvents())
+        fan.bytes_to_target(3)
+        fan.bytes_from_target(4)
+
+    def test_several_counters_each_count_and_a_failing_one_does_not_stop_them(self) -> None:
+        a, b = ByteTally(), ByteTally()
+        fan = FanOut(a, BrokenCounter(), b)
+        fan.bytes_to_target(3)
+        fan.bytes_from_target(4)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+        self.assertEqual((a.to_target, a.from_target, b.to_target, b.from_target), (3, 4, 3, 4))
+
+    def test_a_splice_end_counts_into_the_metrics_through_the_fan_out(self) -> None:
+        registry = CollectorRegistry()
+        metrics = GatewayMetrics(registry)
+        fan = FanOut(metrics, TunnelStatus("relay:443", Clock()), LiveConnections())
+        end = SpliceEnd(on_bytes=fan.bytes_to_target)
+        end.dataReceived(b"x" * 100)
+        self.assertEqual(
+            registry.get_sample_value("gateway_stream_bytes_total", {"direction": "to_target"}),
+            100,
+        )
+
+
+class MetricsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry, Clock())
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def test_tunnel_events_set_up_connects_and_rtt(self) -> None:
+        self.assertEqual(self.value("gateway_tunnel_up"), 0)
+        self.metrics.tunnel_up("connected")
+        self.metrics.tunnel_rtt(0.125)
+        self.assertEqual(self.value("gateway_tunnel_up"), 1)
+        self.assertEqual(self.value("gateway_tunnel_connects_total"), 1)
+        self.assertEqual(self.value("gateway_tunnel_rtt_seconds"), 0.125)
+        self.metrics.tunnel_failed("why")
+        self.assertEqual(self.value("gateway_tunnel_up"), 1)
+        self.metrics.tunnel_down("lost")
+        self.assertEqual(self.value("gateway_tunnel_up"), 0)
+        self.metrics.tunnel_up("again")
+        self.metrics.tunnel_stopped("stopping")
+        self.assertEqual(self.value("gateway_tunnel_up"), 0)
+        self.assertEqual(self.value("gateway_tunnel_connects_total"), 2)
+
+    def test_stream_events_count_results_and_active_streams(self) -> None:
+        conn = record()
+        self.metrics.stream_opened(conn)
+        self.assertEqual(self.value("gateway_streams_active"), 1)
+        self.metrics.stream_closed(conn, 1, 2, "closed")
+        self.metrics.stream_refused(ASKED, Refusal.TARGET_NOT_ALLOWED, "no")
+        self.assertEqual(self.value("gateway_streams_active"), 0)
+        self.assertEqual(self.value("gateway_streams_total", result="opened"), 1)
+        self.assertEqual(self.value("gateway_streams_total", result="target-not-allowed"), 1)
