@@ -12,34 +12,24 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
 from bench import keys
-from bench.procs import (
-    BenchError,
-    Proc,
-    Supervisor,
-    free_ports,
-    run_quiet,
-    wait_until,
-)
+from bench.procs import BenchError, Proc, Supervisor, free_ports, wait_until
+from gateway.config import Target
+from gateway.demo import stack
+from gateway.demo.stack import PROBE_ERRORS, loopback
 
 READY_TIMEOUT = 30.0
+GATEWAY_ID = "bench-gw"
 
 
 def listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:port, read from /proc (no connection is made,
     so a tunnel does not see a stray stream before the benchmark starts)."""
-    want = f"0100007F:{port:04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(line.split()[1] == want and line.split()[3] == "0A" for line in lines)
+    return stack.listening(port) is None
 
 
 def echo_probe(port: int) -> bool:
@@ -276,7 +266,10 @@ class OpenSSH(TunnelPath):
 
 class Ours(TunnelPath):
     """`gateway relay`, `gateway run` (dials the relay, mutual TLS, HTTP/2) and the engineer's
-    `gateway connect`: load client -> connect -> relay -> tunnel -> gateway -> target."""
+    `gateway connect`: load client -> connect -> relay -> tunnel -> gateway -> target.
+
+    Laid out and configured as every throw-away stack is (`gateway.demo.stack`), with the
+    product's defaults: nothing tuned for the benchmark."""
 
     name, title = "ours", "ours"
 
@@ -285,139 +278,78 @@ class Ours(TunnelPath):
         self.repo = repo
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
+        env.pop("GATEWAY_TOKEN", None)  # only the engineer client gets one
         env.update(extra_env)
         self.env = env
         if extra_env:
             self.details["env"] = " ".join(f"{k}={v}" for k, v in sorted(extra_env.items()))
 
-    def _gateway(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "gateway", *args]
-
-    def _cli(self, *args: str, timeout: float = 60) -> str:
-        return run_quiet(self._gateway(*args), timeout=timeout, cwd=self.repo, env=self.env)
-
     def prepare(self, workdir: Path) -> None:
-        self.dir = workdir
+        self.layout = stack.Layout(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        version = version_text(self._gateway("--version"), self.env)
+        version = version_text(stack.python_gateway(["--version"]), self.env)
         self.details["version"] = version.splitlines()[-1]
-        self._cli("pki", "init-ca", "--dir", str(workdir))
-        self._cli(
-            "pki",
-            "issue-relay",
-            "--ca-dir",
-            str(workdir),
-            "--name",
-            "localhost",
-            "--name",
-            "127.0.0.1",
-            "--out",
-            str(workdir / "relay"),
-        )
-        self._cli(
-            "pki",
-            "issue-gateway",
-            "--ca-dir",
-            str(workdir),
-            "--id",
-            "bench-gw",
-            "--out",
-            str(workdir / "gateway"),
-        )
-        names = ("gateways", "engineers", "relay_metrics")
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        self._write_relay_config()
-        out = self._cli("relay", "add-engineer", "bench", "-c", str(workdir / "relay.toml"))
-        lines = [line.strip() for line in out.splitlines() if line.strip()]
-        if not lines:
-            raise BenchError("`gateway relay add-engineer` printed no token")
-        self.token = lines[-1]
-
-    def _write_relay_config(self) -> None:
-        p = self.ports
-        (self.dir / "relay.toml").write_text(
-            "[gateways]\n"
-            f'listen = "127.0.0.1:{p["gateways"]}"\n'
-            'ca = "ca.pem"\ncert = "relay.pem"\nkey = "relay.key"\n\n'
-            "[engineers]\n"
-            f'listen = "127.0.0.1:{p["engineers"]}"\n'
-            'tokens = "engineers.toml"\n\n'
-            "[metrics]\n"
-            f'listen = "127.0.0.1:{p["relay_metrics"]}"\n'
-        )
-
-    def _write_gateway_config(self, target_port: int) -> None:
-        p = self.ports
-        (self.dir / "gateway.toml").write_text(
-            "[relay]\n"
-            f'address = "127.0.0.1:{p["gateways"]}"\n'
-            'ca = "ca.pem"\ncert = "gateway.pem"\nkey = "gateway.key"\n\n'
-            "[[target]]\n"
-            'name = "web"\n'
-            f'address = "127.0.0.1:{target_port}"\n\n'
-            '[access]\nmode = "unattended"\n\n'
-            f'[status]\nlisten = "127.0.0.1:{p["status"]}"\n\n'
-            f'[metrics]\nlisten = "127.0.0.1:{p["gateway_metrics"]}"\n'
-        )
+        try:
+            stack.make_pki(self.layout, GATEWAY_ID, ca_name="Benchmark CA", force=True)
+            self.token = stack.make_engineer(self.layout.engineers, "bench")
+        except Exception as e:  # PKIError, CredentialFileError, FileWriteError, OSError
+            raise BenchError(f"cannot make the benchmark's certificates and token: {e}") from e
 
     def _gateway_connected(self) -> bool:
-        url = f"http://127.0.0.1:{self.ports['relay_metrics']}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                text = response.read().decode(errors="replace")
-        except OSError:
+            connected = stack.scrape(
+                stack.url(self.ports.relay_metrics, "/metrics"), "relay_gateways_connected"
+            )
+        except PROBE_ERRORS:
             return False
-        return metric_value(text, "relay_gateways_connected") == 1.0
+        return connected == 1.0
 
     def start(self, sup: Supervisor, target_port: int) -> int:
-        names = ("gateways", "engineers", "relay_metrics", "status", "gateway_metrics", "listen")
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        self._write_relay_config()
-        self._write_gateway_config(target_port)
-        d, env = self.dir, self.env
-        relay = self._gateway("relay", "-c", str(d / "relay.toml"))
+        p = free_ports(6)
+        self.ports = ports = stack.Ports(
+            processor=target_port,
+            relay_gateways=p[0],
+            relay_engineers=p[1],
+            relay_metrics=p[2],
+            status=p[3],
+            metrics=p[4],
+            forward=p[5],
+        )
+        layout, env = self.layout, self.env
+        layout.relay_config.write_text(stack.relay_toml(layout, ports, written_by="the benchmark"))
+        layout.gateway_config.write_text(
+            stack.gateway_toml(
+                layout,
+                ports,
+                gateway_id=GATEWAY_ID,
+                targets=[Target("web", loopback(target_port))],
+                written_by="the benchmark",
+            )
+        )
+        relay = stack.python_gateway(stack.relay_args(layout.relay_config))
         self.procs.append(sup.start("relay", relay, cwd=self.repo, env=env))
         wait_until(
-            lambda: listening(self.ports["gateways"]), self.procs, READY_TIMEOUT, "relay listener"
+            lambda: listening(ports.relay_gateways), self.procs, READY_TIMEOUT, "relay listener"
         )
-        gateway = self._gateway("run", "-c", str(d / "gateway.toml"))
+        gateway = stack.python_gateway(stack.run_args(layout.gateway_config))
         self.procs.append(sup.start("gateway", gateway, cwd=self.repo, env=env))
         wait_until(self._gateway_connected, self.procs, READY_TIMEOUT, "gateway tunnel")
-        listen = self.ports["listen"]
-        connect = self._gateway(
-            "connect",
-            "--relay",
-            f"127.0.0.1:{self.ports['engineers']}",
-            "--ca",
-            str(d / "ca.pem"),
-            "--token",
-            self.token,
-            "--gateway",
-            "bench-gw",
-            "--target",
-            "web",
-            "--listen",
-            f"127.0.0.1:{listen}",
+        connect = stack.python_gateway(
+            stack.connect_args(
+                relay=loopback(ports.relay_engineers),
+                ca=layout.ca,
+                gateway_id=GATEWAY_ID,
+                listen=loopback(ports.forward),
+            )
         )
-        self.procs.append(sup.start("connect", connect, cwd=self.repo, env=env))
-        self._ready(listen)
+        client_env = {**env, "GATEWAY_TOKEN": self.token}
+        self.procs.append(sup.start("connect", connect, cwd=self.repo, env=client_env))
+        self._ready(ports.forward)
         if "tls" not in self.details:
             self.details["tls"] = (
-                tls_summary(self.ports["engineers"], d / "ca.pem", []) + " (engineer listener)"
+                tls_summary(ports.relay_engineers, layout.ca, []) + " (engineer listener)"
             )
-        return listen
-
-
-def metric_value(exposition: str, name: str) -> float | None:
-    """The value of an unlabelled (or first labelled) sample in Prometheus text format."""
-    pattern = rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+(\S+)"
-    match = re.search(pattern, exposition, re.MULTILINE)
-    if match is None:
-        return None
-    try:
-        return float(match.group(1))
-    except ValueError:
-        return None
+        return ports.forward
 
 
 def tls_summary(port: int, ca: Path, extra: list[str]) -> str:

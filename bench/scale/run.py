@@ -47,10 +47,10 @@ from bench.scale.stats import (
     median,
     per_gateway_kib,
     percentile,
-    prometheus_value,
     verdict,
 )
 from bench.scale.swarm import Swarm, process_usage, raise_fd_limit, wait_for
+from gateway.promtext import matching, metric_value
 
 TARGET_KIB_PER_GATEWAY = 64.0
 TARGET_STORM_SECONDS = 60.0
@@ -316,7 +316,7 @@ def storm(
     time.sleep(opts.baseline)  # the engineer's baseline
     load_at_kill = os.getloadavg()[0]
     t_kill = time.monotonic()
-    stack.relay.kill9()
+    stack.relay.kill()
     if downtime:
         time.sleep(max(0.0, t_kill + downtime - time.monotonic()))
     t_start = time.monotonic()
@@ -385,7 +385,7 @@ def storm(
         "dial_attempts": after["attempts"] - before["attempts"],
         "dial_failures": after["dial_failures"] - before["dial_failures"],
         "handshake_failures": after["handshake_failures"] - before["handshake_failures"],
-        "relay_handshake_failures": prometheus_value(
+        "relay_handshake_failures": metric_value(
             metrics, 'relay_auth_failures_total{kind="gateway_handshake"}'
         ),
         "kernel_listen_drops": kernel,
@@ -416,13 +416,11 @@ def storm(
 
 def histogram_buckets(text: str, name: str) -> dict[str, float]:
     """Cumulative bucket counts ``{le: count}`` of a Prometheus histogram."""
-    out: dict[str, float] = {}
-    prefix = f'{name}_bucket{{le="'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            le = line[len(prefix) :].split('"', 1)[0]
-            out[le] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {
+        sample.labels["le"]: sample.value
+        for sample in matching(text, f"{name}_bucket")
+        if "le" in sample.labels
+    }
 
 
 def slower_than(buckets: dict[str, float], seconds: float) -> tuple[int, int] | None:
@@ -703,7 +701,7 @@ def run_size(opts: Options, n: int, relay_heartbeat: float | None, result: dict[
             return
         stack.start_probe()
         wait_for("the probe gateway", lambda: stack.connected() == n + 1, 60)
-        probe = EngineerProbe(stack.ports["forward"])
+        probe = EngineerProbe(stack.ports.forward)
         probe.start()
         try:
             for i, down in enumerate(downtimes, 1):

@@ -1,4 +1,5 @@
-"""Pure helpers of the scale benchmark: percentiles, /proc and Prometheus parsing, verdicts.
+"""Pure helpers of the scale benchmark: percentiles, /proc parsing, verdicts (Prometheus text is
+read with `gateway.promtext`).
 
 Nothing here starts a process or reads the clock, so all of it is unit-tested
 (tests/unit/test_scale_stats.py).
@@ -57,20 +58,6 @@ def histogram(values: Iterable[float], width: float, end: float) -> list[int]:
         index = min(max(int(value // width), 0), len(buckets) - 1)
         buckets[index] += 1
     return buckets
-
-
-def prometheus_value(text: str, name: str) -> float | None:
-    """The value of an unlabelled sample ``name`` in Prometheus exposition text."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        metric, _, rest = line.partition(" ")
-        if metric == name:
-            try:
-                return float(rest.split()[0])
-            except (IndexError, ValueError):
-                return None
-    return None
 
 
 def parse_proc_stat_cpu_ticks(text: str) -> int:

@@ -116,7 +116,7 @@ def run_worker(args: argparse.Namespace) -> None:
     )
     from twisted.protocols.basic import LineReceiver
 
-    from gateway.config import Address, Heartbeat, RelayLink
+    from gateway.config import Heartbeat, RelayLink, parse_address
     from gateway.edge.events import FanOut
     from gateway.edge.link import GatewayTunnelService, TunnelObserver
     from gateway.net.endpoints import quiet_factory
@@ -161,8 +161,7 @@ def run_worker(args: argparse.Namespace) -> None:
         certs.append((name, cert, key))
     emit({"type": "certs", "count": len(certs), "seconds": time.monotonic() - started})
 
-    host, _, port_text = args.relay.rpartition(":")
-    address = Address(host, int(port_text))
+    address = parse_address(args.relay)
 
     class RecordingState(TunnelObserver):
         """The gateway's own tunnel observer, plus the benchmark's counters."""

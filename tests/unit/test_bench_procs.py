@@ -7,8 +7,8 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench.cli import parse_args
-from bench.paths import metric_value
 from bench.procs import ProcStat, Usage, parse_stat, read_stat, tree, usage
+from gateway.promtext import metric_value
 
 
 def stat_line(pid: int, comm: str, ppid: int, utime: int, starttime: int, rss: int) -> str:

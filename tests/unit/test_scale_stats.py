@@ -16,10 +16,10 @@ from bench.scale.stats import (
     parse_status_kib,
     per_gateway_kib,
     percentile,
-    prometheus_value,
     split_evenly,
     verdict,
 )
+from gateway.promtext import metric_value as prometheus_value
 
 
 class PercentileTests(SynchronousTestCase):
