@@ -43,6 +43,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from zope.interface import implementer
 
+from gateway.config import parse_address
+
 __all__ = [
     "CHUNK_SIZE",
     "MAX_DOWNLOAD_SIZE",
@@ -95,37 +97,27 @@ class ListenAddressError(ValueError):
     """The listen address is not ``IP:PORT`` (IPv6 as ``[IP]:PORT``); the message is one line."""
 
 
-_LISTEN = re.compile(
-    r"\[(?P<v6>[^\[\]]+)\]:(?P<port6>[0-9]{1,5})|(?P<host>[^:\[\]]+):(?P<port>[0-9]{1,5})"
-)
-
-
 def parse_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:8000"``, ``"[::1]:8000"`` or ``"localhost:8000"`` -> ``(ip, port)``.
 
-    Listening needs an interface address, not a name to resolve, so only ``localhost`` is
-    accepted besides IP literals. Port 0 picks a free port (tests use that).
+    The one ``host:port`` rule is `gateway.config.parse_address`'s.  On top of it: listening
+    needs an interface address, not a name to resolve, so only ``localhost`` is accepted besides
+    IP literals; port 0 picks a free port (tests use that); and the text is taken as given, not
+    stripped, since it comes from one command-line argument.
     """
-    match = _LISTEN.fullmatch(listen)
-    if match is None:
-        raise ListenAddressError(
-            f"listen address {listen!r} is not HOST:PORT (IPv6 as [ADDRESS]:PORT)"
-        )
-    host = match["v6"] or match["host"]
-    port = int(match["port6"] or match["port"])
-    if port > 65535:
-        raise ListenAddressError(f"listen address {listen!r}: port {port} is above 65535")
-    if host == "localhost":
-        return "127.0.0.1", port
+    if listen != listen.strip():
+        raise ListenAddressError(f"listen address {listen!r} has spaces around it")
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+        address = parse_address(listen, allow_port_zero=True)
+    except ValueError as e:
+        raise ListenAddressError(f"listen address {listen!r}: {e}") from None
+    if address.host == "localhost":
+        return "127.0.0.1", address.port
+    if not address.is_ip:
         raise ListenAddressError(
-            f"listen address {listen!r}: {host!r} is not an IP address"
-        ) from None
-    if match["v6"] is not None and ip.version != 6:
-        raise ListenAddressError(f"listen address {listen!r}: only IPv6 goes in brackets")
-    return str(ip), port
+            f"listen address {listen!r}: {address.host!r} is not an IP address"
+        )
+    return str(ipaddress.ip_address(address.host)), address.port
 
 
 def _netloc(host: str, port: int) -> str:
