@@ -28,11 +28,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final
 
-from attrs import Factory, define, field, fields, frozen
+from attrs import Factory, field, fields, frozen
 
 from gateway.config import Address, Target
+from gateway.demo.tomlfile import Section, Table, Value, merged, render
 from gateway.pki import create_ca, issue_gateway_certificate, issue_relay_certificate
 from gateway.promtext import metric_value
 from gateway.relay.credentials import add_engineer
@@ -221,13 +222,6 @@ def make_engineer(tokens: Path, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Configuration files
 
-Value: TypeAlias = "str | int | float | bool | Path | Address"
-Table: TypeAlias = "Mapping[str, Value | None] | None"
-"""One section's keys as a caller gives them; None removes a key (or, for the whole table, the
-section) the stack would write."""
-
-_NOTE_COLUMN: Final = 32
-
 _GATEWAY_NOTES: Final[Mapping[tuple[str, str], str]] = {
     ("relay", "address"): "the relay's gateway listener (host:port)",
     ("relay", "ca"): "the CA that signed the relay's certificate (pinned)",
@@ -268,15 +262,6 @@ _RELAY_NOTES: Final[Mapping[tuple[str, str], str]] = {
 }
 
 
-@define
-class _Section:
-    name: str
-    keys: dict[str, Value]
-    array: bool = False
-    note: str = ""
-    key_notes: dict[str, str] = Factory(dict)
-
-
 def relay_toml(
     layout: Layout,
     ports: Ports,
@@ -293,7 +278,7 @@ def relay_toml(
     add whole sections (``service={"drain_timeout": 3}``).
     """
     body = [
-        _Section(
+        Section(
             "gateways",
             {
                 "listen": loopback(ports.relay_gateways),
@@ -302,11 +287,11 @@ def relay_toml(
                 "key": layout.relay_key,
             },
         ),
-        _Section(
+        Section(
             "engineers",
             {"listen": loopback(ports.relay_engineers), "tokens": layout.engineers},
         ),
-        _Section("metrics", {"listen": loopback(ports.relay_metrics)}),
+        Section("metrics", {"listen": loopback(ports.relay_metrics)}),
     ]
     title = [
         f"relay.toml written by {written_by}: the vendor relay, on loopback only.",
@@ -314,7 +299,7 @@ def relay_toml(
     ]
     notes = {"relay_names": ", ".join(relay_names)}
     base = layout.workdir if relative else None
-    return _render(title, _merged(body, sections), _RELAY_NOTES, {}, notes, base)
+    return render(title, merged(body, sections), _RELAY_NOTES, {}, notes, base)
 
 
 def gateway_toml(
@@ -339,7 +324,7 @@ def gateway_toml(
         target_notes = {WEB: "the demo processor", **(target_notes or {})}
     default_timeout = fields(Target).connect_timeout.default
     body = [
-        _Section(
+        Section(
             "relay",
             {
                 "address": loopback(ports.relay_gateways),
@@ -354,99 +339,18 @@ def gateway_toml(
         if target.connect_timeout != default_timeout:
             keys["connect_timeout"] = target.connect_timeout
         note = (target_notes or {}).get(target.name, "")
-        body.append(_Section("target", keys, array=True, key_notes={"address": note}))
-    body.append(_Section("access", {"mode": mode}))
-    body.append(_Section("status", {"listen": loopback(ports.status)}))
+        body.append(Section("target", keys, array=True, key_notes={"address": note}))
+    body.append(Section("access", {"mode": mode}))
+    body.append(Section("status", {"listen": loopback(ports.status)}))
     if ports.metrics is not None:
-        body.append(_Section("metrics", {"listen": loopback(ports.metrics)}))
+        body.append(Section("metrics", {"listen": loopback(ports.metrics)}))
     title = [
         f"gateway.toml written by {written_by}: the edge daemon, on loopback only.",
         "Run it yourself with:  gateway run -c gateway.toml",
     ]
     notes = {"gateway_id": gateway_id}
     base = layout.workdir if relative else None
-    return _render(title, _merged(body, sections), _GATEWAY_NOTES, _GATEWAY_HINTS, notes, base)
-
-
-def _merged(body: list[_Section], extra: Mapping[str, Table]) -> list[_Section]:
-    """``body`` with the caller's keys: into the section of that name, else a new section."""
-    by_name = {section.name: section for section in body if not section.array}
-    for name, table in extra.items():
-        section = by_name.get(name)
-        if table is None:
-            if section is not None:
-                body.remove(section)
-                del by_name[name]
-            continue
-        if section is None:
-            section = by_name[name] = _Section(name, {})
-            body.append(section)
-        for key, value in table.items():
-            if value is None:
-                section.keys.pop(key, None)
-            else:
-                section.keys[key] = value
-    return body
-
-
-def _render(
-    title: Sequence[str],
-    sections: Sequence[_Section],
-    notes: Mapping[tuple[str, str], str],
-    hints: Mapping[str, tuple[str, str]],
-    fill: Mapping[str, str],
-    base: Path | None,
-) -> str:
-    """The file: ``title`` as comments, then each section; paths relative to ``base`` if
-    given (and inside it), else absolute."""
-    if base is not None:
-        title = [*title, "Paths are relative to this file's folder."]
-    lines = [f"# {line}" for line in title]
-    for section in sections:
-        lines.append("")
-        header = f"[[{section.name}]]" if section.array else f"[{section.name}]"
-        lines += _noted(header, section.note or notes.get((section.name, ""), ""))
-        for key, value in section.keys.items():
-            note = section.key_notes.get(key) or notes.get((section.name, key), "")
-            lines += _noted(f"{key} = {_toml_value(value, base)}", note.format(**fill))
-        hint = hints.get(section.name)
-        if hint is not None and hint[0] not in section.keys:
-            lines.append(hint[1])
-    return "\n".join(lines) + "\n"
-
-
-def _noted(text: str, note: str) -> list[str]:
-    """``text`` with ``note`` as a comment in the notes column (continued on lines below)."""
-    if not note:
-        return [text]
-    first, *more = note.splitlines()
-    pad = _NOTE_COLUMN if len(text) < _NOTE_COLUMN else len(text) + 2
-    return [f"{text.ljust(pad)}# {first}"] + [f"{' ' * _NOTE_COLUMN}# {line}" for line in more]
-
-
-def _toml_value(value: Value, base: Path | None) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Path):
-        inside = base is not None and value.is_relative_to(base)
-        path = value.relative_to(base) if inside and base is not None else value.absolute()
-        return _toml_string(str(path))
-    return _toml_string(str(value))
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: backslash, quote and control characters escaped."""
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+    return render(title, merged(body, sections), _GATEWAY_NOTES, _GATEWAY_HINTS, notes, base)
 
 
 # --------------------------------------------------------------------------------------------
