@@ -41,6 +41,9 @@ from gateway.relay.credentials import add_engineer
 __all__ = [
     "LOOPBACK",
     "PROBE_ERRORS",
+    "PROBE_USER_AGENT",
+    "RELAY_NAMES",
+    "WEB",
     "Layout",
     "Ports",
     "Process",
@@ -64,6 +67,7 @@ __all__ = [
     "stop_together",
     "tunnel_problem",
     "tunnel_up",
+    "url",
 ]
 
 LOOPBACK: Final = "127.0.0.1"
