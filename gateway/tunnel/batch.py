@@ -25,22 +25,24 @@ class Flushable(Protocol):
 class WriteBatch:
     """Input being handled right now, and the tunnels it wrote to."""
 
-    __slots__ = ("_depth", "_dirty")
+    __slots__ = ("_depth", "_dirty", "active")
 
     def __init__(self) -> None:
         self._depth = 0
         self._dirty: list[Flushable] = []
+        self.active = False
+        """True while some tunnel's input is being handled (read-only outside this class).
 
-    @property
-    def active(self) -> bool:
-        """True while some tunnel's input is being handled."""
-        return self._depth > 0
+        A plain attribute rather than a property: every write to a tunnel stream reads it.
+        """
 
     def begin(self) -> None:
         self._depth += 1
+        self.active = True
 
     def end(self) -> None:
         self._depth -= 1
+        self.active = self._depth > 0
         if self._depth == 0:
             while self._dirty:
                 dirty, self._dirty = self._dirty, []
