@@ -22,7 +22,7 @@ import re
 from html import escape
 from importlib.resources import files
 from io import BytesIO
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -412,18 +412,12 @@ class _Headers(_Route):
         return _json(request, seen)
 
 
-def processor_site(
-    *, name: str = "Demo vision processor", clock: IReactorTime | None = None
-) -> Site:
+def processor_site(*, clock: IReactorTime, name: str = "Demo vision processor") -> Site:
     """The demo processor's web site, ready for any listening endpoint.
 
     ``clock`` runs the site's timeouts and continues downloads on a transport that never pushes
-    back; it defaults to the global reactor, tests pass a `Clock`.
+    back: the reactor the site runs on (tests pass a `Clock`).
     """
-    if clock is None:
-        from twisted.internet import reactor
-
-        clock = cast(IReactorTime, reactor)
     root = _Route()
     root.putChild(b"", _Page(_load_page(name)))
     root.putChild(b"ws", _EchoSocket(_EchoFactory()))

@@ -31,8 +31,6 @@ from gateway.wire import ERROR_HEADER, REASON_HEADER, GatewayInfo, Refusal, Stre
 
 log = Logger()
 
-GATEWAY_HEADER = wire.GATEWAY_HEADER.decode()  # deprecated: use gateway.wire (gateway.connect)
-
 
 @implementer(IStreamHandler)
 class EngineerStreams:

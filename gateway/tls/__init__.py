@@ -16,7 +16,6 @@ from gateway.tls.options import (
     load_identity,
     server_options,
 )
-from gateway.tls.peer import peer_common_name
 
 __all__ = [
     "ALPN_H2",
@@ -28,7 +27,6 @@ __all__ = [
     "client_options",
     "load_ca",
     "load_identity",
-    "peer_common_name",
     "server_options",
     "tune_socket",
 ]
