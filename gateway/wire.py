@@ -14,7 +14,9 @@ after it was accepted is reset: ``CONNECT_ERROR`` when the processor's TCP conne
 from __future__ import annotations
 
 import enum
+import json
 
+import attrs
 from attrs import frozen
 
 # -- headers ------------------------------------------------------------------------------------
@@ -35,6 +37,10 @@ CONNECTION_ID_HEADER = b"connection-id"
 """Relay -> gateway: the id of this engineer connection, the same in both sides' logs, the
 gateway's status API and the audit trail."""
 
+SESSION_HEADER = b"session"
+"""Engineer client -> relay -> gateway, on each CONNECT: the session the stream belongs to (the
+gateway checks it is live, its own and granted to the engineer the relay authenticated)."""
+
 # -- control paths (ordinary HTTP/2 requests, ``:method GET``) -----------------------------------
 
 GATEWAY_INFO_PATH = "/v1/gateway"
@@ -42,6 +48,16 @@ GATEWAY_INFO_PATH = "/v1/gateway"
 INFO_PATH = "/v1/info"
 """Relay -> gateway: the gateway's id, version, access mode and targets."""
 CONTROL_PREFIX = "/v1/"
+SESSION_PATH = "/v1/session"
+"""``POST``, engineer client -> relay -> gateway: ask for a session (a reason for the plant to
+approve, or a code the plant read out), or resume one.  Body: `SessionAsk` as JSON.  The answer is
+``200`` with a long-lived body of JSON lines (`SessionEvent`, ``NDJSON``) while the session waits
+and lives; the stream staying open is the engineer's presence (when it goes, the grace period
+starts).  A refusal (bad code, locked, not authorised, mode disabled) is an ordinary refusal."""
+SESSIONS_PATH = "/v1/sessions"
+"""``GET``, relay -> gateway: the access mode, pending requests and live sessions
+(`SessionsSummary`), for ``gateway relay sessions``."""
+NDJSON = b"application/x-ndjson"
 
 
 @frozen
@@ -63,6 +79,76 @@ class EdgeInfo:
     connections: int
 
 
+@frozen
+class SessionAsk:
+    """What ``gateway connect --reason|--code`` asks for (the body of ``POST SESSION_PATH``).
+
+    Exactly one of ``reason``, ``code`` and ``resume`` is set, or none (in ``unattended`` mode the
+    engineer still gets a session, implicit and without expiry, that the plant can see and end).
+    """
+
+    reason: str | None = None
+    code: str | None = None
+    resume: str | None = None
+    """A session id this engineer holds: reattach after the client reconnected."""
+    targets: list[str] = attrs.field(factory=list)
+    """The targets wanted (empty: the gateway's choice, i.e. all the session grants)."""
+
+
+class SessionEventKind(enum.Enum):
+    WAITING = "waiting"
+    """The request is with the plant: ``request``, ``asked``, ``expires``."""
+    APPROVED = "approved"
+    """The session is live: ``session``, ``targets``, ``permission``, ``expires``, who approved."""
+    DENIED = "denied"
+    """The plant said no (or nobody answered in time): ``reason``.  The stream ends."""
+    ENDED = "ended"
+    """The session ended: ``why`` ("ended by the plant: ...", "expired", "remote access was
+    switched off", ...).  The stream ends."""
+
+
+@frozen
+class SessionEvent:
+    """One JSON line on a session stream, gateway -> engineer."""
+
+    event: SessionEventKind
+    request: str | None = None
+    session: str | None = None
+    targets: list[str] = attrs.field(factory=list)
+    permission: str | None = None
+    asked: str | None = None
+    """ISO 8601 times (UTC)."""
+    expires: str | None = None
+    approved_by: str | None = None
+    reason: str | None = None
+    why: str | None = None
+
+    def to_line(self) -> bytes:
+        body = {k: v for k, v in attrs.asdict(self).items() if v not in (None, [])}
+        body["event"] = self.event.value
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> SessionEvent:
+        """Parse one line; raises ValueError on anything that is not a session event."""
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a session event is a JSON object")
+        fields = {f.name for f in attrs.fields(cls)}
+        kind = SessionEventKind(data.get("event"))
+        return cls(kind, **{k: v for k, v in data.items() if k in fields and k != "event"})
+
+
+@frozen
+class SessionsSummary:
+    """The gateway's answer on ``SESSIONS_PATH``: what the support desk may see of it."""
+
+    id: str
+    access_mode: str
+    requests: list[dict[str, object]]
+    sessions: list[dict[str, object]]
+
+
 # -- refusals -----------------------------------------------------------------------------------
 
 
@@ -71,13 +157,28 @@ class Refusal(enum.Enum):
 
     BAD_REQUEST = (400, "bad-request")
     BAD_TOKEN = (401, "bad-token")
+    TOKEN_EXPIRED = (401, "token-expired")
     TARGET_NOT_ALLOWED = (403, "target-not-allowed")
     ACCESS_DISABLED = (403, "access-disabled")
     SESSION_REQUIRED = (403, "session-required")
+    NOT_AUTHORISED = (403, "not-authorised")
+    """The relay does not let this engineer reach this gateway (``--gateways`` patterns)."""
+    CODE_INVALID = (403, "code-invalid")
+    """A session code that is wrong, used or expired."""
+    PERMISSION_DENIED = (403, "permission-denied")
+    """The session does not grant this (e.g. ``view`` on a ``tcp`` target)."""
     UNKNOWN_GATEWAY = (404, "unknown-gateway")
+    SESSION_ENDED = (410, "session-ended")
+    """The session named is not live (ended, expired, or not this engineer's)."""
+    TOO_MANY_ATTEMPTS = (429, "too-many-attempts")
+    """Failed logins or codes over the limit: refused for a while, even when right."""
+    LIMIT_REACHED = (429, "limit-reached")
+    """Too many streams (per engineer, per target, per tunnel) or connections."""
     TARGET_UNREACHABLE = (502, "target-unreachable")
     GATEWAY_OFFLINE = (503, "gateway-offline")
     SHUTTING_DOWN = (503, "shutting-down")
+    AUDIT_UNAVAILABLE = (503, "audit-unavailable")
+    """The audit trail cannot be written: no new session until it can."""
     TARGET_TIMEOUT = (504, "target-timeout")
 
     @property
