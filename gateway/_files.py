@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +54,53 @@ def write_atomically(path: Path, data: str | bytes, *, mode: int = PUBLIC) -> No
 def write_private(path: Path, data: str | bytes) -> None:
     """`write_atomically` for secrets and credentials: owner read/write only (0600)."""
     write_atomically(path, data, mode=PRIVATE)
+
+
+class UnsafeFileError(Exception):
+    """A secret is readable or writable by others, or owned by someone else; the message says
+    which file, what is wrong and the command that fixes it."""
+
+
+def private_file_problem(path: Path, what: str, *, if_writable: str = "") -> str | None:
+    """Why ``path`` (a key or credential file, called ``what``) is not private, or None.
+
+    Private means: owned by the user we run as, and neither readable nor writable by its group or
+    by others.  A secret anyone on the host can read is no secret, and a credential file anyone
+    can write lets them add themselves.  ``if_writable`` says what that would allow ("anyone on
+    this host could add an engineer").  A missing file is not a permission problem: the caller's
+    own loading reports it.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{path}: cannot check {what}: {e.strerror or e}"
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    mode = stat.S_IMODE(info.st_mode)
+    fix = f"run: chmod 600 {path}"
+    if mode & 0o022:
+        by = "others" if mode & 0o002 else "its group"
+        consequence = if_writable or f"anyone on this host could replace the {what}"
+        return f"{path}: {what} is writable by {by}: {consequence}; {fix}"
+    if mode & 0o044:
+        by = "others" if mode & 0o004 else "its group"
+        return f"{path}: {what} is readable by {by}; {fix}"
+    euid = os.geteuid()
+    if info.st_uid != euid:
+        return (
+            f"{path}: {what} is owned by uid {info.st_uid}, not by this user (uid {euid}); "
+            f"run: chown {euid} {path}"
+        )
+    return None
+
+
+def check_private_file(path: Path, what: str, *, if_writable: str = "") -> None:
+    """Raise `UnsafeFileError` if `private_file_problem` finds one; used at startup."""
+    problem = private_file_problem(path, what, if_writable=if_writable)
+    if problem is not None:
+        raise UnsafeFileError(problem)
 
 
 def _write_temp(path: Path, data: bytes, mode: int) -> Path:
