@@ -29,6 +29,8 @@ SR_AUTHORISATION = "SR 2.1"  # authorisation enforcement
 SR_INTEGRITY = "SR 3.1"  # communication integrity
 SR_ZONE_BOUNDARY = "SR 5.2"  # zone boundary protection
 SR_RESOURCE = "SR 7.1"  # denial of service protection
+SR_AUDIT_STORAGE = "SR 2.9"  # audit storage capacity
+SR_AUDIT_FAILURE = "SR 2.10"  # response to audit processing failures
 
 EVENTS: dict[str, tuple[str, ...]] = {
     # Gateway: consent.
@@ -60,6 +62,9 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.refused": (SR_AUDIT, SR_AUTHENTICATION, SR_INTEGRITY),
     "gateway.id_conflict": (SR_AUDIT, SR_AUTHENTICATION),
     "limit.reached": (SR_AUDIT, SR_RESOURCE),
+    # The trail itself (written by gateway.auditlog, not by callers).
+    "audit.rotated": (SR_AUDIT, SR_AUDIT_STORAGE),
+    "audit.lost": (SR_AUDIT, SR_AUDIT_FAILURE),
 }
 
 

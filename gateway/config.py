@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attrs import field, frozen
+from attrs import Factory, field, frozen
 
 T = TypeVar("T")
 
@@ -150,6 +150,8 @@ class GatewayConfig:
     metrics_listen: Address | None
     drain_timeout: float = 10.0
     half_close_timeout: float = 30.0
+    state_dir: Path = field(default=Factory(lambda self: _default_state_dir(self), takes_self=True))
+    """``[service] state_dir``: access mode, audit trail, control socket (default ``state``)."""
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -186,6 +188,22 @@ class RelayConfig:
     engineers: EngineerListener
     metrics_listen: Address | None
     drain_timeout: float = 10.0
+    state_dir: Path = field(default=Factory(lambda self: _default_state_dir(self), takes_self=True))
+    """``[service] state_dir``: the relay's audit trail (default ``state``)."""
+
+
+def _default_state_dir(config: GatewayConfig | RelayConfig) -> Path:
+    """``state`` next to the config file, as a relative ``state_dir`` would resolve."""
+    return config.path.parent / "state"
+
+
+def _state_dir(service: _Table | None, file: Path) -> Path:
+    """``[service] state_dir``, resolved against the config file's folder; not a file."""
+    path = None if service is None else service.path("state_dir", must_exist=False, required=False)
+    path = (file.parent / "state").resolve() if path is None else path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(file, "service.state_dir", f"{str(path)!r} is a file, not a folder")
+    return path
 
 
 class _Table:
@@ -364,6 +382,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     metrics = _listener(top, "metrics")
     service = top.table("service", required=False)
     drain, half_close = 10.0, 30.0
+    state_dir = _state_dir(service, file)
     if service is not None:
         drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
         half_close = service.seconds("half_close_timeout", 30.0, low=1, high=86400)
@@ -378,6 +397,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         metrics_listen=metrics,
         drain_timeout=drain,
         half_close_timeout=half_close,
+        state_dir=state_dir,
     )
 
 
@@ -443,6 +463,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
     metrics = _listener(top, "metrics")
     service = top.table("service", required=False)
     drain = 10.0
+    state_dir = _state_dir(service, file)
     if service is not None:
         drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
         service.finish()
@@ -453,6 +474,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         engineers=engineers,
         metrics_listen=metrics,
         drain_timeout=drain,
+        state_dir=state_dir,
     )
 
 

@@ -13,9 +13,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from gateway.audit import IAuditTrail
+from gateway.auditlog.writer import open_daemon_trail
 from gateway.config import GatewayConfig
 from gateway.edge.access import AccessPolicy
 from gateway.edge.control import ControlRoutes, info_route
@@ -39,6 +42,12 @@ class EdgeDaemon(MultiService):
     def __init__(self, config: GatewayConfig, reactor: IGatewayReactor) -> None:
         super().__init__()
         self.config = config
+        # The audit trail first: an unwritable state directory stops start-up in one line, and
+        # everything built below may record through it.
+        self.audit_file = open_daemon_trail(
+            config.state_dir, config_file=config.path, clock=reactor
+        )
+        self.audit: IAuditTrail = self.audit_file
         link = config.relay
         relay = str(link.address)
         identity = load_identity(link.cert, link.key)  # fails early on an unreadable pair
@@ -102,6 +111,17 @@ class EdgeDaemon(MultiService):
                 listen_endpoint(reactor, config.metrics_listen), Site(root)
             ).setServiceParent(self)
         self.tunnel.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop everything, then flush and close the audit trail (records made while streams
+        drain still reach it)."""
+        stopped: Deferred[None] = super().stopService()
+        stopped.addBoth(self._close_audit)
+        return stopped
+
+    def _close_audit(self, result: object) -> object:
+        self.audit_file.close()
+        return result
 
 
 def _common_name(certificate: x509.Certificate) -> str:

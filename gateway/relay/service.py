@@ -13,6 +13,8 @@ from twisted.internet.protocol import Factory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from gateway.audit import IAuditTrail
+from gateway.auditlog.writer import open_daemon_trail
 from gateway.config import RelayConfig
 from gateway.net.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.reactor import IGatewayReactor
@@ -49,6 +51,12 @@ class RelayDaemon(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
+        # The audit trail first: an unwritable state directory stops start-up in one line, and
+        # everything built below may record through it.
+        self.audit_file = open_daemon_trail(
+            config.state_dir, config_file=config.path, clock=reactor
+        )
+        self.audit: IAuditTrail = self.audit_file
         # Where gateways are, who engineers are and what they may ask: behind interfaces, so a
         # store shared by several relays can take the memory and file versions' place.
         self.directory = MemoryGatewayDirectory(reactor)
@@ -133,7 +141,12 @@ class RelayDaemon(MultiService):
             for c in list(factory.live)
         ]
         done: Deferred[None] = DeferredList([stopped, *drains]).addCallback(lambda _: None)
+        done.addBoth(self._close_audit)  # after the drains: closing streams still record
         return done
+
+    def _close_audit(self, result: object) -> object:
+        self.audit_file.close()
+        return result
 
 
 def makeService(config: RelayConfig, reactor: IGatewayReactor) -> RelayDaemon:

@@ -244,6 +244,7 @@ class ExampleConfigTests(ConfigTestCase):
                 "metrics.listen",
                 "service.drain_timeout",
                 "service.half_close_timeout",
+                "service.state_dir",
             },
         )
 
@@ -264,6 +265,7 @@ class ExampleConfigTests(ConfigTestCase):
                 "engineers.key",
                 "metrics.listen",
                 "service.drain_timeout",
+                "service.state_dir",
             },
         )
 
