@@ -141,6 +141,20 @@ class Target:
 
 
 @frozen
+class ConsentRules:
+    """The ``[access]`` timings of attended sessions (BRIEF section 3, "Sessions and consent")."""
+
+    request_timeout: float = 300.0
+    """Seconds an engineer's request waits for the plant's answer; then it is denied."""
+    session_minutes: int = 60
+    """Length of an approved session unless the plant says otherwise."""
+    max_session_minutes: int = 480
+    """Nobody can approve a longer session."""
+    grace_seconds: float = 120.0
+    """How long a session outlives its engineer's client (a reconnect within it resumes)."""
+
+
+@frozen
 class GatewayConfig:
     path: Path
     relay: RelayLink
@@ -152,6 +166,8 @@ class GatewayConfig:
     half_close_timeout: float = 30.0
     state_dir: Path = field(default=Factory(lambda self: _default_state_dir(self), takes_self=True))
     """``[service] state_dir``: access mode, audit trail, control socket (default ``state``)."""
+    consent: ConsentRules = field(factory=lambda: ConsentRules())
+    """``[access]``: how long requests wait and sessions last."""
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -376,6 +392,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         except ValueError:
             choices = ", ".join(m.value for m in AccessMode)
             raise access.error("mode", f"{text!r} is not one of {choices}") from None
+    consent = _consent_rules(access)
+    if access is not None:
         access.finish()
 
     status = _listener(top, "status")
@@ -398,7 +416,51 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         drain_timeout=drain,
         half_close_timeout=half_close,
         state_dir=state_dir,
+        consent=consent,
     )
+
+
+def _consent_rules(access: _Table | None) -> ConsentRules:
+    """``[access]`` request_timeout, session_minutes, max_session_minutes and the grace period
+    (``grace_seconds`` or ``grace_minutes``, not both)."""
+    default = ConsentRules()
+    if access is None:
+        return default
+    timeout = access.seconds("request_timeout", default.request_timeout, low=10, high=86400)
+    longest = _whole_number(access, "max_session_minutes", default.max_session_minutes, 1, 10080)
+    minutes = _whole_number(
+        access, "session_minutes", min(default.session_minutes, longest), 1, 10080
+    )
+    if minutes > longest:
+        raise access.error(
+            "session_minutes",
+            f"must not be more than max_session_minutes ({longest}), not {minutes}",
+        )
+    if "grace_seconds" in access.data and "grace_minutes" in access.data:
+        raise access.error("grace_minutes", "set grace_seconds or grace_minutes, not both")
+    grace = access.seconds("grace_seconds", default.grace_seconds, low=1, high=86400)
+    grace_minutes = access._get("grace_minutes", float, "a number of minutes", None)
+    if grace_minutes is not None:
+        if not 0 < grace_minutes <= 1440:
+            raise access.error(
+                "grace_minutes",
+                f"must be more than 0 and at most 1440 minutes, not {grace_minutes:g}",
+            )
+        grace = grace_minutes * 60
+    return ConsentRules(
+        request_timeout=timeout,
+        session_minutes=minutes,
+        max_session_minutes=longest,
+        grace_seconds=grace,
+    )
+
+
+def _whole_number(table: _Table, name: str, default: int, low: int, high: int) -> int:
+    value = table._get(name, int, "a whole number", default)
+    assert value is not None
+    if not low <= value <= high:
+        raise table.error(name, f"must be between {low} and {high}, not {value}")
+    return value
 
 
 def _proxy(table: _Table) -> Address | None:
