@@ -33,7 +33,7 @@ from gateway.cli.common import (
     UsageError,
 )
 
-COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
+COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor", "audit"]
 
 
 class Run:
@@ -71,7 +71,7 @@ class RegistryTests(SynchronousTestCase):
     def test_every_command_module_registers_its_commands(self) -> None:
         _, commands = build()
         self.assertEqual(list(commands.handlers), COMMANDS)
-        self.assertEqual(len(COMMAND_MODULES), 5)
+        self.assertEqual(len(COMMAND_MODULES), 6)
         for module in COMMAND_MODULES:
             self.assertTrue(callable(getattr(module, "register", None)), module)
 
@@ -84,6 +84,7 @@ class RegistryTests(SynchronousTestCase):
             "pki": "pki show ca.pem",
             "demo": "demo",
             "demo-processor": "demo-processor",
+            "audit": "audit -c gateway.toml",
         }
         for name in COMMANDS:
             args = top.parse_args(argv[name].split())
