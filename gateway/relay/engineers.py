@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import wire
+from gateway.relay.asks import SessionAsks
 from gateway.relay.dialer import IGatewayDialer
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import Admitted, EngineerPath, EngineerRequest, new_connection_id
@@ -44,12 +45,15 @@ class EngineerStreams:
         metrics: RelayMetrics,
         clock: IReactorTime,
         new_id: Callable[[], str] = new_connection_id,
+        asks: SessionAsks | None = None,
     ) -> None:
         self.path = path
         self.dialer = dialer
         self.metrics = metrics
         self.clock = clock
         self._new_id = new_id
+        self.asks = asks
+        """Passes session asks through (`gateway.relay.asks`); None: they are refused."""
 
     def stream_requested(self, stream: TunnelStream) -> None:
         assert stream.request is not None
@@ -71,9 +75,16 @@ class EngineerStreams:
         if stream.finished:
             return  # the engineer gave up while a step was waiting for its store
         request, engineer = verdict.request, verdict.engineer
+        if request.wants_session:
+            self._session_ask(stream, verdict, started)
+            return
         try:
             upstream = self.dialer.dial(
-                request.gateway_id, engineer, request.target, request.connection_id
+                request.gateway_id,
+                engineer,
+                request.target,
+                request.connection_id,
+                session=request.session,
             )
         except Refused as refused:
             self._refuse(stream, refused)
@@ -128,6 +139,13 @@ class EngineerStreams:
             stream,
             Refused(Refusal.GATEWAY_OFFLINE, f"gateway {gateway_id!r} went away before answering"),
         )
+
+    def _session_ask(self, stream: TunnelStream, admitted: Admitted, started: float) -> None:
+        """A session ask goes through to the gateway, which alone decides (gateway.relay.asks)."""
+        if self.asks is None:
+            self._refuse(stream, Refused(Refusal.BAD_REQUEST, "this relay passes no session asks"))
+            return
+        self.asks.relay(stream, admitted, started, self._not_answered)
 
     def _refused(self, stream: TunnelStream, failure: Failure) -> None:
         failure.trap(Refused)

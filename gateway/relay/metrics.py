@@ -19,6 +19,11 @@ class RelayMetrics:
         self.streams_active = Gauge(
             "relay_streams_active", "Engineer streams open now", registry=registry
         )
+        self.sessions_active = Gauge(
+            "relay_sessions_active",
+            "Engineer sessions live through this relay, as the gateways' session events say",
+            registry=registry,
+        )
         streams = Counter(
             "relay_streams_total",
             "Engineer stream requests, by result",

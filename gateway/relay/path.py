@@ -1,9 +1,14 @@
 """The engineer path's decisions, one named step each: authenticate, authorise, locate.
 
 `EngineerPath.admit` runs them in that order and ends in a verdict: answer the gateway-info
-request, or dial the gateway (`Admitted`).  Any step may refuse with `Refused`.  The stream
-handler (`gateway.relay.engineers`) does the stream's side: the refusal or answer, the dial, the
-splice.
+request, or dial the gateway (`Admitted`): a ``CONNECT`` to a target, or a session ask
+(``POST SESSION_PATH``) passed through to the gateway.  Any step may refuse with `Refused`.  The
+stream handler (`gateway.relay.engineers`) does the stream's side: the refusal or answer, the dial,
+the splice.
+
+The relay never creates, approves or checks a session: it only makes sure a ``session`` header is
+well formed (short, ``s-`` and URL-safe characters) before it forwards it; whether the session is
+live, the gateway's and granted to this engineer is the gateway's decision.
 
 The steps that a shared store will serve (authorisation, the directory) return Deferreds.  The
 memory implementations have fired already and a fired Deferred runs its callbacks at once, so a
@@ -13,6 +18,7 @@ request still reaches the dial in the reactor turn it arrived in: no ``callLater
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from attrs import frozen
@@ -29,6 +35,8 @@ from gateway.wire import (
     BEARER,
     GATEWAY_HEADER,
     GATEWAY_INFO_PATH,
+    SESSION_HEADER,
+    SESSION_PATH,
     GatewayInfo,
     Refusal,
 )
@@ -36,6 +44,18 @@ from gateway.wire import (
 # StreamRequest.headers is keyed by decoded names: decode once, not per request.
 _AUTHORIZATION = AUTHORIZATION_HEADER.decode("ascii")
 _GATEWAY = GATEWAY_HEADER.decode("ascii")
+_SESSION = SESSION_HEADER.decode("ascii")
+
+SESSION_ID = re.compile(r"s-[A-Za-z0-9_-]{1,64}")
+"""The form of a session id the relay forwards: the gateway's ids are short, ``s-`` and URL-safe
+characters.  Anything else is refused here, so the gateway never sees a header it did not make."""
+
+
+def session_problem(value: str) -> str | None:
+    """Why a ``session`` header cannot be forwarded, or None when its form is fine."""
+    if SESSION_ID.fullmatch(value):
+        return None
+    return "the session header is not a session id (s- and up to 64 letters, digits, - or _)"
 
 
 def new_connection_id() -> str:
@@ -55,6 +75,8 @@ class EngineerRequest:
     path: str
     target: str
     """``:authority``: the target name on the gateway."""
+    session: str | None = None
+    """The ``session`` header, as sent (checked by `session_problem` before it is forwarded)."""
 
     @classmethod
     def read(cls, request: StreamRequest, connection_id: str) -> EngineerRequest:
@@ -66,16 +88,24 @@ class EngineerRequest:
             method=request.method,
             path=request.path,
             target=request.authority,
+            session=request.headers.get(_SESSION),
         )
 
     @property
     def wants_gateway_info(self) -> bool:
         return self.method == "GET" and self.path == GATEWAY_INFO_PATH
 
+    @property
+    def wants_session(self) -> bool:
+        """A session ask (``POST SESSION_PATH``): passed through to the gateway, never decided
+        here."""
+        return self.method == "POST" and self.path == SESSION_PATH
+
 
 @frozen
 class Admitted:
-    """Every step said yes: open a stream to ``target`` on the gateway for ``engineer``."""
+    """Every step said yes: open a stream to ``target`` on the gateway for ``engineer`` (or, for
+    a session ask, pass the ask to the gateway)."""
 
     request: EngineerRequest
     engineer: Engineer
@@ -99,6 +129,7 @@ class EngineerPath:
         """Authenticate, authorise, locate; fails with `Refused` at the first step that says no."""
         try:
             engineer = self.authenticate(request)
+            self.check_form(request)
         except Refused as refused:
             return fail(refused)
         authorised = self.authorisation.authorise(engineer, request.gateway_id)
@@ -112,6 +143,13 @@ class EngineerPath:
             self.metrics.bad_tokens.inc()
             raise Refused(Refusal.BAD_TOKEN, "the engineer token was not accepted")
         return engineer
+
+    def check_form(self, request: EngineerRequest) -> None:
+        """A malformed ``session`` header is refused before anything is looked up."""
+        if request.session is not None:
+            problem = session_problem(request.session)
+            if problem is not None:
+                raise Refused(Refusal.BAD_REQUEST, problem)
 
     def decide(
         self, location: GatewayLocation, request: EngineerRequest, engineer: Engineer
@@ -127,6 +165,8 @@ class EngineerPath:
             return GatewayInfo(gateway=gateway_id, online=location.online)
         if not location.online:
             raise gateway_offline(gateway_id)
+        if request.wants_session:
+            return Admitted(request, engineer)
         if request.method != "CONNECT" or not request.target:
             raise Refused(Refusal.BAD_REQUEST, "expected CONNECT to a target name")
         return Admitted(request, engineer)

@@ -18,6 +18,7 @@ from gateway.auditlog.writer import open_daemon_trail
 from gateway.config import RelayConfig
 from gateway.net.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.reactor import IGatewayReactor
+from gateway.relay.asks import SessionAsks
 from gateway.relay.authorisation import EveryAuthenticatedEngineer
 from gateway.relay.credentials import TokenFile
 from gateway.relay.dialer import LocalDialer
@@ -82,6 +83,7 @@ class RelayDaemon(MultiService):
                 batch=batch,
             )
 
+        dialer = LocalDialer(self.tunnels)
         self.engineer_streams = EngineerStreams(
             path=EngineerPath(
                 credentials=self.credentials,
@@ -89,9 +91,11 @@ class RelayDaemon(MultiService):
                 directory=self.directory,
                 metrics=metrics,
             ),
-            dialer=LocalDialer(self.tunnels),
+            dialer=dialer,
             metrics=metrics,
             clock=reactor,
+            # Session asks go through to the gateway, which alone decides; the relay audits them.
+            asks=SessionAsks(dialer=dialer, metrics=metrics, audit=self.audit, clock=reactor),
         )
 
         def engineer_connection() -> TunnelConnection:

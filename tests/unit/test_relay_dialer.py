@@ -13,7 +13,7 @@ from gateway.relay.credentials import Engineer
 from gateway.relay.dialer import IGatewayDialer, LocalDialer
 from gateway.relay.gateways import GatewayTunnels
 from gateway.relay.refusals import Refused
-from gateway.wire import Refusal
+from gateway.wire import SESSION_PATH, Refusal
 from tests.helpers.tunnel import AcceptAll, linked_tunnels
 
 ALICE = Engineer("alice")
@@ -48,6 +48,42 @@ class LocalDialerTests(SynchronousTestCase):
             (asked.method, asked.authority, asked.headers),
             ("CONNECT", "web", {"engineer": "Bob M?ller", "connection-id": "c-0123abcd"}),
         )
+
+    def test_a_session_goes_with_the_connect(self) -> None:
+        self.tunnels.add("gw-1", self.link.client)
+        self.dialer.dial("gw-1", ALICE, "web", "c-0123abcd", session="s-42")
+        self.link.settle()
+        asked = self.gateway.streams[0].request
+        assert asked is not None
+        self.assertEqual(asked.headers["session"], "s-42")
+
+    def test_a_session_ask_is_a_post_naming_engineer_and_connection(self) -> None:
+        self.tunnels.add("gw-1", self.link.client)
+        upstream = self.dialer.ask_session("gw-1", ALICE, "c-0123abcd")
+        upstream.write(b'{"reason": "x"}')
+        upstream.loseWriteConnection()
+        self.link.settle()
+        asked = self.gateway.streams[0].request
+        assert asked is not None
+        self.assertEqual(
+            (asked.method, asked.path, asked.authority, asked.headers),
+            (
+                "POST",
+                SESSION_PATH,
+                "gw-1",
+                {
+                    "engineer": "alice",
+                    "connection-id": "c-0123abcd",
+                    "content-type": "application/json",
+                },
+            ),
+        )
+        self.assertEqual(self.gateway.recorders[0].received, b'{"reason": "x"}')
+
+    def test_a_session_ask_to_a_gateway_without_a_tunnel_is_offline(self) -> None:
+        with self.assertRaises(Refused) as caught:
+            self.dialer.ask_session("gw-1", ALICE, "c-00000001")
+        self.assertEqual(caught.exception.refusal, Refusal.GATEWAY_OFFLINE)
 
     def test_a_gateway_without_a_tunnel_here_is_offline(self) -> None:
         refused = self.refused()

@@ -95,10 +95,18 @@ class CountingDialer:
         self.dials: list[tuple[str, str, str, str]] = []
 
     def dial(
-        self, gateway_id: str, engineer: Engineer, target: str, connection_id: str
+        self,
+        gateway_id: str,
+        engineer: Engineer,
+        target: str,
+        connection_id: str,
+        session: str | None = None,
     ) -> TunnelStream:
         self.dials.append((gateway_id, engineer.name, target, connection_id))
-        return self.inner.dial(gateway_id, engineer, target, connection_id)
+        return self.inner.dial(gateway_id, engineer, target, connection_id, session)
+
+    def ask_session(self, gateway_id: str, engineer: Engineer, connection_id: str) -> TunnelStream:
+        return self.inner.ask_session(gateway_id, engineer, connection_id)
 
 
 @implementer(IStreamHandler)

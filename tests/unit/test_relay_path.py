@@ -18,10 +18,16 @@ from gateway.relay.authorisation import EveryAuthenticatedEngineer, IEngineerAut
 from gateway.relay.credentials import Engineer
 from gateway.relay.directory import GatewayLocation, IGatewayDirectory, MemoryGatewayDirectory
 from gateway.relay.metrics import RelayMetrics
-from gateway.relay.path import Admitted, EngineerPath, EngineerRequest, new_connection_id
+from gateway.relay.path import (
+    Admitted,
+    EngineerPath,
+    EngineerRequest,
+    new_connection_id,
+    session_problem,
+)
 from gateway.relay.refusals import Refused
 from gateway.tunnel.stream import StreamRequest
-from gateway.wire import GATEWAY_INFO_PATH, GatewayInfo, Refusal
+from gateway.wire import GATEWAY_INFO_PATH, SESSION_PATH, GatewayInfo, Refusal
 from tests.unit.test_relay_engineers import OneToken, OnlyGateway
 
 
@@ -45,8 +51,9 @@ def request(
     method: str = "CONNECT",
     path: str = "",
     target: str = "web",
+    session: str | None = None,
 ) -> EngineerRequest:
-    return EngineerRequest("c-0000abcd", token, gateway, method, path, target)
+    return EngineerRequest("c-0000abcd", token, gateway, method, path, target, session)
 
 
 class EngineerPathTests(SynchronousTestCase):
@@ -152,6 +159,63 @@ class EngineerPathTests(SynchronousTestCase):
     def test_the_fake_directory_provides_the_interface(self) -> None:
         verifyObject(IGatewayDirectory, self.directory)
 
+    def test_a_session_ask_is_admitted_to_go_through(self) -> None:
+        self.directory.gateway_connected("plant7")
+        asked = request(method="POST", path=SESSION_PATH, target="relay")
+        self.assertTrue(asked.wants_session)
+        self.assertEqual(self.successResultOf(self.path.admit(asked)), Admitted(asked, ALICE))
+
+    def test_a_session_ask_is_refused_like_a_connect(self) -> None:
+        ask = request(method="POST", path=SESSION_PATH, target="relay")
+        self.assertEqual(self.refused(self.path.admit(ask)).refusal, Refusal.UNKNOWN_GATEWAY)
+        self.directory.gateway_connected("plant7")
+        self.directory.gateway_disconnected("plant7")
+        self.assertEqual(self.refused(self.path.admit(ask)).refusal, Refusal.GATEWAY_OFFLINE)
+        bad = request(token="bad", method="POST", path=SESSION_PATH)
+        self.assertEqual(self.refused(self.path.admit(bad)).refusal, Refusal.BAD_TOKEN)
+
+    def test_only_a_post_is_a_session_ask(self) -> None:
+        self.directory.gateway_connected("plant7")
+        for method in ("GET", "PUT"):
+            asked = request(method=method, path=SESSION_PATH)
+            self.assertFalse(asked.wants_session)
+            self.assertEqual(self.refused(self.path.admit(asked)).refusal, Refusal.BAD_REQUEST)
+
+    def test_a_well_formed_session_header_is_admitted(self) -> None:
+        self.directory.gateway_connected("plant7")
+        asked = request(session="s-4f2a_x-Z")
+        self.assertEqual(self.successResultOf(self.path.admit(asked)), Admitted(asked, ALICE))
+
+    def test_a_malformed_session_header_is_a_bad_request_before_any_lookup(self) -> None:
+        self.directory.gateway_connected("plant7")
+        self.directory.asked.clear()
+        refused = self.refused(self.path.admit(request(session="../etc")))
+        self.assertEqual(
+            (refused.refusal, refused.reason),
+            (
+                Refusal.BAD_REQUEST,
+                "the session header is not a session id (s- and up to 64 letters, digits, - or _)",
+            ),
+        )
+        self.assertEqual(self.directory.asked, [])
+
+    def test_a_bad_token_is_told_before_a_bad_session_header(self) -> None:
+        refused = self.refused(self.path.admit(request(token="bad", session="nonsense")))
+        self.assertEqual(refused.refusal, Refusal.BAD_TOKEN)
+
+
+class SessionHeaderFormTests(SynchronousTestCase):
+    def test_gateway_session_ids_pass(self) -> None:
+        for good in ("s-1", "s-4f2a9c", "s-" + "a" * 64, "s-A_b-C"):
+            self.assertIsNone(session_problem(good), good)
+
+    def test_anything_else_is_refused(self) -> None:
+        for bad in ("", "s-", "s", "x-123", "S-123", "s-" + "a" * 65, "s-a b", "s-a\x00", "s-ü"):
+            self.assertIsNotNone(session_problem(bad), bad)
+
+
+ALICE = Engineer("alice")
+
 
 class EngineerRequestTests(SynchronousTestCase):
     def read(self, **headers: str) -> EngineerRequest:
@@ -167,6 +231,10 @@ class EngineerRequestTests(SynchronousTestCase):
 
     def test_the_scheme_is_case_insensitive_and_spaces_are_trimmed(self) -> None:
         self.assertEqual(self.read(authorization="bearer  rsg_x ").token, "rsg_x")
+
+    def test_the_session_header_is_read_as_sent(self) -> None:
+        self.assertEqual(self.read(session="s-1").session, "s-1")
+        self.assertIsNone(self.read().session)
 
     def test_no_bearer_token_means_none(self) -> None:
         self.assertIsNone(self.read().token)
