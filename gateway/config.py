@@ -124,11 +124,28 @@ class RelayLink:
     heartbeat: Heartbeat = field(factory=Heartbeat)
     connect_timeout: float = 10.0
     reconnect_cap: float = 30.0
+    proxy_credentials: ProxyCredentials | None = None
+    """``proxy_credentials``: the Basic user and password for ``proxy``, from a private file."""
+    no_proxy: tuple[str, ...] = ()
+    """``no_proxy``: relay hosts reached directly although ``proxy`` is set (see
+    `gateway.net.proxy.bypasses_proxy`)."""
 
     @property
     def expected_name(self) -> str:
         """The name the relay's certificate must carry."""
         return self.server_name or self.address.host
+
+
+@frozen
+class ProxyCredentials:
+    """``user:password`` for the plant proxy's Basic authentication, read from ``path``.
+
+    The password never appears in a repr (logs, tracebacks, a snapshot of the configuration).
+    """
+
+    path: Path
+    user: str
+    password: str = field(repr=False)
 
 
 @frozen
@@ -168,6 +185,8 @@ class GatewayConfig:
     """``[service] state_dir``: access mode, audit trail, control socket (default ``state``)."""
     consent: ConsentRules = field(factory=lambda: ConsentRules())
     """``[access]``: how long requests wait and sessions last."""
+    checks_interval: float = 300.0
+    """``[checks] interval``: seconds between the daemon's connectivity checks."""
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -188,6 +207,20 @@ class GatewayListener:
 
 
 @frozen
+class LoginLimits:
+    """Failed engineer logins the relay tolerates (``[engineers]`` login_*; IEC 62443 SR 1.11).
+
+    ``failures`` within ``window`` seconds from one source address (bad or expired tokens), or
+    for one engineer (expired token, a gateway they are not authorised for), and that source or
+    engineer is refused for ``lockout`` seconds, even with a good token.
+    """
+
+    failures: int = 10
+    window: float = 60.0
+    lockout: float = 300.0
+
+
+@frozen
 class EngineerListener:
     """The relay's TLS listener for engineer clients (``[engineers]``)."""
 
@@ -195,6 +228,8 @@ class EngineerListener:
     tokens: Path
     cert: Path
     key: Path
+    logins: LoginLimits = field(factory=lambda: LoginLimits())
+    """``login_failures``, ``login_window``, ``login_lockout``."""
 
 
 @frozen
@@ -359,6 +394,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         cert=_required(relay_table.path("cert")),
         key=_required(relay_table.path("key")),
         proxy=_proxy(relay_table),
+        proxy_credentials=_proxy_credentials(relay_table),
+        no_proxy=_no_proxy(relay_table),
         server_name=relay_table.optional_str("server_name"),
         heartbeat=_heartbeat(relay_table),
         connect_timeout=relay_table.seconds("connect_timeout", 10.0, high=300),
@@ -405,6 +442,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
         half_close = service.seconds("half_close_timeout", 30.0, low=1, high=86400)
         service.finish()
+    checks_interval = _checks_interval(top)
     top.finish()
     return GatewayConfig(
         path=file,
@@ -417,6 +455,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         half_close_timeout=half_close,
         state_dir=state_dir,
         consent=consent,
+        checks_interval=checks_interval,
     )
 
 
@@ -463,6 +502,74 @@ def _whole_number(table: _Table, name: str, default: int, low: int, high: int) -
     return value
 
 
+def _proxy_credentials(table: _Table) -> ProxyCredentials | None:
+    """``proxy_credentials``: a file holding ``user:password`` (one line), readable only by
+    us: a proxy password anyone on the edge PC can read is everyone's."""
+    from gateway._files import private_file_problem
+
+    path = table.path("proxy_credentials", required=False)
+    if path is None:
+        return None
+    if "proxy" not in table.data:
+        raise table.error("proxy_credentials", "is set but there is no proxy to use it with")
+    problem = private_file_problem(path, "proxy credentials")
+    if problem is not None:
+        raise table.error("proxy_credentials", problem)
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise table.error("proxy_credentials", f"{path}: cannot read: {e}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    user, sep, password = (lines[0] if len(lines) == 1 else "").partition(":")
+    if len(lines) != 1 or not sep or not user.strip():
+        raise table.error("proxy_credentials", f"{path}: must hold one line, user:password")
+    return ProxyCredentials(path=path, user=user.strip(), password=password.rstrip("\r\n"))
+
+
+def _no_proxy(table: _Table) -> tuple[str, ...]:
+    """``no_proxy``: a list of host names (``.example.com`` for a whole domain), IP addresses
+    or networks (``10.0.0.0/8``), or ``*``; a comma-separated string is taken too, as in the
+    ``no_proxy`` environment variable."""
+    table.used.add("no_proxy")
+    value = table.data.get("no_proxy")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise table.error("no_proxy", f"must be a list of host names, not {_toml_type(value)}")
+    entries: list[str] = []
+    for raw in value:
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if entry != "*" and not _no_proxy_entry_ok(entry):
+            raise table.error(
+                "no_proxy", f"{raw!r} is not a host name, .domain, IP address or network"
+            )
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _no_proxy_entry_ok(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        pass
+    return bool(_HOSTNAME.fullmatch(entry.lstrip(".").removeprefix("*.")))
+
+
+def _checks_interval(top: _Table) -> float:
+    """``[checks] interval``: seconds between the daemon's connectivity checks."""
+    table = top.table("checks", required=False)
+    if table is None:
+        return 300.0
+    interval = table.seconds("interval", 300.0, low=10, high=86400)
+    table.finish()
+    return interval
+
+
 def _proxy(table: _Table) -> Address | None:
     text = table.optional_str("proxy")
     if text is None:
@@ -475,7 +582,9 @@ def _proxy(table: _Table) -> Address | None:
     rest = rest.rstrip("/")
     if "@" in rest:
         raise table.error(
-            "proxy", "proxy user names and passwords are not supported (remove 'user:password@')"
+            "proxy",
+            "proxy user names and passwords are not supported here (remove 'user:password@'); "
+            "put them in a file named by proxy_credentials",
         )
     try:
         return parse_address(rest)
@@ -519,6 +628,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         tokens=_required(eng.path("tokens", must_exist=False)),
         cert=eng_cert or gateways.cert,
         key=eng_key or gateways.key,
+        logins=_login_limits(eng),
     )
     eng.finish()
 
@@ -537,6 +647,20 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         metrics_listen=metrics,
         drain_timeout=drain,
         state_dir=state_dir,
+    )
+
+
+def _login_limits(eng: _Table) -> LoginLimits:
+    """``[engineers] login_failures``, ``login_window`` and ``login_lockout``."""
+    default = LoginLimits()
+    failures = eng._get("login_failures", int, "a whole number", default.failures)
+    assert failures is not None
+    if not 1 <= failures <= 1000:
+        raise eng.error("login_failures", f"must be between 1 and 1000, not {failures}")
+    return LoginLimits(
+        failures=failures,
+        window=eng.seconds("login_window", default.window, low=1, high=86400),
+        lockout=eng.seconds("login_lockout", default.lockout, low=1, high=86400),
     )
 
 

@@ -23,7 +23,6 @@ from random import Random
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -38,7 +37,7 @@ from zope.interface import implementer
 from gateway.config import RelayLink
 from gateway.edge.events import ITunnelEvents
 from gateway.net.backoff import Backoff
-from gateway.net.proxy import HTTPConnectEndpoint
+from gateway.net.proxy import relay_tcp_endpoint
 from gateway.reactor import IGatewayReactor
 from gateway.tls import TLSClientEndpoint, client_options
 from gateway.tls.errors import describe_tls_failure
@@ -183,14 +182,9 @@ class ReportingEndpoint:
 
 
 def relay_endpoint(link: RelayLink, reactor: IGatewayReactor) -> IStreamClientEndpoint:
-    """TLS to the relay, over TCP or through the plant's HTTP proxy (CONNECT)."""
-    tcp: IStreamClientEndpoint
-    if link.proxy is not None:
-        tcp = HTTPConnectEndpoint(reactor, link.proxy, link.address, timeout=link.connect_timeout)
-    else:
-        tcp = HostnameEndpoint(
-            reactor, link.address.host, link.address.port, timeout=link.connect_timeout
-        )
+    """TLS to the relay, over TCP or through the plant's HTTP proxy (CONNECT, credentials and
+    ``no_proxy`` as `gateway.net.proxy.relay_tcp_endpoint` says)."""
+    tcp = relay_tcp_endpoint(reactor, link)
     options = client_options(link.expected_name, link.ca, cert_path=link.cert, key_path=link.key)
     return TLSClientEndpoint(tcp, options, reactor)
 
