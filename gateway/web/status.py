@@ -70,10 +70,13 @@ Targets: {escape(", ".join(status.access.targets))}.</p>
         return page.encode()
 
 
-def status_root(view: IStatusView) -> Resource:
+def status_root(view: IStatusView, api: Resource | None = None) -> Resource:
+    """The page at ``/`` and ``/api/``: ``api`` is the JSON API (`gateway.web.api.api_root`,
+    which serves ``status`` too); without it, ``/api/status`` alone."""
     root = Resource()
     root.putChild(b"", StatusPage(view))
-    api = Resource()
-    api.putChild(b"status", StatusJSON(view))
+    if api is None:
+        api = Resource()
+        api.putChild(b"status", StatusJSON(view))
     root.putChild(b"api", api)
     return root
