@@ -24,6 +24,11 @@ class Action:
     arguments: int
     """How many words follow the action's name."""
     run: Callable[[RelayConfig, list[str], Console], int]
+    flags: Callable[[argparse.ArgumentParser], None] | None = None
+    """Adds flags of the action's own to ``gateway relay``; `run_with_flags` then gets them."""
+    run_with_flags: Callable[[RelayConfig, list[str], argparse.Namespace, Console], int] | None = (
+        None
+    )
 
 
 def register(commands: Commands) -> None:
@@ -36,6 +41,9 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument("action", nargs="*", metavar="add-engineer NAME", help="manage engineers")
     parser.add_argument("-c", "--config", required=True, type=Path, help="relay.toml")
+    for action in ACTIONS.values():
+        if action.flags is not None:
+            action.flags(parser)
 
 
 def relay(args: argparse.Namespace, console: Console) -> int:
@@ -50,6 +58,8 @@ def relay(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(
                 "usage: " + " | ".join(f"gateway relay {a.usage} -c relay.toml" for a in usages)
             )
+        if action.run_with_flags is not None:
+            return action.run_with_flags(config, words, args, console)
         return action.run(config, words, console)
     from gateway.relay.service import makeService
 
@@ -70,6 +80,31 @@ def add_engineer(config: RelayConfig, words: list[str], console: Console) -> int
     return 0
 
 
+def audit(config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console) -> int:
+    """The relay's audit trail, shown or verified like the gateway's (`gateway.cli.audit`)."""
+    from gateway.auditlog.files import audit_folder
+    from gateway.cli.audit import show_trail
+
+    return show_trail(audit_folder(config.state_dir), args, console)
+
+
+def _audit_flags(parser: argparse.ArgumentParser) -> None:
+    from gateway.cli.audit import add_options
+
+    add_options(parser, prefix="audit: ")
+
+
+def _audit_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return audit(config, words, argparse.Namespace(since=None, json=False, verify=False), console)
+
+
 ACTIONS: dict[str, Action] = {
     "add-engineer": Action("add-engineer NAME", 1, add_engineer),
+    "audit": Action(
+        "audit [--since WHEN] [--json] [--verify]",
+        0,
+        _audit_view,
+        flags=_audit_flags,
+        run_with_flags=audit,
+    ),
 }

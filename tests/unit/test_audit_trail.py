@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import stat
@@ -15,7 +16,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.audit import EVENTS, AuditWriteError, IAuditTrail
-from gateway.auditlog import writer
 from gateway.auditlog.files import CURRENT, GENESIS, line_hash, trail_files
 from gateway.auditlog.reader import read_trail, verify_trail
 from gateway.auditlog.writer import FileAuditTrail, open_daemon_trail
@@ -156,7 +156,7 @@ class RotationTests(TrailCase):
         self.fill(trail, 40)
         files = trail_files(self.folder)
         self.assertGreater(len(files), 3)
-        for older, newer in zip(files, files[1:], strict=False):
+        for older, newer in itertools.pairwise(files):
             first = json.loads(lines_of(newer)[0])
             self.assertEqual(first["event"], "audit.rotated")
             self.assertEqual(first["previous"], older.name)
@@ -224,7 +224,9 @@ class RotationTests(TrailCase):
         self.assertEqual(len(files), 2)
         self.assertFalse(files[0].read_bytes().endswith(b"\n"))  # kept as it was found
         marker = json.loads(lines_of(files[1])[0])
-        self.assertEqual(marker["cut_short"], len(b'{"time":"2024-05-01T10:40:00.000Z","seq":4,"ev'))
+        self.assertEqual(
+            marker["cut_short"], len(b'{"time":"2024-05-01T10:40:00.000Z","seq":4,"ev')
+        )
         self.assertVerifies(records=5)
 
 
@@ -233,7 +235,7 @@ class FailureTests(TrailCase):
         def broken(fd: int, data: bytes) -> int:
             raise OSError(error, os.strerror(error))
 
-        self.patch(writer.os, "write", broken)
+        self.patch(os, "write", broken)
 
     def test_a_full_disk_raises_and_sets_healthy_false_and_counts(self) -> None:
         failures: list[None] = []
@@ -261,7 +263,7 @@ class FailureTests(TrailCase):
         def half(fd: int, data: bytes) -> int:
             return real_write(fd, data[: len(data) // 2])
 
-        self.patch(writer.os, "write", half)
+        self.patch(os, "write", half)
         self.assertRaises(AuditWriteError, trail.record, "session.approved", who="alice")
         self.assertFalse(trail.healthy)
         self.assertEqual((self.folder / CURRENT).read_bytes(), before)
@@ -273,7 +275,7 @@ class FailureTests(TrailCase):
         self.fail_writes()
         for _ in range(3):
             self.assertRaises(AuditWriteError, trail.record, "stream.opened", who="bob")
-        self.patch(writer.os, "write", real_write)
+        self.patch(os, "write", real_write)
         trail.record("mode.changed", who="alice", mode="disabled")
         self.assertTrue(trail.healthy)
         events = [(r["event"], r.get("lost")) for r in read_trail(self.folder)]

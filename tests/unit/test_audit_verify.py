@@ -1,11 +1,12 @@
-"""Reading the trail back, ``--since``, and ``--verify`` naming the first record that was touched."""
+"""Reading the trail back, ``--since``, and ``--verify`` naming the first record touched."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -13,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auditlog.files import CURRENT, trail_files
 from gateway.auditlog.reader import AuditReadError, parse_since, read_trail, verify_trail
-from gateway.auditlog.writer import FileAuditTrail
+from gateway.auditlog.writer import DEFAULT_KEEP, DEFAULT_MAX_BYTES, FileAuditTrail
 
 START = 1_714_560_000.0  # 2024-05-01T10:40:00Z
 
@@ -26,9 +27,11 @@ class TrailOnDisk(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(START)
 
-    def write(self, count: int, **options: int) -> Path:
+    def write(
+        self, count: int, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
+    ) -> Path:
         """``count`` records, a minute apart; the path of the file being written."""
-        trail = FileAuditTrail(self.folder, clock=self.clock, **options)
+        trail = FileAuditTrail(self.folder, clock=self.clock, max_bytes=max_bytes, keep=keep)
         for n in range(count):
             trail.record("stream.opened", who="bob", target="web", n=n, pad="x" * 100)
             self.clock.advance(60)
@@ -218,7 +221,7 @@ class ReadableTimeTests(SynchronousTestCase):
         self.assertEqual(texts, sorted(texts))
         self.assertEqual(texts[0], "2024-05-01T10:40:00.000Z")
         parsed = datetime.fromisoformat(texts[2])
-        self.assertEqual(parsed.tzinfo, timezone.utc)
+        self.assertEqual(parsed.tzinfo, UTC)
         self.assertEqual(parsed - datetime.fromisoformat(texts[0]), timedelta(seconds=59.999))
 
 
@@ -227,8 +230,6 @@ class JsonShapeTests(TrailOnDisk):
         path = self.write(3)
         result = verify_trail(self.folder)
         last = path.read_bytes().splitlines()[-1]
-        import hashlib
-
         self.assertEqual(result.head, hashlib.sha256(last).hexdigest())
         self.assertEqual(json.loads(last)["seq"], result.last_seq)
         self.assertEqual(os.path.basename(path), CURRENT)
