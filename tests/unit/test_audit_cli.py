@@ -7,6 +7,7 @@ import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import ClassVar
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,15 +16,16 @@ from gateway.auditlog.files import CURRENT
 from gateway.auditlog.writer import FileAuditTrail
 from gateway.cli import main
 from gateway.config import load_gateway_config, load_relay_config
+from tests.helpers.pki import make_pki
 
 START = 1_714_560_000.0  # 2024-05-01T10:40:00Z
 
 GATEWAY_TOML = """
 [relay]
 address = "relay.example.com:443"
-ca = "ca.pem"
-cert = "gateway.pem"
-key = "gateway.key"
+ca = "{pki}/ca.pem"
+cert = "{pki}/gateway.pem"
+key = "{pki}/gateway.key"
 
 [[target]]
 name = "web"
@@ -34,9 +36,9 @@ address = "127.0.0.1:80"
 RELAY_TOML = """
 [gateways]
 listen = "127.0.0.1:0"
-ca = "ca.pem"
-cert = "relay.pem"
-key = "relay.key"
+ca = "{pki}/ca.pem"
+cert = "{pki}/relay.pem"
+key = "{pki}/relay.key"
 
 [engineers]
 listen = "127.0.0.1:0"
@@ -45,19 +47,31 @@ tokens = "engineers.toml"
 
 
 class AuditCommandTests(SynchronousTestCase):
+    pki: ClassVar[tempfile.TemporaryDirectory[str]]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.pki = tempfile.TemporaryDirectory(prefix="test-audit-cli-pki-")
+        make_pki(Path(cls.pki.name))  # the loaders check the files; audit reads none
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.pki.cleanup()
+
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="test-audit-cli-")
         self.addCleanup(tmp.cleanup)
         self.root = Path(tmp.name)
-        for name in ("ca.pem", "gateway.pem", "gateway.key", "relay.pem", "relay.key"):
-            (self.root / name).write_text("")  # the loader checks they exist, audit reads none
         self.gateway_toml = self.root / "gateway.toml"
-        self.gateway_toml.write_text(GATEWAY_TOML.format(service=""))
+        self.write_gateway_toml("")
         self.relay_toml = self.root / "relay.toml"
-        self.relay_toml.write_text(RELAY_TOML)
+        self.relay_toml.write_text(RELAY_TOML.format(pki=self.pki.name))
         self.folder = self.root / "state" / "audit"
         self.clock = Clock()
         self.clock.advance(START)
+
+    def write_gateway_toml(self, service: str) -> None:
+        self.gateway_toml.write_text(GATEWAY_TOML.format(pki=self.pki.name, service=service))
 
     def run_cli(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -166,9 +180,7 @@ class AuditCommandTests(SynchronousTestCase):
         self.assertIn("cannot read the audit trail in", err)
 
     def test_the_state_dir_comes_from_the_config(self) -> None:
-        self.gateway_toml.write_text(
-            GATEWAY_TOML.format(service='[service]\nstate_dir = "var/gw"\n')
-        )
+        self.write_gateway_toml('[service]\nstate_dir = "var/gw"\n')
         config = load_gateway_config(self.gateway_toml)
         self.assertEqual(config.state_dir, (self.root / "var" / "gw").resolve())
         self.record_some(config.state_dir / "audit")
@@ -182,9 +194,7 @@ class AuditCommandTests(SynchronousTestCase):
 
     def test_a_state_dir_that_is_a_file_is_a_config_error(self) -> None:
         (self.root / "plain").write_text("")
-        self.gateway_toml.write_text(
-            GATEWAY_TOML.format(service='[service]\nstate_dir = "plain"\n')
-        )
+        self.write_gateway_toml('[service]\nstate_dir = "plain"\n')
         code, _, err = self.gateway()
         self.assertEqual(code, 2)
         self.assertIn("service.state_dir", err)
