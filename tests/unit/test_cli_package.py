@@ -33,7 +33,8 @@ from gateway.cli.common import (
     UsageError,
 )
 
-COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor", "audit"]
+COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
+COMMANDS += ["access", "code", "requests", "approve", "deny", "sessions", "end", "audit"]
 
 
 class Run:
@@ -71,7 +72,7 @@ class RegistryTests(SynchronousTestCase):
     def test_every_command_module_registers_its_commands(self) -> None:
         _, commands = build()
         self.assertEqual(list(commands.handlers), COMMANDS)
-        self.assertEqual(len(COMMAND_MODULES), 6)
+        self.assertEqual(len(COMMAND_MODULES), 7)
         for module in COMMAND_MODULES:
             self.assertTrue(callable(getattr(module, "register", None)), module)
 
@@ -84,6 +85,13 @@ class RegistryTests(SynchronousTestCase):
             "pki": "pki show ca.pem",
             "demo": "demo",
             "demo-processor": "demo-processor",
+            "access": "access -c gateway.toml",
+            "code": "code -c gateway.toml",
+            "requests": "requests -c gateway.toml",
+            "approve": "approve r-1 -c gateway.toml",
+            "deny": "deny r-1 -c gateway.toml",
+            "sessions": "sessions -c gateway.toml",
+            "end": "end --all -c gateway.toml",
             "audit": "audit -c gateway.toml",
         }
         for name in COMMANDS:
