@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -34,6 +34,7 @@ from gateway.config import AccessMode
 from gateway.edge.consent import Actor, Permission
 from gateway.web.api import api_root, api_site
 from gateway.web.status import status_root
+from tests.helpers.pki import make_pki
 from tests.unit.test_api import FakeConsent, FixedView
 
 TESTER = Actor("operator", "alice", "control socket")
@@ -115,9 +116,9 @@ class Run:
 GATEWAY_TOML = """\
 [relay]
 address = "relay.example:443"
-ca = "ca.pem"
-cert = "gateway.pem"
-key = "gateway.key"
+ca = "{pki}/ca.pem"
+cert = "{pki}/gateway.pem"
+key = "{pki}/gateway.key"
 
 [[target]]
 name = "web"
@@ -129,14 +130,24 @@ state_dir = "state"
 
 
 class ControlTestCase(SynchronousTestCase):
+    pki: ClassVar[tempfile.TemporaryDirectory[str]]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        """Real test certificates: the config loader checks the files it is pointed at."""
+        cls.pki = tempfile.TemporaryDirectory(prefix="test-cli-control-pki-")
+        make_pki(Path(cls.pki.name), gateway_id="plant7-gw")
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.pki.cleanup()
+
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="test-cli-control-")
         self.addCleanup(tmp.cleanup)
         self.directory = Path(tmp.name)
-        for name in ("ca.pem", "gateway.pem", "gateway.key"):
-            (self.directory / name).write_text("unused\n")
         self.config = self.directory / "gateway.toml"
-        self.config.write_text(GATEWAY_TOML)
+        self.config.write_text(GATEWAY_TOML.format(pki=self.pki.name))
         self.state = self.directory / "state"
         self.state.mkdir(mode=0o750)
         self.socket = self.state / "control.sock"
