@@ -8,10 +8,18 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTCP,
     IReactorTime,
+    IReactorUNIX,
 )
 
 
 class IGatewayReactor(
-    IReactorCore, IReactorTCP, IReactorTime, IReactorPluggableNameResolver, IReactorProcess
+    IReactorCore,
+    IReactorTCP,
+    IReactorTime,
+    IReactorPluggableNameResolver,
+    IReactorProcess,
+    IReactorUNIX,
 ):
-    """The global reactor provides all of these; tests pass ``MemoryReactorClock``."""
+    """The global reactor provides all of these; tests pass ``MemoryReactorClock``.
+
+    ``IReactorUNIX``: the edge daemon's control socket."""
