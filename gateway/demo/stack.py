@@ -179,6 +179,16 @@ class Layout:
     def gateway_config(self) -> Path:
         return self.workdir / "gateway.toml"
 
+    @property
+    def relay_state(self) -> Path:
+        """The relay's state directory: its own, so the two audit trails stay apart."""
+        return self.workdir / "relay-state"
+
+    @property
+    def gateway_state(self) -> Path:
+        """The gateway's state directory (mode, audit trail, control socket)."""
+        return self.workdir / "gateway-state"
+
 
 def make_pki(
     layout: Layout,
@@ -242,6 +252,7 @@ _GATEWAY_NOTES: Final[Mapping[tuple[str, str], str]] = {
     ("metrics", "listen"): "Prometheus text at /metrics",
     ("service", "drain_timeout"): "seconds to let streams finish on shutdown (default 10)",
     ("service", "half_close_timeout"): "seconds a half-closed connection may stay (default 30)",
+    ("service", "state_dir"): "access mode, audit trail (gateway audit), control socket",
 }
 
 _GATEWAY_HINTS: Final[Mapping[str, tuple[str, str]]] = {
@@ -263,6 +274,7 @@ _RELAY_NOTES: Final[Mapping[tuple[str, str], str]] = {
     ),
     ("metrics", "listen"): "Prometheus text at /metrics",
     ("service", "drain_timeout"): "seconds to let streams finish on shutdown (default 10)",
+    ("service", "state_dir"): "the relay's audit trail (gateway relay audit -c relay.toml)",
 }
 
 
@@ -296,6 +308,7 @@ def relay_toml(
             {"listen": loopback(ports.relay_engineers), "tokens": layout.engineers},
         ),
         Section("metrics", {"listen": loopback(ports.relay_metrics)}),
+        Section("service", {"state_dir": layout.relay_state}),
     ]
     title = [
         f"relay.toml written by {written_by}: the vendor relay, on loopback only.",
@@ -348,6 +361,7 @@ def gateway_toml(
     body.append(Section("status", {"listen": loopback(ports.status)}))
     if ports.metrics is not None:
         body.append(Section("metrics", {"listen": loopback(ports.metrics)}))
+    body.append(Section("service", {"state_dir": layout.gateway_state}))
     title = [
         f"gateway.toml written by {written_by}: the edge daemon, on loopback only.",
         "Run it yourself with:  gateway run -c gateway.toml",
