@@ -5,8 +5,14 @@ its target name is on the allowlist in gateway.toml; the address always comes fr
 own configuration, never from the relay, so nothing else on the plant network is reachable.
 
 The decision looks at a whole request (``AccessRequest``: who, in which session, to what, with
-which permission, on which connection, when), not just a target name, so that attended sessions
-can be checked here without changing the callers: the relay's word on any of it is only a claim.
+which permission, on which connection, when), not just a target name: the relay's word on any of
+it is only a claim.  In order: the mode (``disabled`` refuses all), the allowlist, then the
+session.  Sessions are looked up through ``ISessionLookup`` (the consent service): a stream that
+names a session is held to it in every mode (live, granted to the engineer the relay
+authenticated, covering the target); in ``attended`` mode a stream must name one; in
+``unattended`` mode a stream that names none joins its engineer's implicit session, so that plant
+staff still see and can end it.  Without a lookup (tests of the bare allowlist) no session exists:
+``attended`` refuses every stream and ``unattended`` streams belong to no session.
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ import enum
 from collections.abc import Callable
 
 from attrs import frozen
+from zope.interface import Interface
 
 from gateway.config import AccessMode, Target
 from gateway.wire import Refusal
+
+ATTENDED_NEEDS_A_SESSION = (
+    "this gateway is in attended mode: remote access needs a session approved on the plant's "
+    "status page or with `gateway approve`; ask for one with `gateway connect --reason ...`, "
+    "or use a code the plant reads out to you: `gateway connect --code ...`"
+)
 
 
 class Permission(enum.Enum):
@@ -47,13 +60,34 @@ class AccessRequest:
 class Allowed:
     target: Target
     session: str | None = None
-    """The live session that allowed the stream (None in unattended mode)."""
+    """The live session that allowed the stream (None only without a session lookup)."""
 
 
 @frozen
 class Refused:
     refusal: Refusal
     reason: str
+
+
+@frozen
+class Grant:
+    """What the decision needs to know of a live session."""
+
+    session: str
+    engineer: str
+    targets: frozenset[str]
+    permission: Permission
+
+
+class ISessionLookup(Interface):
+    """Live sessions, as the access decision asks about them (the consent service answers)."""
+
+    def grant(session_id: str) -> Grant | None:
+        """The live session ``session_id``, or None if there is none (ended, expired, unknown)."""
+
+    def implicit_session(engineer: str) -> Grant | Refused:
+        """``unattended`` mode: the engineer's implicit session, made on first use; Refused when
+        no new session may be made (the audit trail cannot be written)."""
 
 
 ModeListener = Callable[[AccessMode, AccessMode], None]
@@ -68,10 +102,13 @@ class AccessPolicy:
         targets: tuple[Target, ...],
         mode: AccessMode,
         on_mode_change: ModeListener | None = None,
+        sessions: ISessionLookup | None = None,
     ) -> None:
         self._targets = {t.name: t for t in targets}
         self._mode = mode
         self._on_mode_change = on_mode_change
+        self.sessions = sessions
+        """Set once by the composition root (the consent service needs the policy too)."""
 
     @property
     def mode(self) -> AccessMode:
@@ -101,13 +138,44 @@ class AccessPolicy:
                 Refusal.TARGET_NOT_ALLOWED,
                 f"target {request.target!r} is not in this gateway's allowlist",
             )
+        sessions = self.sessions
+        if sessions is None:
+            if self._mode is AccessMode.ATTENDED:
+                return Refused(Refusal.SESSION_REQUIRED, ATTENDED_NEEDS_A_SESSION)
+            return Allowed(target)
+        if request.session is not None:
+            grant = sessions.grant(request.session)
+            problem = _session_problem(grant, request)
+            if problem is not None:
+                return problem
+            return Allowed(target, request.session)
         if self._mode is AccessMode.ATTENDED:
-            # Sessions will be looked up here: request.session, live, granted to
-            # request.engineer, covering target and permission.
-            return Refused(
-                Refusal.SESSION_REQUIRED,
-                "this gateway is in attended mode: remote access needs a session approved on "
-                "the plant's status page, and attended sessions are not available in this "
-                "release; ask the plant to switch to unattended mode",
-            )
-        return Allowed(target)
+            return Refused(Refusal.SESSION_REQUIRED, ATTENDED_NEEDS_A_SESSION)
+        implicit = sessions.implicit_session(request.engineer)
+        if isinstance(implicit, Refused):
+            return implicit
+        return Allowed(target, implicit.session)
+
+
+def _session_problem(grant: Grant | None, request: AccessRequest) -> Refused | None:
+    """Why the session a stream names does not let it through (None: it does).
+
+    Another engineer's session reads as not live: a session id is not a secret (the status page
+    and the relay's support view show it), so it must never work for anyone but its holder, and
+    the refusal says no more than that.  ``view`` is stored and shown; what it enforces comes with
+    the web targets.
+    """
+    if grant is None or grant.engineer != request.engineer:
+        return Refused(
+            Refusal.SESSION_ENDED,
+            f"session {request.session} is not live on this gateway (it ended, expired, or "
+            "is not yours); ask the plant for a new one",
+        )
+    if request.target not in grant.targets:
+        granted = ", ".join(sorted(grant.targets))
+        return Refused(
+            Refusal.TARGET_NOT_ALLOWED,
+            f"session {grant.session} does not cover target {request.target!r} "
+            f"(it covers: {granted})",
+        )
+    return None

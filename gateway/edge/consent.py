@@ -16,13 +16,17 @@ from zope.interface import Interface
 
 from gateway.config import AccessMode
 from gateway.edge.access import Permission
+from gateway.wire import Refusal, SessionAsk, SessionEvent
 
 __all__ = [
     "GATEWAY",
     "Actor",
     "CodeGrant",
     "ConsentRefused",
+    "EngineerRefused",
     "IConsent",
+    "IEngineerSessions",
+    "ISessionChannel",
     "PendingRequest",
     "Permission",
     "Session",
@@ -77,6 +81,8 @@ class Session:
     """Who let the engineer in: an operator, ``code 123...`` (never the whole code), or
     ``unattended mode``."""
     implicit: bool = False
+    connections: tuple[str, ...] = ()
+    """The ids of the session's open connections (``wire.CONNECTION_ID_HEADER``), as listed."""
 
 
 @frozen
@@ -91,6 +97,8 @@ class CodeGrant:
     """Length of the session the code opens."""
     expires: float
     """When the code itself stops working (10 minutes after it was made)."""
+    id: str = ""
+    """``c-...``: names the code in the audit trail (``code.created``, ``code.used``) without it."""
 
 
 class ConsentRefused(Exception):
@@ -103,6 +111,15 @@ class ConsentRefused(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
+        self.reason = reason
+
+
+class EngineerRefused(Exception):
+    """An engineer's session request refused: answered on the tunnel as ``refusal`` + ``reason``."""
+
+    def __init__(self, refusal: Refusal, reason: str) -> None:
+        super().__init__(reason)
+        self.refusal = refusal
         self.reason = reason
 
 
@@ -159,3 +176,30 @@ class IConsent(Interface):
 
     def when_changed() -> Deferred[None]:
         """Fires at the next change of mode, requests or sessions (for live pages and SSE)."""
+
+
+class ISessionChannel(Interface):
+    """The engineer's end of one session stream (``POST wire.SESSION_PATH``), as the service
+    writes to it: JSON lines, then the end."""
+
+    def send(event: SessionEvent) -> None:
+        """Tell the engineer ``event`` (one line)."""
+
+    def close() -> None:
+        """End the stream once what was sent has gone (after DENIED or ENDED)."""
+
+
+class IEngineerSessions(Interface):
+    """The engineer's side, as the tunnel's session route calls it.
+
+    The channel staying open is the engineer's presence: when it goes (``channel_lost``) a
+    waiting request is withdrawn, and a session's grace period starts.
+    """
+
+    def ask(engineer: str, ask: SessionAsk, channel: ISessionChannel) -> None:
+        """Take a request (reason), a code, a resume or (unattended) a bare ask from
+        ``engineer`` as the relay authenticated it; events go to ``channel``.  Raises
+        `EngineerRefused` (nothing sent on the channel then)."""
+
+    def channel_lost(channel: ISessionChannel) -> None:
+        """The stream behind ``channel`` ended (the engineer's client or the relay went away)."""
