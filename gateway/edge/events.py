@@ -1,9 +1,11 @@
 """What the edge daemon reports, and the fan-out that hands each report to every consumer.
 
-The link and the forwarder say what happened (a tunnel came up, a stream opened or was refused);
-they do not know who listens.  The metrics count it, the status model keeps what the status page
-shows, and the audit trail will record it: each is one consumer on the daemon's ``FanOut`` (cf.
-``IUsageWriter`` in magic-wormhole-transit-relay's usage.py).
+The link and the forwarder say what happened (a tunnel came up, a stream opened or was refused),
+and the consent service what the plant decided; none of them knows who listens.  The metrics count
+it, the status model keeps what the status page shows, and the audit trail records the streams
+(`StreamAudit`): each is one consumer on the daemon's ``FanOut`` (cf. ``IUsageWriter`` in
+magic-wormhole-transit-relay's usage.py).  The consent service writes its own audit records
+(through an `Auditor`), because a decision that cannot be recorded must not be taken.
 
 Bytes are different: they are counted per chunk on the data path, so ``IByteCounter`` is kept
 apart and ``FanOut`` hands out the single counter's own bound method when there is only one (no
@@ -17,11 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from gateway.audit import AuditWriteError, IAuditTrail
 from gateway.config import AccessMode
 from gateway.edge.access import AccessRequest
+from gateway.edge.consent import PendingRequest, Session
 from gateway.splice import SpliceEnd
 from gateway.wire import Refusal
 
@@ -96,10 +101,29 @@ class IByteCounter(Interface):
 
 
 class IAccessEvents(Interface):
-    """The plant's control of access (sessions and codes will be reported here too)."""
+    """The plant's control of access: modes, requests, sessions, codes, the audit trail."""
 
     def access_mode_changed(old: AccessMode, new: AccessMode) -> None:
         """The access mode was switched."""
+
+    def request_opened(request: PendingRequest) -> None:
+        """An engineer asked for a session; the request waits for the plant."""
+
+    def request_closed(request: PendingRequest, outcome: str) -> None:
+        """The request was answered: ``approved``, ``denied``, ``expired`` (nobody answered in
+        time) or ``withdrawn`` (the engineer went away or asked again)."""
+
+    def session_started(session: Session, how: str) -> None:
+        """A session went live: ``approved`` (a request), ``code`` or ``unattended``."""
+
+    def session_ended(session: Session, why: str) -> None:
+        """A session ended (``why`` as the engineer is told)."""
+
+    def code_refused(why: str) -> None:
+        """A session code was refused: ``wrong``, ``used``, ``expired`` or ``locked``."""
+
+    def audit_failed(why: str) -> None:
+        """An audit record could not be written."""
 
 
 def _no_bytes(n: int) -> None:
@@ -192,6 +216,24 @@ class FanOut:
     def access_mode_changed(self, old: AccessMode, new: AccessMode) -> None:
         self._each(IAccessEvents, "access_mode_changed", old, new)
 
+    def request_opened(self, request: PendingRequest) -> None:
+        self._each(IAccessEvents, "request_opened", request)
+
+    def request_closed(self, request: PendingRequest, outcome: str) -> None:
+        self._each(IAccessEvents, "request_closed", request, outcome)
+
+    def session_started(self, session: Session, how: str) -> None:
+        self._each(IAccessEvents, "session_started", session, how)
+
+    def session_ended(self, session: Session, why: str) -> None:
+        self._each(IAccessEvents, "session_ended", session, why)
+
+    def code_refused(self, why: str) -> None:
+        self._each(IAccessEvents, "code_refused", why)
+
+    def audit_failed(self, why: str) -> None:
+        self._each(IAccessEvents, "audit_failed", why)
+
 
 def _count(counters: list[Callable[[int], None]], n: int) -> None:
     for count in counters:
@@ -199,3 +241,93 @@ def _count(counters: list[Callable[[int], None]], n: int) -> None:
             count(n)
         except Exception:
             log.failure("byte counter {counter!r} failed", counter=count)
+
+
+class Auditor:
+    """Writes audit records to the trail; a write that fails is logged and reported.
+
+    ``record`` is for what has happened anyway (a stream closed, a session ended): a failure must
+    not undo it, so it is told (``audit_failed``: logged once per outage, counted every time) and
+    swallowed.  ``require`` is for a decision that may only be taken once it is on record (a new
+    session, a request, a code): it raises `AuditWriteError` after telling.
+    """
+
+    def __init__(self, trail: IAuditTrail, events: IAccessEvents) -> None:
+        self.trail = trail
+        self._events = events
+        self._failing = False
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.trail.healthy)
+
+    def require(self, event: str, *, who: str | None, result: str = "ok", **details: Any) -> None:
+        try:
+            self.trail.record(event, who=who, result=result, **details)
+        except AuditWriteError as e:
+            if not self._failing:
+                log.error(
+                    "audit trail cannot be written ({why}): no new session until it can; "
+                    "live sessions carry on",
+                    why=str(e),
+                )
+            self._failing = True
+            self._events.audit_failed(str(e))
+            raise
+        if self._failing:
+            self._failing = False
+            log.info("audit trail is written again")
+
+    def record(self, event: str, *, who: str | None, result: str = "ok", **details: Any) -> bool:
+        """Write it if possible; False if it could not be written (already told)."""
+        try:
+            self.require(event, who=who, result=result, **details)
+        except AuditWriteError:
+            return False
+        return True
+
+
+@implementer(IStreamEvents)
+class StreamAudit:
+    """The audit trail's consumer of stream events: ``stream.opened``, ``stream.closed`` (bytes
+    each way, duration) and ``stream.refused`` (the refusal's token and reason)."""
+
+    def __init__(self, auditor: Auditor, clock: IReactorTime) -> None:
+        self._auditor = auditor
+        self._clock = clock
+
+    def stream_opened(self, connection: ConnectionRecord) -> None:
+        self._auditor.record(
+            "stream.opened",
+            who=connection.engineer,
+            connection=connection.id,
+            session=connection.session,
+            target=connection.target,
+            address=connection.address,
+        )
+
+    def stream_closed(
+        self, connection: ConnectionRecord, bytes_to_target: int, bytes_from_target: int, why: str
+    ) -> None:
+        self._auditor.record(
+            "stream.closed",
+            who=connection.engineer,
+            result=why,
+            connection=connection.id,
+            session=connection.session,
+            target=connection.target,
+            bytes_to_target=bytes_to_target,
+            bytes_from_target=bytes_from_target,
+            seconds=round(max(0.0, self._clock.seconds() - connection.started), 3),
+        )
+
+    def stream_refused(self, request: AccessRequest, refusal: Refusal, reason: str) -> None:
+        self._auditor.record(
+            "stream.refused",
+            who=request.engineer,
+            result=refusal.token,
+            connection=request.connection_id,
+            session=request.session,
+            target=request.target,
+            reason=reason,
+        )

@@ -12,13 +12,21 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from gateway import __version__
+from gateway.config import AccessMode
 from gateway.edge.access import AccessRequest
-from gateway.edge.events import ConnectionRecord, IByteCounter, IStreamEvents, ITunnelEvents
+from gateway.edge.consent import PendingRequest, Session
+from gateway.edge.events import (
+    ConnectionRecord,
+    IAccessEvents,
+    IByteCounter,
+    IStreamEvents,
+    ITunnelEvents,
+)
 from gateway.procmetrics import process_health
 from gateway.wire import Refusal
 
 
-@implementer(ITunnelEvents, IStreamEvents, IByteCounter)
+@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents)
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry, clock: IReactorTime | None = None) -> None:
         self.registry = registry
@@ -54,7 +62,29 @@ class GatewayMetrics:
         self._to_target = moved.labels(direction="to_target")
         self._from_target = moved.labels(direction="from_target")
         self.sessions_active = Gauge(
-            "gateway_sessions_active", "Attended sessions open now", registry=registry
+            "gateway_sessions_active",
+            "Sessions live now (approved, from a code, or the implicit ones of unattended mode)",
+            registry=registry,
+        )
+        self._pending = Gauge(
+            "gateway_session_requests_pending",
+            "Engineers' requests waiting for the plant's answer",
+            registry=registry,
+        )
+        self._decisions = Counter(
+            "gateway_session_decisions_total",
+            "Answers to engineers' session requests and codes, by decision",
+            ["decision"],
+            registry=registry,
+        )
+        mode = Gauge(
+            "gateway_access_mode", "1 for the access mode in force", ["mode"], registry=registry
+        )
+        self._modes = {m: mode.labels(mode=m.value) for m in AccessMode}
+        self._audit_failures = Counter(
+            "gateway_audit_write_failures_total",
+            "Audit records that could not be written",
+            registry=registry,
         )
         self._certificate_expiry = Gauge(
             "gateway_certificate_expiry_timestamp_seconds",
@@ -65,6 +95,11 @@ class GatewayMetrics:
             {"version": __version__}
         )
         self._up.set(0)
+
+    def show_mode(self, mode: AccessMode) -> None:
+        """``gateway_access_mode{mode}``: 1 for ``mode``, 0 for the others."""
+        for each, child in self._modes.items():
+            child.set(1 if each is mode else 0)
 
     def set_certificate(self, pem: bytes) -> None:
         cert = x509.load_pem_x509_certificate(pem)
@@ -106,3 +141,28 @@ class GatewayMetrics:
 
     def bytes_from_target(self, n: int) -> None:
         self._from_target.inc(n)
+
+    # IAccessEvents
+    def access_mode_changed(self, old: AccessMode, new: AccessMode) -> None:
+        self.show_mode(new)
+
+    def request_opened(self, request: PendingRequest) -> None:
+        self._pending.inc()
+
+    def request_closed(self, request: PendingRequest, outcome: str) -> None:
+        self._pending.dec()
+        self._decisions.labels(decision=outcome).inc()
+
+    def session_started(self, session: Session, how: str) -> None:
+        self.sessions_active.inc()
+        if how != "approved":  # an approval is counted as its request's decision
+            self._decisions.labels(decision=how).inc()
+
+    def session_ended(self, session: Session, why: str) -> None:
+        self.sessions_active.dec()
+
+    def code_refused(self, why: str) -> None:
+        self._decisions.labels(decision=f"code_{why}").inc()
+
+    def audit_failed(self, why: str) -> None:
+        self._audit_failures.inc()

@@ -1,4 +1,4 @@
-"""Fakes for the edge daemon's event interfaces, for tests (each checked with ``verifyObject``)."""
+"""Fakes for the edge daemon's interfaces, for tests (each checked with ``verifyObject``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from zope.interface import implementer
 
 from gateway.config import AccessMode
 from gateway.edge.access import AccessRequest
+from gateway.edge.consent import ISessionChannel, PendingRequest, Session
 from gateway.edge.events import (
     ConnectionRecord,
     IAccessEvents,
@@ -14,7 +15,7 @@ from gateway.edge.events import (
     IStreamEvents,
     ITunnelEvents,
 )
-from gateway.wire import Refusal
+from gateway.wire import Refusal, SessionEvent
 
 
 @implementer(ITunnelEvents, IStreamEvents, IAccessEvents)
@@ -57,6 +58,24 @@ class RecordingEvents:
     def access_mode_changed(self, old: AccessMode, new: AccessMode) -> None:
         self.seen.append(("access_mode_changed", old, new))
 
+    def request_opened(self, request: PendingRequest) -> None:
+        self.seen.append(("request_opened", request))
+
+    def request_closed(self, request: PendingRequest, outcome: str) -> None:
+        self.seen.append(("request_closed", request, outcome))
+
+    def session_started(self, session: Session, how: str) -> None:
+        self.seen.append(("session_started", session, how))
+
+    def session_ended(self, session: Session, why: str) -> None:
+        self.seen.append(("session_ended", session, why))
+
+    def code_refused(self, why: str) -> None:
+        self.seen.append(("code_refused", why))
+
+    def audit_failed(self, why: str) -> None:
+        self.seen.append(("audit_failed", why))
+
 
 @implementer(IByteCounter)
 @define
@@ -71,3 +90,38 @@ class ByteTally:
 
     def bytes_from_target(self, n: int) -> None:
         self.from_target += n
+
+
+@implementer(ISessionChannel)
+@define(eq=False)
+class RecordingChannel:
+    """An engineer's session stream in memory: the events sent, and whether it was closed."""
+
+    events: list[SessionEvent] = field(factory=list)
+    closed: bool = False
+
+    def send(self, event: SessionEvent) -> None:
+        if self.closed:
+            raise AssertionError(f"sent {event} after the channel was closed")
+        self.events.append(event)
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def last(self) -> SessionEvent:
+        return self.events[-1]
+
+
+@define
+class StreamAborts:
+    """Stands in for the forwarder: which sessions' streams were aborted, and how often all."""
+
+    sessions: list[str] = field(factory=list)
+    all: int = 0
+
+    def abort_session(self, session_id: str) -> None:
+        self.sessions.append(session_id)
+
+    def abort_all(self) -> None:
+        self.all += 1

@@ -8,15 +8,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gateway.audit import AuditWriteError, MemoryAuditTrail
 from gateway.config import AccessMode
-from gateway.edge.access import AccessRequest
+from gateway.edge.access import AccessRequest, Permission
+from gateway.edge.consent import PendingRequest, Session
 from gateway.edge.events import (
+    Auditor,
     ConnectionRecord,
     FanOut,
     IAccessEvents,
     IByteCounter,
     IStreamEvents,
     ITunnelEvents,
+    StreamAudit,
 )
 from gateway.edge.link import TunnelStatus
 from gateway.edge.metrics import GatewayMetrics
@@ -207,3 +211,113 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("gateway_streams_active"), 0)
         self.assertEqual(self.value("gateway_streams_total", result="opened"), 1)
         self.assertEqual(self.value("gateway_streams_total", result="target-not-allowed"), 1)
+
+
+REQUEST = PendingRequest(
+    id="r-1", engineer="eve", reason="ticket", targets=("web",), asked=5.0, expires=305.0
+)
+SESSION = Session(
+    id="s-1",
+    engineer="eve",
+    reason="ticket",
+    targets=("web",),
+    permission=Permission.FULL,
+    started=5.0,
+    expires=3605.0,
+    approved_by="alice",
+)
+
+
+class ConsentEventTests(SynchronousTestCase):
+    def test_the_fan_out_passes_on_every_consent_event(self) -> None:
+        seen = RecordingEvents()
+        fan = FanOut(seen)
+        fan.request_opened(REQUEST)
+        fan.request_closed(REQUEST, "approved")
+        fan.session_started(SESSION, "approved")
+        fan.session_ended(SESSION, "expired")
+        fan.code_refused("wrong")
+        fan.audit_failed("disk full")
+        self.assertEqual(
+            seen.seen,
+            [
+                ("request_opened", REQUEST),
+                ("request_closed", REQUEST, "approved"),
+                ("session_started", SESSION, "approved"),
+                ("session_ended", SESSION, "expired"),
+                ("code_refused", "wrong"),
+                ("audit_failed", "disk full"),
+            ],
+        )
+
+    def test_metrics_consume_consent_events(self) -> None:
+        registry = CollectorRegistry()
+        metrics = GatewayMetrics(registry, Clock())
+        self.assertTrue(verifyObject(IAccessEvents, metrics))
+
+        def value(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        metrics.show_mode(AccessMode.ATTENDED)
+        self.assertEqual(value("gateway_access_mode", mode="attended"), 1)
+        self.assertEqual(value("gateway_access_mode", mode="unattended"), 0)
+        metrics.access_mode_changed(AccessMode.ATTENDED, AccessMode.DISABLED)
+        self.assertEqual(value("gateway_access_mode", mode="attended"), 0)
+        self.assertEqual(value("gateway_access_mode", mode="disabled"), 1)
+        metrics.request_opened(REQUEST)
+        self.assertEqual(value("gateway_session_requests_pending"), 1)
+        metrics.request_closed(REQUEST, "approved")
+        metrics.session_started(SESSION, "approved")
+        self.assertEqual(value("gateway_session_requests_pending"), 0)
+        self.assertEqual(value("gateway_sessions_active"), 1)
+        self.assertEqual(value("gateway_session_decisions_total", decision="approved"), 1)
+        metrics.session_started(SESSION, "code")
+        metrics.session_ended(SESSION, "expired")
+        self.assertEqual(value("gateway_sessions_active"), 1)
+        self.assertEqual(value("gateway_session_decisions_total", decision="code"), 1)
+        metrics.code_refused("wrong")
+        self.assertEqual(value("gateway_session_decisions_total", decision="code_wrong"), 1)
+        metrics.audit_failed("disk full")
+        metrics.audit_failed("disk full")
+        self.assertEqual(value("gateway_audit_write_failures_total"), 2)
+
+
+class AuditConsumerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.trail = MemoryAuditTrail()
+        self.seen = RecordingEvents()
+        self.auditor = Auditor(self.trail, self.seen)
+        self.clock = Clock()
+        self.streams = StreamAudit(self.auditor, self.clock)
+
+    def test_stream_events_become_audit_records(self) -> None:
+        self.assertTrue(verifyObject(IStreamEvents, self.streams))
+        conn = record()
+        self.clock.advance(65.5)
+        self.streams.stream_opened(conn)
+        self.streams.stream_closed(conn, 10, 20, "closed")
+        self.streams.stream_refused(ASKED, Refusal.TARGET_NOT_ALLOWED, "no such target")
+        opened, closed, refused = self.trail.records
+        self.assertEqual(
+            (opened["event"], opened["who"], opened["connection"], opened["target"]),
+            ("stream.opened", "alice", "r-1", "web"),
+        )
+        self.assertEqual(
+            (closed["bytes_to_target"], closed["bytes_from_target"], closed["seconds"]),
+            (10, 20, 60.5),
+        )
+        self.assertEqual(closed["result"], "closed")
+        self.assertEqual(
+            (refused["result"], refused["reason"]), ("target-not-allowed", "no such target")
+        )
+
+    def test_a_record_that_cannot_be_written_is_told_and_counted_not_raised(self) -> None:
+        self.trail.fail = True
+        self.streams.stream_opened(record())
+        self.assertFalse(self.auditor.record("stream.opened", who="x"))
+        self.assertEqual(self.seen.named("audit_failed"), [("audit trail unavailable (test)",)] * 2)
+        self.assertRaises(AuditWriteError, self.auditor.require, "session.requested", who="eve")
+        self.assertFalse(self.auditor.healthy)
+        self.trail.fail = False
+        self.assertTrue(self.auditor.record("stream.opened", who="x"))
+        self.assertTrue(self.auditor.healthy)
