@@ -1,10 +1,11 @@
 """The status JSON contract (BRIEF section 3) as plain data, and the view that builds it.
 
-``StatusView.report()`` reads the tunnel's state machine, the access policy and the live
-connections (byte counts straight from their splice ends, so nothing is counted twice) into
-frozen attrs classes; ``attrs.asdict`` of a ``StatusReport`` is the JSON that ``/api/status``
-serves.  Sessions, pending requests and check results have their places (empty lists until the
-consent and check services exist).  The status page reads it through ``IStatusView`` only.
+``StatusView.report()`` reads the tunnel's state machine, the access policy, the consent service
+(pending requests, live sessions, the code lockout) and the live connections (byte counts straight
+from their splice ends, so nothing is counted twice) into frozen attrs classes; ``attrs.asdict``
+of a ``StatusReport`` is the JSON that ``/api/status`` serves.  Check results have their place
+(an empty list until the check service exists).  The status page reads it through
+``IStatusView`` only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from zope.interface import Interface, implementer
 
 from gateway import __version__
 from gateway.edge.access import AccessPolicy, AccessRequest
+from gateway.edge.consent import IConsent, PendingRequest, Session
 from gateway.edge.events import ConnectionRecord, IStreamEvents
 from gateway.edge.link import TunnelStatus
 from gateway.wire import Refusal
@@ -51,6 +53,8 @@ class AccessReport:
     mode: str
     targets: list[str]
     requests: list[RequestReport] = field(factory=list)
+    code_entry_locked_until: str | None = None
+    """After 5 wrong session codes: when code entry opens again (None: it is open)."""
 
 
 @frozen
@@ -61,9 +65,12 @@ class SessionReport:
     targets: list[str]
     permission: str
     started: str
-    expires: str
+    expires: str | None
+    """None: no expiry (an implicit session of unattended mode, ended by the plant or when its
+    engineer has gone)."""
     approved_by: str
     connections: list[str]
+    implicit: bool = False
 
 
 @frozen
@@ -136,6 +143,32 @@ def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
+def request_report(request: PendingRequest) -> RequestReport:
+    return RequestReport(
+        id=request.id,
+        engineer=request.engineer,
+        reason=request.reason,
+        targets=list(request.targets),
+        asked=iso(request.asked),
+        expires=iso(request.expires),
+    )
+
+
+def session_report(session: Session) -> SessionReport:
+    return SessionReport(
+        id=session.id,
+        engineer=session.engineer,
+        reason=session.reason,
+        targets=list(session.targets),
+        permission=session.permission.value,
+        started=iso(session.started),
+        expires=None if session.expires is None else iso(session.expires),
+        approved_by=session.approved_by,
+        connections=list(session.connections),
+        implicit=session.implicit,
+    )
+
+
 @implementer(IStatusView)
 class StatusView:
     def __init__(
@@ -144,14 +177,28 @@ class StatusView:
         tunnel: TunnelStatus,
         policy: AccessPolicy,
         connections: LiveConnections,
+        consent: IConsent | None = None,
     ) -> None:
         self._gateway_id = gateway_id
         self._tunnel = tunnel
         self._policy = policy
         self._connections = connections
+        self._consent = consent
 
     def report(self) -> StatusReport:
         tunnel = self._tunnel
+        consent = self._consent
+        access = AccessReport(mode=self._policy.mode.value, targets=self._policy.target_names)
+        sessions: list[SessionReport] = []
+        if consent is not None:
+            locked = consent.code_entry_locked_until()
+            access = AccessReport(
+                mode=access.mode,
+                targets=access.targets,
+                requests=[request_report(r) for r in consent.requests()],
+                code_entry_locked_until=None if locked is None else iso(locked),
+            )
+            sessions = [session_report(s) for s in consent.sessions()]
         return StatusReport(
             id=self._gateway_id,
             version=__version__,
@@ -163,8 +210,8 @@ class StatusView:
                 last_error=tunnel.last_error,
                 connects=tunnel.connects,
             ),
-            access=AccessReport(mode=self._policy.mode.value, targets=self._policy.target_names),
-            sessions=[],
+            access=access,
+            sessions=sessions,
             connections=[
                 ConnectionReport(
                     id=c.id,

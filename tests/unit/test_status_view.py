@@ -60,7 +60,12 @@ class StatusViewTests(SynchronousTestCase):
                     "last_error": None,
                     "connects": 0,
                 },
-                "access": {"mode": "unattended", "targets": ["hmi", "web"], "requests": []},
+                "access": {
+                    "mode": "unattended",
+                    "targets": ["hmi", "web"],
+                    "requests": [],
+                    "code_entry_locked_until": None,
+                },
                 "sessions": [],
                 "connections": [],
                 "checks": [],
