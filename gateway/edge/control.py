@@ -1,9 +1,15 @@
 """The tunnel's control requests: ordinary HTTP/2 requests from the relay under ``/v1/``.
 
 A small route table: ``(method, path)`` -> a handler that returns an attrs answer body, sent back
-as JSON.  Today there is ``GET /v1/info`` (``wire.EdgeInfo``); session requests will be ``POST``
-routes, whose body is collected first (bounded by the route's ``max_body``) and handed to the
-handler.  A handler may answer later (return a Deferred) or refuse (raise ``ControlRefused``).
+as JSON: ``GET /v1/info`` (``wire.EdgeInfo``) and ``GET /v1/sessions`` (``wire.SessionsSummary``).
+A ``POST`` route's body is collected first (bounded by the route's ``max_body``, until the request
+ends) and handed to the handler.  A handler may answer later (return a Deferred) or refuse (raise
+``ControlRefused``).
+
+A `StreamRoute` answers with a long-lived stream instead: its handler gets the request and the
+stream itself, answers it (or raises ``ControlRefused`` before answering) and may attach a
+protocol to hear when the stream goes.  ``POST /v1/session`` is one: JSON lines of
+``wire.SessionEvent`` for as long as the engineer's request waits and their session lives.
 The decision stays with the gateway: a control handler checks what it is asked like a stream.
 """
 
@@ -24,8 +30,22 @@ from zope.interface import implementer
 
 from gateway import __version__
 from gateway.edge.access import AccessPolicy
+from gateway.edge.consent import EngineerRefused, IConsent, IEngineerSessions, ISessionChannel
+from gateway.edge.status import request_report, session_report
 from gateway.tunnel.stream import TunnelStream
-from gateway.wire import CONTROL_PREFIX, ENGINEER_HEADER, INFO_PATH, EdgeInfo, Refusal
+from gateway.wire import (
+    CONTROL_PREFIX,
+    ENGINEER_HEADER,
+    INFO_PATH,
+    NDJSON,
+    SESSION_PATH,
+    SESSIONS_PATH,
+    EdgeInfo,
+    Refusal,
+    SessionAsk,
+    SessionEvent,
+    SessionsSummary,
+)
 
 log = Logger()
 
@@ -71,15 +91,31 @@ class Route:
     many bytes (until the request ends), then answer."""
 
 
+StreamHandler = Callable[[ControlRequest, TunnelStream], None]
+"""Answers the stream itself (``respond``, ``write``, ``loseConnection``), or raises
+``ControlRefused`` before answering."""
+
+
+@frozen
+class StreamRoute:
+    """A control request whose answer is a long-lived stream (see the module docstring)."""
+
+    method: str
+    path: str
+    handler: StreamHandler
+    max_body: int = DEFAULT_MAX_BODY
+    """The request's body (collected until the request ends) is at most this many bytes."""
+
+
 class ControlRoutes:
     """The route table, and answering a control stream from it."""
 
-    def __init__(self, routes: Iterable[Route] = ()) -> None:
-        self._routes: dict[tuple[str, str], Route] = {}
+    def __init__(self, routes: Iterable[Route | StreamRoute] = ()) -> None:
+        self._routes: dict[tuple[str, str], Route | StreamRoute] = {}
         for route in routes:
             self.add(route)
 
-    def add(self, route: Route) -> None:
+    def add(self, route: Route | StreamRoute) -> None:
         key = (route.method, route.path)
         if key in self._routes:
             raise ValueError(f"two control routes for {route.method} {route.path}")
@@ -102,10 +138,16 @@ class ControlRoutes:
             reader = _BodyReader(stream, route.max_body, lambda b: self._answer(stream, route, b))
             stream.attach(reader)
 
-    def _answer(self, stream: TunnelStream, route: Route, body: bytes) -> None:
+    def _answer(self, stream: TunnelStream, route: Route | StreamRoute, body: bytes) -> None:
         request = stream.request
         assert request is not None
         control = ControlRequest(request.method, request.path, request.headers, body)
+        if isinstance(route, StreamRoute):
+            try:
+                route.handler(control, stream)
+            except Exception:
+                _failed(stream, control, Failure())
+            return
         d: Deferred[Any] = maybeDeferred(route.handler, control)
         d.addCallback(lambda answer: _send(stream, answer))
         d.addErrback(lambda f: _failed(stream, control, f))
@@ -174,3 +216,110 @@ def info_route(gateway_id: str, policy: AccessPolicy, connections: Callable[[], 
         )
 
     return Route("GET", INFO_PATH, info)
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def parse_ask(body: bytes) -> SessionAsk:
+    """The body of ``POST /v1/session``; an empty body is a bare ask (unattended mode)."""
+    bad = "a session request is a JSON object with reason, code, resume or targets"
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError:
+        raise ControlRefused(Refusal.BAD_REQUEST, bad) from None
+    if not isinstance(data, dict):
+        raise ControlRefused(Refusal.BAD_REQUEST, bad)
+    texts: dict[str, str | None] = {}
+    for key in ("reason", "code", "resume"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ControlRefused(Refusal.BAD_REQUEST, f"{key} must be a string")
+        texts[key] = value
+    targets = data.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ControlRefused(Refusal.BAD_REQUEST, "targets must be a list of target names")
+    return SessionAsk(
+        reason=texts["reason"], code=texts["code"], resume=texts["resume"], targets=targets
+    )
+
+
+@implementer(ISessionChannel)
+class StreamChannel:
+    """A session stream as the consent service writes to it: 200 with JSON lines, then the end."""
+
+    def __init__(self, stream: TunnelStream) -> None:
+        self._stream = stream
+        self._answered = False
+        self._closed = False
+
+    def send(self, event: SessionEvent) -> None:
+        if self._closed or self._stream.finished:
+            return
+        if not self._answered:
+            self._answered = True
+            self._stream.respond(200, [(b"content-type", NDJSON), (b"cache-control", b"no-store")])
+        self._stream.write(event.to_line())
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _Presence(Protocol):
+    """Attached to a session stream once answered: tells when it goes (the engineer left)."""
+
+    def __init__(self, gone: Callable[[], None]) -> None:
+        self._gone: Callable[[], None] | None = gone
+
+    def dataReceived(self, data: bytes) -> None:
+        pass  # the request's body has all arrived; nothing more is expected
+
+    def readConnectionLost(self) -> None:
+        pass
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone()
+
+
+def session_route(sessions: IEngineerSessions) -> StreamRoute:
+    """``POST /v1/session``: an engineer asks for a session, uses a code, or resumes one."""
+
+    def handle(request: ControlRequest, stream: TunnelStream) -> None:
+        engineer = request.engineer
+        if not engineer:
+            raise ControlRefused(Refusal.BAD_REQUEST, "the relay named no engineer")
+        ask = parse_ask(request.body)
+        channel = StreamChannel(stream)
+        try:
+            sessions.ask(engineer, ask, channel)
+        except EngineerRefused as e:
+            raise ControlRefused(e.refusal, e.reason) from None
+        if stream.finished:
+            sessions.channel_lost(channel)
+            return
+        stream.attach(_Presence(lambda: sessions.channel_lost(channel)))
+
+    return StreamRoute("POST", SESSION_PATH, handle)
+
+
+def sessions_route(gateway_id: str, consent: IConsent) -> Route:
+    """``GET /v1/sessions``: the access mode, pending requests and live sessions, for the
+    relay's support desk view (``gateway relay sessions``)."""
+
+    def summary(_: ControlRequest) -> SessionsSummary:
+        return SessionsSummary(
+            id=gateway_id,
+            access_mode=consent.mode().value,
+            requests=[attrs.asdict(request_report(r)) for r in consent.requests()],
+            sessions=[attrs.asdict(session_report(s)) for s in consent.sessions()],
+        )
+
+    return Route("GET", SESSIONS_PATH, summary)

@@ -8,7 +8,10 @@ else carries on.  What happens is reported as ``IStreamEvents``; bytes are count
 
 Every stream has one connection id, the relay's (``wire.CONNECTION_ID_HEADER``) when it sent a
 well-formed one, else a local ``g-<n>``: the same id in the log lines, the status page and the
-events.
+events.  The session a stream claims (``wire.SESSION_HEADER``) goes to the decision and, once
+allowed, into its ``ConnectionRecord``; ending a session aborts its streams (``abort_session``).
+The decision is taken again when the processor answers: a session that ended, or a mode switched
+to ``disabled``, while the processor was being dialled opens nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from gateway.net.endpoints import quiet_factory
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
 from gateway.tunnel.stream import TunnelStream
-from gateway.wire import CONNECTION_ID_HEADER, ENGINEER_HEADER, Refusal
+from gateway.wire import CONNECTION_ID_HEADER, ENGINEER_HEADER, SESSION_HEADER, Refusal
 
 log = Logger()
 
@@ -50,6 +53,7 @@ _CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 """What a connection id from the relay may look like: short, printable, no spaces."""
 _CONNECTION_ID_KEY = CONNECTION_ID_HEADER.decode()
 _ENGINEER_KEY = ENGINEER_HEADER.decode()
+_SESSION_KEY = SESSION_HEADER.decode()
 
 
 def tcp_connector(reactor: IReactorTCP) -> TargetConnector:
@@ -114,6 +118,7 @@ class StreamForwarder:
             engineer=request.headers.get(_ENGINEER_KEY, "unknown engineer"),
             connection_id=self._connection_id(request.headers),
             at=self._clock.seconds(),
+            session=request.headers.get(_SESSION_KEY) or None,
         )
         decision = self.policy.decide(asked)
         if not isinstance(decision, Allowed):
@@ -147,6 +152,13 @@ class StreamForwarder:
             # The engineer gave up while we were connecting.
             processor_end.transport.loseConnection()
             return
+        # Sessions end and modes change while a processor is dialled: decide again.
+        again = self.policy.decide(asked)
+        if not isinstance(again, Allowed):
+            processor_end.transport.loseConnection()
+            self._refuse(stream, asked, again.refusal, again.reason)
+            return
+        allowed = again
         target = allowed.target
         stream_end = SpliceEnd(on_bytes=self.counter.bytes_to_target)
         cid = asked.connection_id
@@ -224,6 +236,12 @@ class StreamForwarder:
     def abort_all(self) -> None:
         for conn in list(self.active.values()):
             conn.to_target.transport.abortConnection()
+
+    def abort_session(self, session_id: str) -> None:
+        """Cut every connection of a session that ended (the engineer sees the stream reset)."""
+        for conn in list(self.active.values()):
+            if conn.session == session_id:
+                conn.to_target.transport.abortConnection()
 
 
 _REFUSED = "connection refused (is the processor switched on and its web server running?)"
