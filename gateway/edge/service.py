@@ -1,8 +1,10 @@
 """``gateway run``: compose the edge daemon's services.  ``makeService`` starts nothing.
 
-The parts meet here and nowhere else: the link and the forwarder report to one ``FanOut`` of
-events, whose consumers are the metrics, the status model (tunnel state machine and live
-connections) and, with the consent work, the audit trail; the status page reads a ``StatusView``.
+The parts meet here and nowhere else: the link, the forwarder and the consent service report to
+one ``FanOut`` of events, whose consumers are the metrics, the status model (tunnel state machine
+and live connections), the consent service (which connections each session has) and the audit
+trail's stream records; the status page reads a ``StatusView``.  ``daemon.consent`` is the plant's
+control (`IConsent`) that the control socket, the JSON API and the tunnel's session route call.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from gateway.audit import IAuditTrail
 from gateway.auditlog.writer import open_daemon_trail
 from gateway.config import GatewayConfig
 from gateway.edge.access import AccessPolicy
-from gateway.edge.control import ControlRoutes, info_route
+from gateway.edge.control import ControlRoutes, info_route, session_route, sessions_route
 from gateway.edge.dispatch import StreamDispatcher
-from gateway.edge.events import FanOut
+from gateway.edge.events import FanOut, StreamAudit
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
+from gateway.edge.sessions import ConsentService, starting_mode
+from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
 from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
@@ -42,6 +46,9 @@ class EdgeDaemon(MultiService):
     def __init__(self, config: GatewayConfig, reactor: IGatewayReactor) -> None:
         super().__init__()
         self.config = config
+        # The state directory before anything is kept in it: created 0700, or refused in one
+        # line if others could write it (they could switch remote access on).
+        self.state = StateDirectory.open(config.state_dir, config.path)
         # The audit trail first: an unwritable state directory stops start-up in one line, and
         # everything built below may record through it.
         self.audit_file = open_daemon_trail(
@@ -57,11 +64,14 @@ class EdgeDaemon(MultiService):
         self.metrics.set_certificate(link.cert.read_bytes())
         self.tunnel_status = TunnelStatus(relay, reactor)
         self.connections = LiveConnections()
-        # Every event goes to every consumer; the audit trail will be added here too.
+        # Every event goes to every consumer (the consent service and the audit trail's stream
+        # records join below, once they exist).
         self.events = FanOut(self.metrics, self.tunnel_status, self.connections)
+        mode = starting_mode(self.state, config.access_mode)  # the plant's last choice wins
         self.policy = AccessPolicy(
-            config.targets, config.access_mode, on_mode_change=self.events.access_mode_changed
+            config.targets, mode, on_mode_change=self.events.access_mode_changed
         )
+        self.metrics.show_mode(mode)
         self.forwarder = StreamForwarder(
             policy=self.policy,
             connect=tcp_connector(reactor),
@@ -70,12 +80,32 @@ class EdgeDaemon(MultiService):
             counter=self.events,
             half_close_timeout=config.half_close_timeout,
         )
+        # The plant's control: one service behind the control socket, the JSON API and the
+        # tunnel's session route; the access decision asks it about every stream's session.
+        self.consent = ConsentService(
+            policy=self.policy,
+            state=self.state,
+            audit=self.audit,
+            clock=reactor,
+            events=self.events,
+            rules=config.consent,
+            streams=self.forwarder,
+        )
+        self.policy.sessions = self.consent
+        self.events.add(self.consent)  # which connections each session has
+        self.events.add(StreamAudit(self.consent.auditor, reactor))
         self.control = ControlRoutes(
-            [info_route(self.gateway_id, self.policy, lambda: len(self.forwarder.active))]
+            [
+                info_route(self.gateway_id, self.policy, lambda: len(self.forwarder.active)),
+                session_route(self.consent),
+                sessions_route(self.gateway_id, self.consent),
+            ]
         )
         self.dispatcher = StreamDispatcher(self.forwarder, self.control)
         self.observer = TunnelObserver(relay, self.events)
-        self.view = StatusView(self.gateway_id, self.tunnel_status, self.policy, self.connections)
+        self.view = StatusView(
+            self.gateway_id, self.tunnel_status, self.policy, self.connections, self.consent
+        )
         self.batch = batch = WriteBatch()  # one per daemon, shared by its tunnel connections
 
         def make_tunnel() -> TunnelConnection:
@@ -111,6 +141,8 @@ class EdgeDaemon(MultiService):
                 listen_endpoint(reactor, config.metrics_listen), Site(root)
             ).setServiceParent(self)
         self.tunnel.setServiceParent(self)
+        # After the tunnel, so it stops first: engineers hear why before the tunnel drains.
+        self.consent.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
         """Stop everything, then flush and close the audit trail (records made while streams

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import generate_latest
 from twisted.internet.error import ConnectionRefusedError
@@ -13,11 +14,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from zope.interface.verify import verifyObject
 
 from gateway.config import AccessMode, Address, GatewayConfig, RelayLink, Target
+from gateway.edge.consent import Actor, EngineerRefused, IConsent
 from gateway.edge.service import EdgeDaemon, makeService
+from gateway.edge.state import StateDirError
+from gateway.edge.testing import RecordingChannel
 from gateway.reactor import IGatewayReactor
 from gateway.tunnel.connection import TunnelConnection
+from gateway.wire import SESSION_PATH, SESSIONS_PATH, SessionAsk
 from tests.helpers.pki import make_pki
 
 STATUS = Address("127.0.0.1", 8081)
@@ -131,7 +137,13 @@ class EdgeServiceTests(SynchronousTestCase):
         self.assertEqual(report["tunnel"]["state"], "connecting")
         self.assertEqual(report["tunnel"]["relay"], "127.0.0.1:9443")
         self.assertEqual(
-            report["access"], {"mode": "unattended", "targets": ["web"], "requests": []}
+            report["access"],
+            {
+                "mode": "unattended",
+                "targets": ["web"],
+                "requests": [],
+                "code_entry_locked_until": None,
+            },
         )
         self.assertEqual(
             (report["sessions"], report["connections"], report["checks"]), ([], [], [])
@@ -171,3 +183,114 @@ class EdgeServiceTests(SynchronousTestCase):
         tunnel.connectionLost(Failure(ConnectionRefusedError()))
         self.assertEqual(self.daemon.view.report().tunnel.state, "down")
         self.assertEqual(self.daemon.registry.get_sample_value("gateway_tunnel_up"), 0)
+
+
+class ConsentCompositionTests(SynchronousTestCase):
+    """The consent service in the daemon: state directory, mode, routes, status, metrics, stop."""
+
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory(prefix="test-edge-service-")
+        self.addCleanup(tmp.cleanup)
+        self.directory = Path(tmp.name)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_700_000_000)
+
+    def make(self, **overrides: object) -> EdgeDaemon:
+        config = config_in(self.directory, **overrides)
+        daemon = makeService(config, as_gateway_reactor(self.reactor))
+        self.addCleanup(daemon.audit_file.close)  # idempotent
+        return daemon
+
+    def test_the_daemon_exposes_one_consent_service_behind_every_face(self) -> None:
+        daemon = self.make()
+        self.assertTrue(verifyObject(IConsent, daemon.consent))
+        self.assertIs(daemon.policy.sessions, daemon.consent)
+        self.assertTrue(daemon.control.handles("POST", SESSION_PATH))
+        self.assertTrue(daemon.control.handles("GET", SESSIONS_PATH))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_the_state_directory_is_made_private_beside_the_config(self) -> None:
+        daemon = self.make()
+        self.assertEqual(daemon.state.path, self.directory / "state")
+        self.assertEqual((self.directory / "state").stat().st_mode & 0o777, 0o700)
+
+    def test_a_state_directory_others_can_write_stops_start_up_in_one_line(self) -> None:
+        state = self.directory / "shared"
+        state.mkdir()
+        os.chmod(state, 0o777)
+        error = self.assertRaises(StateDirError, self.make, state_dir=state)
+        self.assertIn("service.state_dir", str(error))
+        self.assertIn(f"chmod go-w {state}", str(error))
+
+    def test_the_plants_last_mode_wins_over_the_configured_one(self) -> None:
+        config = config_in(self.directory, access_mode=AccessMode.UNATTENDED)
+        daemon = makeService(config, as_gateway_reactor(self.reactor))
+        daemon.consent.set_mode(AccessMode.DISABLED, Actor("operator", "alice"))
+        daemon.audit_file.close()
+        again = makeService(config, as_gateway_reactor(MemoryReactorClock()))
+        self.addCleanup(again.audit_file.close)
+        self.assertIs(again.policy.mode, AccessMode.DISABLED)
+        self.assertEqual(again.view.report().access.mode, "disabled")
+        registry = again.registry
+        self.assertEqual(registry.get_sample_value("gateway_access_mode", {"mode": "disabled"}), 1)
+        self.assertEqual(
+            registry.get_sample_value("gateway_access_mode", {"mode": "unattended"}), 0
+        )
+        [changed] = [
+            r for r in read_audit(self.directory / "state") if r["event"] == "mode.changed"
+        ]
+        self.assertEqual(
+            (changed["who"], changed["old"], changed["new"]), ("alice", "unattended", "disabled")
+        )
+
+    def test_requests_sessions_and_the_lockout_show_in_the_status_json_and_metrics(self) -> None:
+        daemon = self.make(access_mode=AccessMode.ATTENDED)
+        daemon.startService()
+        channel = RecordingChannel()
+        daemon.consent.ask("eve", SessionAsk(reason="ticket 4711"), channel)
+        report = daemon.view.report().to_json()
+        [request] = report["access"]["requests"]
+        self.assertEqual((request["engineer"], request["reason"]), ("eve", "ticket 4711"))
+        self.assertEqual(daemon.registry.get_sample_value("gateway_session_requests_pending"), 1)
+        session = daemon.consent.approve(request["id"], Actor("operator", "alice"))
+        [shown] = daemon.view.report().to_json()["sessions"]
+        self.assertEqual((shown["id"], shown["approved_by"]), (session.id, "alice"))
+        self.assertEqual(shown["connections"], [])
+        self.assertEqual(daemon.registry.get_sample_value("gateway_sessions_active"), 1)
+        self.assertEqual(
+            daemon.registry.get_sample_value(
+                "gateway_session_decisions_total", {"decision": "approved"}
+            ),
+            1,
+        )
+        for attempt in range(5):
+            self.assertRaises(
+                EngineerRefused,
+                daemon.consent.ask,
+                "mallory",
+                SessionAsk(code=f"00000{attempt}"),
+                RecordingChannel(),
+            )
+        self.assertEqual(
+            daemon.view.report().access.code_entry_locked_until, "2023-11-14T22:23:20+00:00"
+        )
+        # Stopping tells the engineer and leaves no timer behind.
+        self.successResultOf(daemon.stopService())
+        self.assertEqual(channel.last.why, "the gateway is shutting down")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        events = [r["event"] for r in read_audit(self.directory / "state")]
+        for expected in (
+            "session.requested",
+            "session.approved",
+            "session.started",
+            "code.failed",
+            "code.locked",
+            "session.ended",
+        ):
+            self.assertIn(expected, events)
+
+
+def read_audit(state_dir: Path) -> list[dict[str, Any]]:
+    """The records of a daemon's audit trail, as written on disk."""
+    lines = (state_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
