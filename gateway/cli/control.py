@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["CONTROL_SOCKET", "ControlClient", "register"]
 
 CONTROL_SOCKET = "control.sock"
-"""The daemon's control socket, in its state directory."""
+"""The daemon's control socket, in its state directory (as `gateway.web.api.CONTROL_SOCKET`)."""
 MODES = ("attended", "unattended", "disabled")
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """As `gateway.web.api.ID`: ids are checked here before anything is sent."""

@@ -47,6 +47,7 @@ from gateway.edge.status import IStatusView, iso
 from gateway.web.status import StatusJSON
 
 __all__ = [
+    "CONTROL_SOCKET",
     "MAX_BODY",
     "Forbidden",
     "Identify",
@@ -58,6 +59,9 @@ __all__ = [
 
 log = Logger()
 
+CONTROL_SOCKET = "control.sock"
+"""Where in the state directory the daemon serves this API to the control commands (they find
+it by the same name, `gateway.cli.control.CONTROL_SOCKET`, without importing Twisted)."""
 MAX_BODY = 16 * 1024
 """Bytes of a request body; anything bigger is refused with 413 before it is read."""
 MAX_REASON = 300

@@ -28,10 +28,11 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.cli import main, unixhttp
+from gateway.cli import control, main, unixhttp
 from gateway.cli.control import relative
 from gateway.config import AccessMode
 from gateway.edge.consent import Actor, Permission
+from gateway.web import api
 from gateway.web.api import api_root, api_site
 from gateway.web.status import status_root
 from tests.helpers.pki import make_pki
@@ -488,6 +489,11 @@ class HelpTests(SynchronousTestCase):
             self.assertEqual(result.code, 0, name)
             self.assertIn("example:\n  gateway " + name, result.stdout)
             self.assertIn("3 the daemon is not running", result.stdout)
+
+
+class SocketNameTests(SynchronousTestCase):
+    def test_the_commands_look_where_the_daemon_listens(self) -> None:
+        self.assertEqual(control.CONTROL_SOCKET, api.CONTROL_SOCKET)
 
 
 class RelativeTimeTests(SynchronousTestCase):
