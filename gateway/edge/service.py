@@ -33,10 +33,18 @@ from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
 from gateway.net.endpoints import listen_endpoint, quiet_factory
+from gateway.net.unixsocket import UnixSocketService
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
+from gateway.web.api import (
+    CONTROL_SOCKET,
+    api_root,
+    api_site,
+    control_socket_user,
+    loopback_operator,
+)
 from gateway.web.status import status_root
 
 
@@ -130,9 +138,13 @@ class EdgeDaemon(MultiService):
             drain_timeout=config.drain_timeout,
         )
         # Local listeners first: a port already in use stops start-up before anything dials out.
+        # The control socket first: a second daemon on this state directory stops here.
+        self.control_socket = control_socket(self, reactor)
+        self.control_socket.setServiceParent(self)
         if config.status_listen is not None:
+            api = api_root(self.view, self.consent, loopback_operator)  # acts from loopback only
             StreamServerEndpointService(
-                listen_endpoint(reactor, config.status_listen), Site(status_root(self.view))
+                listen_endpoint(reactor, config.status_listen), Site(status_root(self.view, api))
             ).setServiceParent(self)
         if config.metrics_listen is not None:
             root = Resource()
@@ -154,6 +166,18 @@ class EdgeDaemon(MultiService):
     def _close_audit(self, result: object) -> object:
         self.audit_file.close()
         return result
+
+
+def control_socket(daemon: EdgeDaemon, reactor: IGatewayReactor) -> UnixSocketService:
+    """``STATE_DIR/control.sock``: the JSON API for the control commands (the actor is the Unix
+    user who connected; the socket's mode 0660 decided who may)."""
+    view, consent = daemon.view, daemon.consent
+    return UnixSocketService(
+        reactor,
+        daemon.config.state_dir / CONTROL_SOCKET,
+        api_site(status_root(view, api_root(view, consent, control_socket_user))),
+        in_use="another gateway daemon is running with this state directory",
+    )
 
 
 def _common_name(certificate: x509.Certificate) -> str:
