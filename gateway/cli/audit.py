@@ -100,7 +100,7 @@ def show_trail(folder: Path, args: argparse.Namespace, console: Console) -> int:
         why = str(e) if isinstance(e, AuditReadError) else _unreadable(folder, e)
         raise UsageError(why) from None
     if not shown:
-        when = "" if since is None else f" since {args.since}"
+        when = " yet" if since is None else f" since {args.since}"
         _say(console, args, f"no audit records{when} in {folder}")
     return 0
 

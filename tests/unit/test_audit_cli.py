@@ -128,6 +128,13 @@ class AuditCommandTests(SynchronousTestCase):
             ["session.requested", "session.approved"],
         )
 
+    def test_an_empty_trail_says_there_are_no_records_yet(self) -> None:
+        FileAuditTrail(self.folder, clock=self.clock).close()
+        self.assertEqual(self.gateway(), (0, f"no audit records yet in {self.folder}\n", ""))
+        code, out, err = self.gateway("--json")
+        self.assertEqual((code, out), (0, ""))
+        self.assertIn("no audit records yet", err)
+
     def test_since_with_nothing_after_it_says_so(self) -> None:
         self.record_some()
         code, out, _ = self.gateway("--since", "1h")  # now is long after 2024
