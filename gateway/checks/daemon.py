@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from prometheus_client import CollectorRegistry, Gauge
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -25,6 +26,7 @@ from gateway.checks.probe import relay_time_of
 from gateway.checks.result import CheckResult, Shared
 from gateway.checks.runner import run_checks
 from gateway.edge.events import ITunnelEvents
+from gateway.edge.status import CheckReport, IStatusView, StatusReport
 
 log = Logger()
 
@@ -199,3 +201,46 @@ def daemon_tunnel_state(status: Any, current: Callable[[], Any]) -> Callable[[],
         )
 
     return state
+
+
+@implementer(IStatusView)
+class ChecksInStatus:
+    """The daemon's status view with the last check results in its ``checks``, and the way to
+    run them on demand (``run_checks``, which ``/api/checks/run`` calls)."""
+
+    def __init__(self, view: IStatusView, checks: DaemonChecks) -> None:
+        self._view = view
+        self.checks = checks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+    def report(self) -> StatusReport:
+        report = self._view.report()
+        return attrs.evolve(
+            report,
+            checks=[CheckReport(r.name, r.ok, r.detail, r.remedy) for r in self.checks.results],
+        )
+
+    def run_checks(self) -> Deferred[list[CheckResult]]:
+        return self.checks.run_now()
+
+
+def attach_checks(daemon: Any, reactor: Any) -> DaemonChecks:
+    """Add the checks to the edge daemon's tree (`gateway.edge.service.EdgeDaemon`): a child
+    service, a consumer of its tunnel events, its metrics in the daemon's registry, and its
+    status view wrapped so the report carries the results."""
+    from gateway.checks.env import thread_resolve
+
+    env = CheckEnv(
+        daemon.config,
+        reactor,
+        thread_resolve(reactor),
+        tunnel_state=daemon_tunnel_state(daemon.tunnel_status, lambda: daemon.tunnel.current),
+        fresh_tunnel=False,
+    )
+    checks = DaemonChecks(env, daemon.registry, interval=daemon.config.checks_interval)
+    daemon.events.add(checks)
+    checks.setServiceParent(daemon)
+    daemon.view = ChecksInStatus(daemon.view, checks)
+    return checks
