@@ -13,26 +13,26 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from gateway.audit import IAuditTrail
 from gateway.auditlog.writer import open_daemon_trail
+from gateway.checks.daemon import attach_checks
 from gateway.config import GatewayConfig
 from gateway.edge.access import AccessPolicy
 from gateway.edge.control import ControlRoutes, info_route, session_route, sessions_route
 from gateway.edge.dispatch import StreamDispatcher
 from gateway.edge.events import FanOut, StreamAudit
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
+from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
 from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
-from gateway.net.endpoints import listen_endpoint, quiet_factory
+from gateway.net.endpoints import quiet_factory
 from gateway.net.unixsocket import UnixSocketService
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
@@ -114,6 +114,9 @@ class EdgeDaemon(MultiService):
         self.view = StatusView(
             self.gateway_id, self.tunnel_status, self.policy, self.connections, self.consent
         )
+        # Connectivity checks: at start, on a schedule, after tunnel failures and on demand; their
+        # results in the status report and gateway_check_ok (gateway.checks.daemon).
+        self.checks = attach_checks(self, reactor)
         self.batch = batch = WriteBatch()  # one per daemon, shared by its tunnel connections
 
         def make_tunnel() -> TunnelConnection:
