@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from gateway.checks.api import checks_api
 from gateway.config import AccessMode
 from gateway.edge.consent import (
     Actor,
@@ -461,6 +462,9 @@ class ApiRoot(Resource):
         super().__init__()
         self.putChild(b"status", StatusJSON(view))
         self.actions = ConsentAPI(consent, identify)
+        checks = checks_api(view)  # /api/checks(/run), when the view runs checks (the daemon's)
+        if checks is not None:
+            self.putChild(b"checks", checks)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return self.actions
