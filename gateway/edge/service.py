@@ -13,9 +13,11 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from gateway.audit import IAuditTrail
 from gateway.auditlog.writer import open_daemon_trail
@@ -26,13 +28,12 @@ from gateway.edge.control import ControlRoutes, info_route, session_route, sessi
 from gateway.edge.dispatch import StreamDispatcher
 from gateway.edge.events import FanOut, StreamAudit
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
-from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
 from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
-from gateway.net.endpoints import quiet_factory
+from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.net.unixsocket import UnixSocketService
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
