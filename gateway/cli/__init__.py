@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import TextIO
 
 from gateway import __version__
-from gateway.cli import audit, check, connect, control, demo, pki, relay, run
+from gateway.cli import audit, check, connect, control, demo, pki, relay, run, snapshot
 from gateway.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -30,7 +30,17 @@ from gateway.cli.common import (
 
 __all__ = ["COMMAND_MODULES", "main", "parser"]
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (run, relay, connect, pki, demo, control, audit, check)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    run,
+    relay,
+    connect,
+    pki,
+    demo,
+    control,
+    audit,
+    check,
+    snapshot,
+)
 """In the order ``gateway --help`` lists them."""
 
 
