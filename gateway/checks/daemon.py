@@ -126,9 +126,9 @@ class DaemonChecks(Service):
         way is joined, not doubled.  Fires with the results; never errbacks."""
         if self._running is not None:
             return self._running.wait()
-        d = self._run(self._env)
-        self._running = shared = Shared(d)
-        d.addCallback(self._finished)
+        shared = Shared(self._run(self._env).addCallback(self._finished))
+        if not shared.done:  # a run that answered at once is not under way any more
+            self._running = shared
         return shared.wait()
 
     def _finished(self, results: list[CheckResult]) -> list[CheckResult]:

@@ -83,12 +83,17 @@ class Shared(Generic[T]):
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             self._deliver(d)
+        return None  # the source's own chain ends here: a failure is the waiters' to handle
 
     def _deliver(self, d: Deferred[T]) -> None:
         if isinstance(self._result, Failure):
             d.errback(self._result)
         else:
             d.callback(self._result)  # type: ignore[arg-type]
+
+    @property
+    def done(self) -> bool:
+        return self._done
 
     def wait(self) -> Deferred[T]:
         d: Deferred[T] = Deferred(self._forget)

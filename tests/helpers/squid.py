@@ -1,9 +1,14 @@
-"""A real squid on loopback for the proxy path (installed by scripts/test.sh)."""
+"""A real squid on loopback for the proxy path (installed by scripts/test.sh).
+
+``users`` turns on Basic authentication with squid's own ``basic_ncsa_auth`` and an htpasswd
+file of APR1 hashes made with ``openssl passwd -apr1`` (no apache2-utils needed).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -29,7 +34,23 @@ class Squid:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_squid(directory: Path, *, allow_connect: bool = True) -> Squid:
+NCSA_AUTH = Path("/usr/lib/squid/basic_ncsa_auth")
+
+
+def htpasswd(path: Path, users: dict[str, str]) -> None:
+    lines = []
+    for user, password in users.items():
+        hashed = subprocess.run(
+            ["openssl", "passwd", "-apr1", password], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        lines.append(f"{user}:{hashed}\n")
+    path.write_text("".join(lines))
+    os.chmod(path, 0o644)  # squid's helper runs as squid's user
+
+
+def start_squid(
+    directory: Path, *, allow_connect: bool = True, users: dict[str, str] | None = None
+) -> Squid:
     binary = shutil.which("squid") or "/usr/sbin/squid"
     if not Path(binary).exists():
         raise AssertionError("squid is not installed: run scripts/test.sh, which installs it")
@@ -39,10 +60,21 @@ def start_squid(directory: Path, *, allow_connect: bool = True) -> Squid:
     os.chmod(directory, 0o777)
     port = free_port()
     rule = "http_access allow plant_lan" if allow_connect else "http_access deny all"
+    auth = ""
+    if users is not None:
+        if not NCSA_AUTH.exists():
+            raise AssertionError(f"{NCSA_AUTH} is missing: the squid package installs it")
+        htpasswd(directory / "htpasswd", users)
+        auth = (
+            f"auth_param basic program {NCSA_AUTH} {directory / 'htpasswd'}\n"
+            "auth_param basic realm plant proxy\n"
+            "acl authenticated proxy_auth REQUIRED\n"
+            "http_access deny !authenticated\n"
+        )
     (directory / "squid.conf").write_text(
         f"""http_port 127.0.0.1:{port}
 acl plant_lan src 127.0.0.1/32
-{rule}
+{auth}{rule}
 http_access deny all
 cache deny all
 access_log stdio:{directory}/access.log
