@@ -4,7 +4,7 @@ For sites with no internet: everything support would look at, in one archive wri
 (layout in `gateway.snapshot` and README.md, "Snapshot").  Works without the daemon; then the
 archive, and this command's output, say that the live parts (its status) are missing.  Logs come
 from the journal when the gateway runs under systemd (``journalctl -u gateway``, run here, in the
-CLI, never in the daemon), else from the log files given with ``--log``.
+CLI, never in the daemon), else from the log files given with ``--log-file``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def register(commands: Commands) -> None:
     parser.add_argument("-o", "--output", type=Path, help="the archive to write (FILE.tar.gz)")
     parser.add_argument("--inspect", type=Path, metavar="FILE", help="list and verify an archive")
     parser.add_argument(
-        "--log", type=Path, action="append", default=[], metavar="FILE",
+        "--log-file", type=Path, action="append", default=[], metavar="FILE",
         help="a log file to include (when the gateway does not log to the journal)",
     )  # fmt: skip
     parser.add_argument(
@@ -193,7 +193,7 @@ def add_logs(archive: Any, args: argparse.Namespace) -> None:
     journal = journal_text(args.since)
     if journal:
         archive.add_text("logs/journal.txt", journal)
-    for path in args.log:
+    for path in args.log_file:
         try:
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -201,11 +201,11 @@ def add_logs(archive: Any, args: argparse.Namespace) -> None:
                 archive.add_text(f"logs/{path.name}", f.read().decode("utf-8", "replace"))
         except OSError as e:
             archive.missing(f"logs/{path.name}", f"cannot read {path}: {e.strerror or e}")
-    if not journal and not args.log:
+    if not journal and not args.log_file:
         archive.missing(
             "logs",
             "none: the gateway does not run under systemd here (no journal entries for unit "
-            f"{JOURNAL_UNIT!r}) and no log file was given (--log FILE)",
+            f"{JOURNAL_UNIT!r}) and no log file was given (--log-file FILE)",
         )
 
 
