@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use: squid (the proxy path), testssl.sh (TLS quality of the relay listeners), stunnel4 and
+# System packages the tests use: squid (the proxy path), faketime (a gateway clock far off), testssl.sh (TLS quality of the relay listeners), stunnel4 and
 # OpenSSH (the benchmark's peers), a C compiler (the benchmark's load generator), procps.
-APT_PACKAGES=(python3-venv squid testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev procps iproute2)
+APT_PACKAGES=(python3-venv squid faketime testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev procps iproute2)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
