@@ -124,11 +124,19 @@ def check(args: argparse.Namespace, console: Console) -> int:
     results = found.get("results", [])
     ok = bool(results) and all(r.ok for r in results)
     if args.json:
-        console.print(json.dumps({"ok": ok, "checks": [r.to_json() for r in results]}, indent=2))
+        console.print(json.dumps(report_json(results), indent=2))
     else:
         for line in human_view(results, seen, marks=_marks(console)):
             console.print(line)
     return EXIT_OK if ok else EXIT_REFUSED
+
+
+def report_json(results: list[Any]) -> dict[str, Any]:
+    """``{"ok": bool, "checks": [{"name", "ok", "detail", "remedy"}, ...]}``."""
+    return {
+        "ok": bool(results) and all(r.ok for r in results),
+        "checks": [r.to_json() for r in results],
+    }
 
 
 def _marks(console: Console) -> tuple[str, str]:
