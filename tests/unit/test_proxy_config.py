@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import ConfigError, load_gateway_config
+from gateway.config import ConfigError, GatewayConfig, load_gateway_config
 from tests.helpers.pki import make_pki
 
 
@@ -20,7 +20,7 @@ class ProxyConfigTests(SynchronousTestCase):
         self.creds.write_text("plant-gw:pa:ss word\n")
         self.creds.chmod(0o600)
 
-    def load(self, relay: str = "", rest: str = "") -> object:
+    def load(self, relay: str = "", rest: str = "") -> GatewayConfig:
         path = self.tmp / "gateway.toml"
         path.write_text(
             f'[relay]\naddress = "relay.example.com:443"\nca = "{self.pki.ca_cert}"\n'
@@ -31,11 +31,12 @@ class ProxyConfigTests(SynchronousTestCase):
     def error(self, relay: str = "", rest: str = "") -> ConfigError:
         with self.assertRaises(ConfigError) as caught:
             self.load(relay, rest)
-        return caught.exception
+        error: ConfigError = caught.exception
+        return error
 
     def test_credentials_are_read_from_their_file(self) -> None:
         config = self.load(f'proxy = "http://proxy:3128"\nproxy_credentials = "{self.creds}"')
-        creds = config.relay.proxy_credentials  # type: ignore[attr-defined]
+        creds = config.relay.proxy_credentials
         self.assertEqual((creds.user, creds.password), ("plant-gw", "pa:ss word"))
         self.assertNotIn("pa:ss", repr(config))
 
@@ -57,13 +58,13 @@ class ProxyConfigTests(SynchronousTestCase):
 
     def test_no_proxy_takes_a_list_or_a_comma_string(self) -> None:
         config = self.load('proxy = "http://proxy:3128"\nno_proxy = [".Example.com", "10.0.0.0/8"]')
-        self.assertEqual(config.relay.no_proxy, (".example.com", "10.0.0.0/8"))  # type: ignore[attr-defined]
+        self.assertEqual(config.relay.no_proxy, (".example.com", "10.0.0.0/8"))
         config = self.load('proxy = "http://proxy:3128"\nno_proxy = "a.example, *"')
-        self.assertEqual(config.relay.no_proxy, ("a.example", "*"))  # type: ignore[attr-defined]
+        self.assertEqual(config.relay.no_proxy, ("a.example", "*"))
         self.assertEqual(self.error('no_proxy = ["bad host!"]').key, "relay.no_proxy")
 
     def test_checks_interval(self) -> None:
-        self.assertEqual(self.load().checks_interval, 300.0)  # type: ignore[attr-defined]
-        self.assertEqual(self.load(rest="[checks]\ninterval = 60\n").checks_interval, 60.0)  # type: ignore[attr-defined]
+        self.assertEqual(self.load().checks_interval, 300.0)
+        self.assertEqual(self.load(rest="[checks]\ninterval = 60\n").checks_interval, 60.0)
         self.assertEqual(self.error(rest="[checks]\ninterval = 1\n").key, "checks.interval")
         self.assertEqual(self.error(rest="[checks]\nintervall = 60\n").key, "checks.intervall")
