@@ -37,6 +37,7 @@ class ProxyConfigTests(SynchronousTestCase):
     def test_credentials_are_read_from_their_file(self) -> None:
         config = self.load(f'proxy = "http://proxy:3128"\nproxy_credentials = "{self.creds}"')
         creds = config.relay.proxy_credentials
+        assert creds is not None
         self.assertEqual((creds.user, creds.password), ("plant-gw", "pa:ss word"))
         self.assertNotIn("pa:ss", repr(config))
 
