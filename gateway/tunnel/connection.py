@@ -21,6 +21,7 @@ import h2.events as ev
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError, StreamClosedError
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -29,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.logsafe import RateLimitedLog, h2_error_summary, is_header_error, peer_text
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.errors import TunnelClosed
 from gateway.tunnel.guards import oversized_input
@@ -56,6 +58,8 @@ log = Logger()
 CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
 LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
+GOAWAY_REASON_LIMIT = 200
+"""Bytes of a GOAWAY's debug data we send, and characters of a peer's that we log."""
 
 
 class IStreamHandler(Interface):
@@ -111,8 +115,12 @@ class TunnelConnection(Protocol):
         heartbeat_timeout: float = 10.0,
         ready_timeout: float | None = 20.0,
         batch: WriteBatch | None = None,
+        lines: RateLimitedLog | None = None,
     ) -> None:
         self.client_side = client_side
+        # Lines a peer can make us write at will go through ``lines`` when a program shares one
+        # among its connections (see gateway.logsafe); streams find it here too.
+        self.lines = lines
         # Share one batch among all the tunnels of a program (see gateway.tunnel.batch); a
         # connection on its own (tests, tools) gets its own.
         self.batch = batch if batch is not None else WriteBatch()
@@ -159,9 +167,22 @@ class TunnelConnection(Protocol):
         self.transport.registerProducer(self, True)
         self._write_out()
 
+    def _warn(self, format: str, **kw: Any) -> None:
+        """A warning a peer can cause at will: rate-limited when the program shares ``lines``."""
+        if self.lines is None:
+            log.warn(format, **kw)
+        else:
+            self.lines.warn(log, format, **kw)
+
+    def _info(self, format: str, **kw: Any) -> None:
+        if self.lines is None:
+            log.info(format, **kw)
+        else:
+            self.lines.info(log, format, **kw)
+
     def _not_ready(self) -> None:
         self._ready_deadline = None
-        log.warn(
+        self._warn(
             "{peer}: no TLS handshake and HTTP/2 settings within {t:g}s; closing",
             peer=self.observer.name,
             t=self.ready_timeout,
@@ -205,14 +226,22 @@ class TunnelConnection(Protocol):
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as e:
-            # A malformed frame or protocol violation: h2 queued a GOAWAY; send it and end this
-            # connection only.  Others (and the process) carry on.
-            log.warn(
+            # A malformed frame or protocol violation: h2 queued a GOAWAY; send it (with a reason
+            # the other end can show) and end this connection only.  Others carry on.  h2's text
+            # quotes the offending header's value (a token, say): never log or send it as is.
+            summary = h2_error_summary(e)
+            self._warn(
                 "HTTP/2 protocol error from {peer}: {error}; closing that connection",
                 peer=self.observer.name,
-                error=str(e) or type(e).__name__,
+                error=summary,
             )
-            self._write_out()
+            reason = f"HTTP/2 protocol error: {summary}"
+            if is_header_error(e):
+                reason = (
+                    f"malformed request header refused ({summary}); check the token for "
+                    "spaces or control characters"
+                )
+            self._write_out_with_goaway_reason(reason)
             self._close_transport()
             return
         for event in events:
@@ -229,7 +258,7 @@ class TunnelConnection(Protocol):
 
     def _refuse_oversized(self, too_big: str) -> None:
         """A frame or header block over our limits is arriving (see guards.py): hang up now."""
-        log.warn(
+        self._warn(
             "{peer} sent {what}; closing that connection", peer=self.observer.name, what=too_big
         )
         try:
@@ -296,7 +325,8 @@ class TunnelConnection(Protocol):
             return
         self.heartbeat.stop()
         try:
-            self.h2.close_connection(error_code, additional_data=why.encode("utf-8")[:200] or None)
+            reason = why.encode("utf-8")[:GOAWAY_REASON_LIMIT] or None
+            self.h2.close_connection(error_code, additional_data=reason)
         except H2Error:
             pass
         self._write_out()
@@ -495,6 +525,22 @@ class TunnelConnection(Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
+    def _write_out_with_goaway_reason(self, reason: str) -> None:
+        """Write out what h2 queued, its GOAWAY (the last frame after a ProtocolError) given
+        ``reason`` as debug data: h2 sends none, and the other end would only see the code."""
+        data = self.h2.data_to_send()
+        goaway = data[-_GOAWAY_SIZE:]
+        if len(goaway) == _GOAWAY_SIZE and goaway[:5] == _BARE_GOAWAY_HEAD:
+            frame = GoAwayFrame(
+                0,
+                last_stream_id=int.from_bytes(goaway[9:13], "big") & 0x7FFFFFFF,
+                error_code=int.from_bytes(goaway[13:17], "big"),
+                additional_data=reason.encode("ascii", "replace")[:GOAWAY_REASON_LIMIT],
+            )
+            data = data[:-_GOAWAY_SIZE] + frame.serialize()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
     # -- receiving -------------------------------------------------------------------------------
 
     def _dispatch(self, event: Any) -> None:
@@ -527,11 +573,11 @@ class TunnelConnection(Protocol):
         elif isinstance(event, ev.RemoteSettingsChanged | ev.SettingsAcknowledged):
             self._settings_changed()
         elif isinstance(event, ev.ConnectionTerminated):
-            log.info(
+            self._info(
                 "{peer} closed the tunnel (GOAWAY {code}{why})",
                 peer=self.observer.name,
                 code=_error_name(event.error_code or 0),
-                why=": " + event.additional_data.decode("utf-8", "replace")
+                why=": " + peer_text(event.additional_data, GOAWAY_REASON_LIMIT)
                 if event.additional_data
                 else "",
             )
@@ -576,7 +622,13 @@ class TunnelConnection(Protocol):
             try:
                 self.handler.stream_requested(stream)
             except Exception:
-                log.failure("stream handler failed for {req}", req=request)
+                # Never the request itself: its headers hold the engineer's token.
+                log.failure(
+                    "stream handler failed for {method} '{target}' from {peer}",
+                    method=peer_text(request.method),
+                    target=peer_text(request.authority),
+                    peer=self.observer.name,
+                )
                 stream.reset(ErrorCodes.INTERNAL_ERROR)
 
     # -- heartbeat --------------------------------------------------------------------------------
@@ -598,6 +650,11 @@ class TunnelConnection(Protocol):
         )
         if self.transport is not None:
             self.transport.abortConnection()
+
+
+_GOAWAY_SIZE = 9 + 8
+_BARE_GOAWAY_HEAD = b"\x00\x00\x08\x07\x00"
+"""A GOAWAY without debug data: length 8, type 7, no flags (stream 0 follows)."""
 
 
 def _error_name(code: int) -> str:

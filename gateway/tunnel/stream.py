@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.logsafe import peer_text
 from gateway.tunnel.errors import StreamReset
 from gateway.tunnel.h2tuning import STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
@@ -46,6 +47,8 @@ HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
 """Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames)."""
+REASON_LOG_LIMIT = 200
+_REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
 
 @frozen
@@ -231,12 +234,19 @@ class TunnelStream:
         """Answer with an error status and a reason, then stop the opener sending."""
         if self.finished:
             return
-        log.info(
-            "stream {sid} to {target!r} refused: {reason}",
-            sid=self.stream_id,
-            target=self.request.authority if self.request else "",
-            reason=reason,
-        )
+        # The authority and the reason (which may name what the peer asked for) are the peer's
+        # bytes: escaped and cut.  A peer can cause this line at will (a bad token per stream):
+        # rate-limited when the connection shares its program's lines (gateway.logsafe).
+        fields = {
+            "sid": self.stream_id,
+            "target": peer_text(self.request.authority if self.request else ""),
+            "reason": peer_text(reason, REASON_LOG_LIMIT),
+        }
+        lines = getattr(self.connection, "lines", None)
+        if lines is None:
+            log.info(_REFUSED_LINE, **fields)
+        else:
+            lines.info(log, _REFUSED_LINE, **fields)
         self._queue.clear()
         self.queued = 0
         self.respond(
