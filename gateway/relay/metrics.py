@@ -52,6 +52,31 @@ class RelayMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.connections_refused = Counter(
+            "relay_connections_refused_total",
+            "Connections closed as they were accepted: over a per-source or unauthenticated limit",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        self.connections_closed = Counter(
+            "relay_connections_closed_total",
+            "Connections the relay closed: not authenticated in time, or idle",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        self.connections_open = Gauge(
+            "relay_connections_open",
+            "Connections open now, authenticated or not yet",
+            ["listener", "state"],
+            registry=registry,
+        )
+        self.gateway_id_conflicts = Counter(
+            "relay_gateway_id_conflicts_total",
+            "Connections with the id of a connected gateway: refused while it answers, "
+            "or taking over from one that stopped answering",
+            ["result"],
+            registry=registry,
+        )
         Info("relay_build", "Version of the relay software", registry=registry).info(
             {"version": __version__}
         )
