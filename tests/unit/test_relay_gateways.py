@@ -2,7 +2,8 @@
 
 Real certificates (`tests.helpers.pki`, and subjects that `gateway pki` would no longer issue, made
 here with ``cryptography``) on a fake transport; the tunnel between relay and gateway is real
-HTTP/2 joined in memory, so the gateway hears the relay's GOAWAY and its reason.
+HTTP/2 joined in memory, so the gateway hears the relay's GOAWAY and its reason.  A gateway that
+goes silent is one whose in-memory pump is not run while the clock advances.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from gateway.audit import MemoryAuditTrail
 from gateway.relay.directory import MemoryGatewayDirectory, Presence
-from gateway.relay.gateways import GatewayPeer, GatewayTunnels
+from gateway.relay.gateways import GatewayPeer, GatewayTunnels, LiveTunnel, Standing, standing
 from gateway.relay.metrics import RelayMetrics
 from gateway.tunnel.connection import ITunnelObserver, TunnelConnection
 from tests.helpers.pki import TestPKI, make_pki
@@ -63,8 +65,10 @@ def certificate_named(pki: TestPKI, *common_names: str) -> crypto.X509:
 class CertifiedTransport(FakeTransport):
     """An in-memory transport whose peer presented ``certificate`` in its TLS handshake."""
 
-    def __init__(self, protocol: Any, certificate: crypto.X509 | None) -> None:
-        super().__init__(protocol, isServer=False, peerAddress=PEER)
+    def __init__(
+        self, protocol: Any, certificate: crypto.X509 | None, peer: IPv4Address = PEER
+    ) -> None:
+        super().__init__(protocol, isServer=False, peerAddress=peer)
         self.certificate = certificate
 
     def getPeerCertificate(self) -> crypto.X509 | None:
@@ -74,8 +78,10 @@ class CertifiedTransport(FakeTransport):
 class Arrival:
     """One gateway's tunnel to the relay: the relay's end watched by a `GatewayPeer`."""
 
-    def __init__(self, relay: RelayState, certificate: crypto.X509 | None) -> None:
-        self.peer = GatewayPeer(relay.tunnels, relay.directory, relay.metrics)
+    def __init__(
+        self, relay: RelayState, certificate: crypto.X509 | None, peer: IPv4Address = PEER
+    ) -> None:
+        self.peer = GatewayPeer(relay.tunnels, relay.directory, relay.metrics, audit=relay.audit)
         self.relay_end = TunnelConnection(client_side=True, clock=relay.clock, observer=self.peer)
         self.gateway_end = TunnelConnection(
             client_side=False, clock=relay.clock, handler=AcceptAll()
@@ -84,7 +90,7 @@ class Arrival:
             self.gateway_end,
             FakeTransport(self.gateway_end, isServer=True),
             self.relay_end,
-            CertifiedTransport(self.relay_end, certificate),
+            CertifiedTransport(self.relay_end, certificate, peer),
             clock=relay.clock,
         )
         self.settle()
@@ -110,13 +116,14 @@ class RelayState:
         self.tunnels = GatewayTunnels()
         self.directory = MemoryGatewayDirectory(self.clock)
         self.metrics = RelayMetrics(CollectorRegistry())
+        self.audit = MemoryAuditTrail()
         self._case = case
 
     def good_certificate(self) -> crypto.X509:
         return crypto.load_certificate(crypto.FILETYPE_PEM, self.pki.gateway_cert.read_bytes())
 
-    def arrive(self, certificate: crypto.X509 | None) -> Arrival:
-        arrival = Arrival(self, certificate)
+    def arrive(self, certificate: crypto.X509 | None, peer: IPv4Address = PEER) -> Arrival:
+        arrival = Arrival(self, certificate, peer)
         self._case.addCleanup(arrival.close)
         return arrival
 
@@ -142,8 +149,8 @@ class GatewayIdentityTests(SynchronousTestCase):
         self.assertIs(self.relay.tunnels.get("test-gateway"), arrival.relay_end)
         self.assertEqual(self.relay.presence("test-gateway"), Presence.HERE)
         self.assertEqual(self.relay.metric("relay_gateways_connected"), 1)
-        self.assertEqual(arrival.peer.name, "gateway test-gateway")
-        self.assertIn("gateway test-gateway connected from 198.51.100.7", lines(events))
+        self.assertEqual(arrival.peer.name, "gateway test-gateway from 198.51.100.7:40000")
+        self.assertIn("gateway test-gateway connected from 198.51.100.7:40000", lines(events))
 
     def test_a_certificate_whose_subject_is_not_a_gateway_id_is_refused(self) -> None:
         for bad in ("plant_7", "Plant.7"):
@@ -154,7 +161,7 @@ class GatewayIdentityTests(SynchronousTestCase):
             self.assertEqual(self.relay.presence(bad), Presence.UNKNOWN)
             # The relay says why, naming the address the certificate came from.
             self.assertIn(
-                f"gateway certificate from 198.51.100.7 not accepted: gateway id {bad!r}: not "
+                f"gateway certificate from 198.51.100.7:40000 not accepted: gateway id {bad!r}: not "
                 "valid",
                 logged,
             )
@@ -191,22 +198,104 @@ class GatewayIdentityTests(SynchronousTestCase):
         self.assertEqual(len(self.relay.tunnels), 0)
 
 
+SECOND = IPv4Address("TCP", "203.0.113.9", 50000)
+
+
 class OneTunnelPerGatewayTests(SynchronousTestCase):
+    """The tunnel that is there keeps its place while it answers; a dead one is replaced."""
+
     def setUp(self) -> None:
         self.relay = RelayState(self)
 
-    def test_a_second_connection_replaces_the_first_and_tells_it_why(self) -> None:
+    def test_a_second_connection_while_the_first_answers_is_refused_and_told_why(self) -> None:
         first = self.relay.arrive(self.relay.good_certificate())
         with capturedLogs() as events:
-            second = self.relay.arrive(self.relay.good_certificate())
+            second = self.relay.arrive(self.relay.good_certificate(), SECOND)
             first.settle()
         logged = lines(events)
-        self.assertIn("replacing its previous tunnel", logged)
-        self.assertIn("is this certificate installed on two machines?", logged)
-        self.assertTrue(first.gateway_end.closed)
+        # The relay says who holds the id; the refused gateway hears it in the GOAWAY it logs.
+        self.assertIn(
+            "gateway test-gateway from 203.0.113.9:50000 refused: a gateway with this id is "
+            "already connected from 198.51.100.7:40000",
+            logged,
+        )
+        self.assertIn(
+            "closed the tunnel (GOAWAY NO_ERROR: a gateway with id test-gateway is already "
+            "connected from 198.51.100.7:40000; is this certificate installed on two machines?)",
+            logged,
+        )
+        self.assertNotIn("disconnected", logged)  # the refused one was never in
+        self.assertTrue(second.gateway_end.closed)
+        self.assertFalse(first.gateway_end.closed)
+        self.assertIs(self.relay.tunnels.get("test-gateway"), first.relay_end)
+        self.assertEqual(self.relay.presence("test-gateway"), Presence.HERE)
+        self.assertEqual(self.relay.metric("relay_gateways_connected"), 1)
+        self.assertEqual(self.relay.metric("relay_gateway_id_conflicts_total", result="refused"), 1)
+        [record] = self.relay.audit.events("gateway.id_conflict")
+        self.assertEqual(
+            (record["who"], record["result"], record["peer"], record["holder"]),
+            ("test-gateway", "refused", "203.0.113.9:50000", "198.51.100.7:40000"),
+        )
+
+    def test_a_newcomer_waits_for_a_silent_tunnel_s_ping_and_is_refused_if_it_answers(
+        self,
+    ) -> None:
+        first = self.relay.arrive(self.relay.good_certificate())
+        self.relay.clock.advance(10.5)  # the first's next PING is out, not delivered yet
+        with capturedLogs() as events:
+            second = self.relay.arrive(self.relay.good_certificate(), SECOND)
+        self.assertIn("waiting for that tunnel's heartbeat", lines(events))
+        self.assertFalse(second.gateway_end.closed)
+        self.assertIs(self.relay.tunnels.get("test-gateway"), first.relay_end)
+        first.settle()  # the first answers its PING
+        second.settle()
+        self.assertTrue(second.gateway_end.closed)
+        self.assertIs(self.relay.tunnels.get("test-gateway"), first.relay_end)
+        self.assertEqual(self.relay.metric("relay_gateway_id_conflicts_total", result="refused"), 1)
+
+    def test_a_tunnel_that_stops_answering_is_replaced_by_the_waiting_newcomer(self) -> None:
+        first = self.relay.arrive(self.relay.good_certificate())
+        self.relay.clock.advance(10.5)
+        second = self.relay.arrive(self.relay.good_certificate(), SECOND)
+        with capturedLogs() as events:
+            self.relay.clock.advance(10.1)  # the first's PING unanswered for its timeout
+            second.settle()
+            first.settle()
+        logged = lines(events)
+        self.assertIn("no heartbeat answer from gateway test-gateway from 198.51.100.7", logged)
+        self.assertIn(
+            "gateway test-gateway connected from 203.0.113.9:50000; its previous tunnel from "
+            "198.51.100.7:40000 stopped answering",
+            logged,
+        )
+        self.assertTrue(first.relay_end.closed)
+        self.assertFalse(second.gateway_end.closed)
         self.assertIs(self.relay.tunnels.get("test-gateway"), second.relay_end)
         self.assertEqual(self.relay.presence("test-gateway"), Presence.HERE)
         self.assertEqual(self.relay.metric("relay_gateways_connected"), 1)
+        self.assertEqual(
+            self.relay.metric("relay_gateway_id_conflicts_total", result="replaced"), 1
+        )
+        self.assertEqual(self.relay.audit.events("gateway.id_conflict")[0]["result"], "replaced")
+
+    def test_a_waiting_newcomer_that_goes_away_leaves_nothing_behind(self) -> None:
+        first = self.relay.arrive(self.relay.good_certificate())
+        self.relay.clock.advance(10.5)
+        second = self.relay.arrive(self.relay.good_certificate(), SECOND)
+        second.close()
+        first.settle()
+        self.relay.clock.advance(30)
+        first.settle()
+        self.assertIs(self.relay.tunnels.get("test-gateway"), first.relay_end)
+        holder = self.relay.tunnels.holder("test-gateway")
+        assert holder is not None
+        self.assertEqual(holder.waiting, [])
+        self.assertIsNone(self.relay.metric("relay_gateway_id_conflicts_total", result="refused"))
+
+    def test_a_tunnel_stands_alive_until_its_next_ping_is_due(self) -> None:
+        live = LiveTunnel(tunnel=None, peer="", last_answer=100.0)  # type: ignore[arg-type]
+        self.assertIs(standing(live, 109.9, interval=10), Standing.ALIVE)
+        self.assertIs(standing(live, 110.0, interval=10), Standing.ASKED)
 
     def test_a_lost_tunnel_leaves_the_gateway_known_and_offline(self) -> None:
         arrival = self.relay.arrive(self.relay.good_certificate())
@@ -219,12 +308,11 @@ class OneTunnelPerGatewayTests(SynchronousTestCase):
         self.assertEqual((location.presence, location.last_seen), (Presence.OFFLINE, 1030))
         self.assertEqual(self.relay.metric("relay_gateways_connected"), 0)
 
-    def test_losing_a_replaced_tunnel_keeps_the_gateway_online(self) -> None:
+    def test_losing_a_refused_newcomer_keeps_the_gateway_online(self) -> None:
         first = self.relay.arrive(self.relay.good_certificate())
-        second = self.relay.arrive(self.relay.good_certificate())
-        first.settle()
-        first.close()
-        self.assertIs(self.relay.tunnels.get("test-gateway"), second.relay_end)
+        second = self.relay.arrive(self.relay.good_certificate(), SECOND)
+        second.close()
+        self.assertIs(self.relay.tunnels.get("test-gateway"), first.relay_end)
         self.assertEqual(self.relay.presence("test-gateway"), Presence.HERE)
         self.assertEqual(self.relay.metric("relay_gateways_connected"), 1)
 
