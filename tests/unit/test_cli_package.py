@@ -35,6 +35,7 @@ from gateway.cli.common import (
 
 COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
 COMMANDS += ["access", "code", "requests", "approve", "deny", "sessions", "end", "audit"]
+COMMANDS += ["check", "snapshot"]
 
 
 class Run:
@@ -93,6 +94,8 @@ class RegistryTests(SynchronousTestCase):
             "sessions": "sessions -c gateway.toml",
             "end": "end --all -c gateway.toml",
             "audit": "audit -c gateway.toml",
+            "check": "check -c gateway.toml --json",
+            "snapshot": "snapshot -c gateway.toml -o s.tar.gz",
         }
         for name in COMMANDS:
             args = top.parse_args(argv[name].split())
