@@ -66,18 +66,163 @@ def relay(args: argparse.Namespace, console: Console) -> int:
     return serve(console, args, makeService(config, global_reactor()))
 
 
-def add_engineer(config: RelayConfig, words: list[str], console: Console) -> int:
-    """Create an engineer's token: shown once on stdout, only its hash is kept."""
-    from gateway.relay.credentials import add_engineer
+def add_engineer(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """Create an engineer's token: shown once on stdout, only its hash is kept.
+
+    Without ``--gateways`` the engineer may reach no gateway (deny by default), with a warning.
+    """
+    from datetime import UTC, datetime
+
+    from gateway.relay.credentials import add_engineer, expiry_after
 
     (name,) = words
-    token = add_engineer(config.engineers.tokens, name)
-    console.tell(
-        f"Engineer {name!r} added to {config.engineers.tokens}. "
-        "Their token (shown once, store it now):"
-    )
+    tokens = config.engineers.tokens
+    patterns = _gateway_patterns(args)
+    days = getattr(args, "expires", None)
+    expires = None
+    if days is not None:
+        if not 1 <= days <= 3650:
+            raise UsageError(f"--expires: must be 1 to 3650 days, not {days}")
+        expires = expiry_after(days, datetime.now(UTC))
+    token = add_engineer(tokens, name, gateways=patterns, expires=expires)
+    reach = f"for gateways {', '.join(patterns)}" if patterns else "for no gateway"
+    until = f", until {expires} 00:00 UTC" if expires is not None else ""
+    console.tell(f"Engineer {name!r} added to {tokens} {reach}{until}.")
+    if not patterns:
+        console.tell(
+            "warning: without --gateways this engineer may reach no gateway; set gateways = "
+            f'["PATTERN", ...] in their [[engineer]] section of {tokens}'
+        )
+    console.tell("Their token (shown once, store it now):")
     console.print(token)
     return 0
+
+
+def _add_engineer_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return add_engineer(config, words, argparse.Namespace(gateways=None, expires=None), console)
+
+
+def _gateway_patterns(args: argparse.Namespace) -> tuple[str, ...]:
+    from gateway.relay.credentials import parse_gateway_patterns
+
+    patterns: list[str] = []
+    for text in getattr(args, "gateways", None) or []:
+        try:
+            patterns.extend(parse_gateway_patterns(text))
+        except ValueError as e:
+            raise UsageError(f"--gateways: {e}") from None
+    return tuple(dict.fromkeys(patterns))
+
+
+def _engineer_flags(parser: argparse.ArgumentParser) -> None:
+    have = set(parser._option_string_actions)
+    if "--gateways" not in have:
+        parser.add_argument(
+            "--gateways",
+            action="append",
+            metavar="PATTERN,...",
+            help="add-engineer: the gateways the engineer may reach, as glob patterns over "
+            "gateway ids (plant7-*,demo-gateway); without it: none",
+        )
+    if "--expires" not in have:
+        parser.add_argument(
+            "--expires",
+            type=int,
+            metavar="DAYS",
+            help="add-engineer: the token works at least DAYS days, then stops at 00:00 UTC",
+        )
+    if "--json" not in have:
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def remove_engineer(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """Delete an engineer's section; a running relay ends their streams within a second."""
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import EngineerNotFound, remove_engineer
+
+    (name,) = words
+    tokens = config.engineers.tokens
+    try:
+        removed = remove_engineer(tokens, name)
+    except EngineerNotFound as e:
+        raise Refused(str(e)) from None
+    console.tell(
+        f"Engineer {removed!r} removed from {tokens}; a running relay refuses their token and "
+        "ends their streams within a second."
+    )
+    return 0
+
+
+def _remove_engineer_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return remove_engineer(config, words, argparse.Namespace(), console)
+
+
+def engineers(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """Names, gateway patterns, created, expires and last used; never a token or its hash."""
+    import json
+    import time
+
+    from gateway._files import private_file_problem
+    from gateway.relay.credentials import describe_entry, read_entries
+    from gateway.relay.lastused import last_used_path, read_last_used
+
+    tokens = config.engineers.tokens
+    entries = read_entries(tokens)
+    used = {n.casefold(): t for n, t in read_last_used(last_used_path(config.state_dir)).items()}
+    now = time.time()
+    rows = []
+    for entry in entries:
+        row = describe_entry(entry, now)
+        when = used.get(entry.key)
+        row["last_used"] = _moment(when) if when is not None else None
+        rows.append(row)
+    if getattr(args, "json", False):
+        console.print(json.dumps({"file": str(tokens), "engineers": rows}, indent=1))
+        return 0
+    problem = private_file_problem(tokens, "engineers.toml")
+    if problem is not None:
+        console.tell(f"warning: {problem} (the relay refuses to start so)")
+    if not rows:
+        console.print(
+            f"no engineers in {tokens}; add one with: gateway relay add-engineer NAME "
+            "-c relay.toml --gateways PATTERN,..."
+        )
+        return 0
+    table = [("NAME", "GATEWAYS", "CREATED", "EXPIRES", "LAST USED")]
+    for row in rows:
+        expires = row["expires"] or "never"
+        if row["expired"]:
+            expires += " (expired)"
+        table.append(
+            (
+                row["name"],
+                ", ".join(row["gateways"]) or "(none: no gateway)",
+                (row["created"] or "-")[:10],
+                expires,
+                (row["last_used"] or "never").replace("T", " ").replace("+00:00", " UTC"),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        cells = [c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)]
+        console.print("  ".join([*cells, line[-1]]))
+    return 0
+
+
+def _moment(when: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+
+
+def _engineers_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return engineers(config, words, argparse.Namespace(json=False), console)
 
 
 def audit(config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console) -> int:
@@ -99,7 +244,19 @@ def _audit_view(config: RelayConfig, words: list[str], console: Console) -> int:
 
 
 ACTIONS: dict[str, Action] = {
-    "add-engineer": Action("add-engineer NAME", 1, add_engineer),
+    "add-engineer": Action(
+        "add-engineer NAME --gateways PATTERN,... [--expires DAYS]",
+        1,
+        _add_engineer_view,
+        flags=_engineer_flags,
+        run_with_flags=add_engineer,
+    ),
+    "remove-engineer": Action(
+        "remove-engineer NAME", 1, _remove_engineer_view, run_with_flags=remove_engineer
+    ),
+    "engineers": Action(
+        "engineers [--json]", 0, _engineers_view, flags=_engineer_flags, run_with_flags=engineers
+    ),
     "audit": Action(
         "audit [--since WHEN] [--json] [--verify]",
         0,

@@ -25,6 +25,7 @@ from gateway.relay.dialer import IGatewayDialer
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import Admitted, EngineerPath, EngineerRequest, new_connection_id
 from gateway.relay.refusals import Refused
+from gateway.relay.revocation import LiveStreams
 from gateway.splice import SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
 from gateway.tunnel.stream import TunnelStream
@@ -46,6 +47,7 @@ class EngineerStreams:
         clock: IReactorTime,
         new_id: Callable[[], str] = new_connection_id,
         asks: SessionAsks | None = None,
+        live: LiveStreams | None = None,
     ) -> None:
         self.path = path
         self.dialer = dialer
@@ -54,11 +56,13 @@ class EngineerStreams:
         self._new_id = new_id
         self.asks = asks
         """Passes session asks through (`gateway.relay.asks`); None: they are refused."""
+        self.live = live
+        """Who opened which stream: withdrawn access ends it (`gateway.relay.revocation`)."""
 
     def stream_requested(self, stream: TunnelStream) -> None:
         assert stream.request is not None
         started = self.clock.seconds()
-        request = EngineerRequest.read(stream.request, self._new_id())
+        request = EngineerRequest.read(stream.request, self._new_id(), _peer_host(stream))
         verdict = self.path.admit(request)
         verdict.addCallbacks(
             lambda admitted: self._admitted(stream, admitted, started),
@@ -75,6 +79,8 @@ class EngineerStreams:
         if stream.finished:
             return  # the engineer gave up while a step was waiting for its store
         request, engineer = verdict.request, verdict.engineer
+        if self.live is not None:
+            self.live.opened(stream, engineer, request.gateway_id)
         if request.wants_session:
             self._session_ask(stream, verdict, started)
             return
@@ -171,3 +177,9 @@ class EngineerStreams:
         stream.respond(200, [(b"content-type", b"application/json")])
         stream.write(body)
         stream.loseWriteConnection()
+
+
+def _peer_host(stream: TunnelStream) -> str:
+    """The engineer connection's source address (login limits count per source)."""
+    peer = stream.getPeer()
+    return str(getattr(peer, "host", "")) if peer is not None else ""

@@ -23,10 +23,12 @@ import secrets
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
 
 from gateway.relay.authorisation import IEngineerAuthorisation
 from gateway.relay.credentials import Engineer, ICredentialStore
 from gateway.relay.directory import GatewayLocation, IGatewayDirectory, Presence
+from gateway.relay.logins import ILoginAttempts, NoLoginLimits
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.refusals import Refused, gateway_offline
 from gateway.tunnel.stream import StreamRequest
@@ -77,9 +79,11 @@ class EngineerRequest:
     """``:authority``: the target name on the gateway."""
     session: str | None = None
     """The ``session`` header, as sent (checked by `session_problem` before it is forwarded)."""
+    peer: str = ""
+    """The engineer connection's source address (login limits, log lines)."""
 
     @classmethod
-    def read(cls, request: StreamRequest, connection_id: str) -> EngineerRequest:
+    def read(cls, request: StreamRequest, connection_id: str, peer: str = "") -> EngineerRequest:
         scheme, _, token = request.headers.get(_AUTHORIZATION, "").partition(" ")
         return cls(
             connection_id=connection_id,
@@ -89,6 +93,7 @@ class EngineerRequest:
             path=request.path,
             target=request.authority,
             session=request.headers.get(_SESSION),
+            peer=peer,
         )
 
     @property
@@ -119,22 +124,38 @@ class EngineerPath:
         authorisation: IEngineerAuthorisation,
         directory: IGatewayDirectory,
         metrics: RelayMetrics,
+        logins: ILoginAttempts | None = None,
     ) -> None:
         self.credentials = credentials
         self.authorisation = authorisation
         self.directory = directory
         self.metrics = metrics
+        self.logins: ILoginAttempts = logins or NoLoginLimits()
+        """Failed-login limits per source and engineer (`gateway.relay.logins`)."""
 
     def admit(self, request: EngineerRequest) -> Deferred[GatewayInfo | Admitted]:
         """Authenticate, authorise, locate; fails with `Refused` at the first step that says no."""
+        engineer: Engineer | None = None
         try:
+            self.logins.check(request.peer, None)
             engineer = self.authenticate(request)
+            self.logins.check(request.peer, engineer)
             self.check_form(request)
         except Refused as refused:
+            self.logins.failed(refused, request.peer, request.gateway_id, engineer)
             return fail(refused)
         authorised = self.authorisation.authorise(engineer, request.gateway_id)
+        authorised.addErrback(self._login_refused, request, engineer)
         located = authorised.addCallback(lambda _: self.directory.locate(request.gateway_id))
         return located.addCallback(self.decide, request, engineer)
+
+    def _login_refused(
+        self, failure: Failure, request: EngineerRequest, engineer: Engineer
+    ) -> Failure:
+        """Tell the login limits about an authorisation refusal; the refusal goes on."""
+        if isinstance(failure.value, Refused):
+            self.logins.failed(failure.value, request.peer, request.gateway_id, engineer)
+        return failure
 
     def authenticate(self, request: EngineerRequest) -> Engineer:
         """The engineer the bearer token belongs to (a failure is counted)."""

@@ -19,14 +19,17 @@ from gateway.config import RelayConfig
 from gateway.net.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.reactor import IGatewayReactor
 from gateway.relay.asks import SessionAsks
-from gateway.relay.authorisation import EveryAuthenticatedEngineer
+from gateway.relay.authorisation import PatternAuthorisation
 from gateway.relay.credentials import TokenFile
 from gateway.relay.dialer import LocalDialer
 from gateway.relay.directory import MemoryGatewayDirectory
 from gateway.relay.engineers import EngineerStreams
 from gateway.relay.gateways import GatewayPeer, GatewayTunnels
+from gateway.relay.lastused import LastUsed, last_used_path
+from gateway.relay.logins import LoginGuard
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import EngineerPath
+from gateway.relay.revocation import AccessWatch, LiveStreams
 from gateway.tls import TLSServerEndpoint, server_options
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
@@ -61,13 +64,19 @@ class RelayDaemon(MultiService):
         # Where gateways are, who engineers are and what they may ask: behind interfaces, so a
         # store shared by several relays can take the memory and file versions' place.
         self.directory = MemoryGatewayDirectory(reactor)
-        self.credentials = TokenFile(config.engineers.tokens)
-        self.authorisation = EveryAuthenticatedEngineer()
+        # engineers.toml must be private to the relay's user (else: refuse to start); when
+        # last used is kept apart (never by rewriting the credentials).
+        self.credentials = TokenFile(config.engineers.tokens, private=True)
+        self.last_used = LastUsed(last_used_path(config.state_dir), reactor)
+        self.authorisation = PatternAuthorisation(
+            self.credentials, reactor, on_authorised=self.last_used.touch
+        )
         # The live tunnels of the gateways connected to this process: local by nature.
         self.tunnels = GatewayTunnels()
         self.metrics = RelayMetrics(CollectorRegistry(), reactor)
         heartbeat = config.gateways.heartbeat
         metrics = self.metrics
+        self._watch_engineer_access()
         # One batch for both listeners: an engineer's bytes reach the gateway's tunnel in the
         # same reactor turn as they arrived (gateway.tunnel.batch).
         batch = WriteBatch()
@@ -90,12 +99,14 @@ class RelayDaemon(MultiService):
                 authorisation=self.authorisation,
                 directory=self.directory,
                 metrics=metrics,
+                logins=self.logins,
             ),
             dialer=dialer,
             metrics=metrics,
             clock=reactor,
             # Session asks go through to the gateway, which alone decides; the relay audits them.
             asks=SessionAsks(dialer=dialer, metrics=metrics, audit=self.audit, clock=reactor),
+            live=self.live_engineers,
         )
 
         def engineer_connection() -> TunnelConnection:
@@ -135,6 +146,24 @@ class RelayDaemon(MultiService):
             StreamServerEndpointService(
                 listen_endpoint(reactor, config.metrics_listen), Site(root)
             ).setServiceParent(self)
+
+    def _watch_engineer_access(self) -> None:
+        """Failed-login limits, and the watch that ends streams whose access was withdrawn
+        (removed, expired, or every engineer while engineers.toml is unusable)."""
+        self.logins = LoginGuard(
+            self.config.engineers.logins, self._reactor, self.metrics, self.audit
+        )
+        self.live_engineers = LiveStreams()
+        self.access_watch = AccessWatch(
+            self.credentials,
+            self.authorisation,
+            self.live_engineers,
+            self._reactor,
+            self.metrics,
+            audit=self.audit,
+            last_used=self.last_used,
+        )
+        self.access_watch.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, let open streams finish (bounded), then close every tunnel."""

@@ -25,6 +25,7 @@ from zope.interface.verify import verifyObject
 from gateway.relay.credentials import (
     TOKEN_PREFIX,
     CredentialFileError,
+    CredentialsUnavailable,
     Engineer,
     ICredentialStore,
     TokenFile,
@@ -129,7 +130,10 @@ class AddEngineerTests(CredentialTestCase):
     def test_no_temporary_files_are_left_behind(self) -> None:
         add_engineer(self.path, "alice")
         add_engineer(self.path, "bob")
-        self.assertEqual(os.listdir(self.directory), ["engineers.toml"])
+        # Only the file and the lock file beside it (kept: see credentials.locked).
+        self.assertEqual(
+            sorted(os.listdir(self.directory)), ["engineers.toml", "engineers.toml.lock"]
+        )
 
     def test_duplicate_name_is_refused_and_the_file_left_alone(self) -> None:
         add_engineer(self.path, "alice")
@@ -217,21 +221,23 @@ class TokenFileTests(CredentialTestCase):
         self.path.unlink()
         self.assertIsNone(store.authenticate(alice))
 
-    def test_a_broken_edit_keeps_the_previous_engineers(self) -> None:
+    def test_a_broken_edit_refuses_every_engineer(self) -> None:
+        # Issue 14: keeping the previous list would keep an engineer that was just removed.
         alice = add_engineer(self.path, "alice")
         store = TokenFile(self.path)
         good = self.path.read_text()
         self.path.write_text(good + "\n[[engineer]]\nname = 'bob'\ntoken_sha256 = 'short'\n")
-        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.assertRaises(CredentialsUnavailable, store.authenticate, alice)
+        self.assertEqual(dict(store.entries), {})
         self.path.write_text(good + "\n[[engineer\n")
-        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.assertRaises(CredentialsUnavailable, store.authenticate, alice)
 
     def test_a_repaired_file_is_picked_up_again(self) -> None:
         alice = add_engineer(self.path, "alice")
         store = TokenFile(self.path)
         good = self.path.read_text()
         self.path.write_text("not toml at all [\n")
-        self.assertEqual(store.authenticate(alice), Engineer("alice"))
+        self.assertRaises(CredentialsUnavailable, store.authenticate, alice)
         self.path.write_text(good)
         bob = add_engineer(self.path, "bob")
         self.assertEqual(store.authenticate(bob), Engineer("bob"))
