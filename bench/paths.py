@@ -291,7 +291,7 @@ class Ours(TunnelPath):
         self.details["version"] = version.splitlines()[-1]
         try:
             stack.make_pki(self.layout, GATEWAY_ID, ca_name="Benchmark CA", force=True)
-            self.token = stack.make_engineer(self.layout.engineers, "bench")
+            self.token = stack.make_engineer(self.layout.engineers, "bench", gateways=[GATEWAY_ID])
         except Exception as e:  # PKIError, CredentialFileError, FileWriteError, OSError
             raise BenchError(f"cannot make the benchmark's certificates and token: {e}") from e
 

@@ -71,7 +71,7 @@ class Stack:
         layout = self.layout
         shared.make_pki(layout, PROBE_GATEWAY, ca_name="Scale bench CA", force=True)
         self._ports = shared.Ports.pick(metrics=False)
-        self.token = shared.make_engineer(layout.engineers, "scale-bench")
+        self.token = shared.make_engineer(layout.engineers, "scale-bench", gateways=[PROBE_GATEWAY])
         layout.relay_config.write_text(
             shared.relay_toml(
                 layout,

@@ -298,7 +298,8 @@ def claimed_workdir(requested: Path | None) -> Iterator[Layout]:
 def make_credentials(layout: Layout) -> str:
     """A fresh throw-away CA, relay and gateway certificates and engineer token; the token."""
     stack.make_pki(layout, GATEWAY_ID, ca_name="Gateway demo vendor CA (throw-away)", force=True)
-    return stack.make_engineer(layout.engineers, ENGINEER)
+    # The demo's engineer may reach the demo gateway, and only it.
+    return stack.make_engineer(layout.engineers, ENGINEER, gateways=[GATEWAY_ID])
 
 
 def _addr(port: int) -> str:

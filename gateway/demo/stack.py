@@ -223,14 +223,15 @@ def make_pki(
     )
 
 
-def make_engineer(tokens: Path, name: str) -> str:
-    """A new token file holding one engineer; returns the token.
+def make_engineer(tokens: Path, name: str, *, gateways: Sequence[str] = ()) -> str:
+    """A new token file holding one engineer, authorised for ``gateways`` (patterns over
+    gateway ids; none: no gateway at all); returns the token.
 
     Tokens are stored hashed, so those of an earlier file could never be shown again: the file
     is started afresh rather than added to.
     """
     tokens.unlink(missing_ok=True)
-    return add_engineer(tokens, name)
+    return add_engineer(tokens, name, gateways=gateways)
 
 
 # --------------------------------------------------------------------------------------------

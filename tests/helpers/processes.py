@@ -291,7 +291,11 @@ def make_stack(mode: str = "unattended") -> tuple[Stack, tempfile.TemporaryDirec
         "forward3",
     ]
     ports = dict(zip(names, shared.free_ports(len(names)), strict=True))
-    token = shared.make_engineer(shared.Layout(workdir).engineers, "erin")
+    # erin may reach the stack's gateway and "nowhere", the gateway that never connects (the
+    # relay answers unknown-gateway only to an engineer authorised to ask for it).
+    token = shared.make_engineer(
+        shared.Layout(workdir).engineers, "erin", gateways=["e2e-gateway", "nowhere"]
+    )
     stack = Stack(workdir, pki, token, ports)
     stack.write_configs(mode=mode)
     return stack, tmp
