@@ -28,7 +28,7 @@ from twisted.logger import Logger, LogLevel
 PEER_TEXT_LIMIT = 48
 """Characters of a peer's value shown by default: enough to recognise it, too few to abuse."""
 
-_PRINTABLE = frozenset(range(0x20, 0x7F)) - {ord("\\")}
+_PRINTABLE = frozenset(range(0x20, 0x7F))
 
 
 def peer_text(value: bytes | str | None, limit: int = PEER_TEXT_LIMIT) -> str:

@@ -29,6 +29,7 @@ from zope.interface import Interface, implementer
 
 from gateway.audit import AuditWriteError, IAuditTrail
 from gateway.config import LoginLimits
+from gateway.logsafe import peer_text
 from gateway.relay.credentials import CredentialsUnavailable, Engineer
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.refusals import Refused
@@ -219,9 +220,9 @@ class LoginGuard:
         if counter is not None:
             counter.inc()
         who = engineer.name if engineer is not None else None
-        gateway = gateway_id[:64]
+        gateway = peer_text(gateway_id, 64)  # the peer's bytes: escaped and cut (logsafe)
         log.warn(
-            "engineer login from {peer} refused ({token}){engineer} for gateway {gateway!r}",
+            "engineer login from {peer} refused ({token}){engineer} for gateway '{gateway}'",
             peer=peer,
             token=refusal.token,
             engineer=f" for engineer {who!r}" if who else "",
