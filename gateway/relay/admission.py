@@ -32,6 +32,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.config import is_target_name
 from gateway.logsafe import RateLimitedLog, peer_address
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.refusals import Refused
@@ -378,6 +379,21 @@ class EngineerAdmission:
                 "engineer connection; close some, or open a second connection",
             )
         return None
+
+    def before_dial(self, gateway_id: str, target: str) -> Refused | None:
+        """A refusal if ``target`` cannot be a target name, or the gateway's tunnel is full.
+
+        Whether a target is allowed is the gateway's to say; that a 60 KB ``:authority`` or one
+        with escape sequences names no target is plain syntax, and such bytes go no further.
+        """
+        if not is_target_name(target):
+            # Shortened only: the wire (clean_reason) and the log (peer_text) escape it each.
+            shown = target if len(target) <= 48 else target[:48] + "..."
+            return Refused(
+                Refusal.BAD_REQUEST,
+                f"'{shown}' is not a target name (letters, digits, . _ -; at most 64)",
+            )
+        return self.tunnel_room(gateway_id)
 
     def tunnel_room(self, gateway_id: str) -> Refused | None:
         """A refusal if the gateway's tunnel carries as many streams as it may."""

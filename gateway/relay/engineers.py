@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import wire
+from gateway.logsafe import peer_text
+from gateway.relay.admission import EngineerAdmission, token_was_accepted
 from gateway.relay.asks import SessionAsks
 from gateway.relay.dialer import IGatewayDialer
 from gateway.relay.metrics import RelayMetrics
@@ -48,6 +50,7 @@ class EngineerStreams:
         new_id: Callable[[], str] = new_connection_id,
         asks: SessionAsks | None = None,
         live: LiveStreams | None = None,
+        admission: EngineerAdmission | None = None,
     ) -> None:
         self.path = path
         self.dialer = dialer
@@ -58,10 +61,17 @@ class EngineerStreams:
         """Passes session asks through (`gateway.relay.asks`); None: they are refused."""
         self.live = live
         """Who opened which stream: withdrawn access ends it (`gateway.relay.revocation`)."""
+        self.admission = admission
+        """Stream limits, and telling the connection guard who authenticated (`admission`)."""
 
     def stream_requested(self, stream: TunnelStream) -> None:
         assert stream.request is not None
         started = self.clock.seconds()
+        if self.admission is not None:
+            over = self.admission.stream_arrived(stream)
+            if over is not None:
+                self._refuse(stream, over)
+                return
         request = EngineerRequest.read(stream.request, self._new_id(), _peer_host(stream))
         verdict = self.path.admit(request)
         verdict.addCallbacks(
@@ -73,6 +83,8 @@ class EngineerStreams:
     def _admitted(
         self, stream: TunnelStream, verdict: GatewayInfo | Admitted, started: float
     ) -> None:
+        if self.admission is not None:
+            self.admission.token_accepted(stream)
         if isinstance(verdict, GatewayInfo):
             self._gateway_info(stream, verdict)
             return
@@ -84,6 +96,11 @@ class EngineerStreams:
         if request.wants_session:
             self._session_ask(stream, verdict, started)
             return
+        if self.admission is not None:
+            refused = self.admission.before_dial(request.gateway_id, request.target)
+            if refused is not None:
+                self._refuse(stream, refused)
+                return
         try:
             upstream = self.dialer.dial(
                 request.gateway_id,
@@ -99,7 +116,7 @@ class EngineerStreams:
             "{engineer} asks gateway {gw} for {target} (connection {cid})",
             engineer=engineer.name,
             gw=request.gateway_id,
-            target=request.target,
+            target=peer_text(request.target),
             cid=request.connection_id,
         )
         # Splice at once: the engineer's first bytes follow the request to the gateway without
@@ -156,6 +173,8 @@ class EngineerStreams:
     def _refused(self, stream: TunnelStream, failure: Failure) -> None:
         failure.trap(Refused)
         assert isinstance(failure.value, Refused)
+        if self.admission is not None and token_was_accepted(failure.value):
+            self.admission.token_accepted(stream)
         self._refuse(stream, failure.value)
 
     def _refuse(self, stream: TunnelStream, refused: Refused) -> None:
@@ -168,7 +187,7 @@ class EngineerStreams:
             "engineer connection {cid} to gateway {gw}",
             failure,
             cid=request.connection_id,
-            gw=request.gateway_id,
+            gw=peer_text(request.gateway_id),
         )
         stream.reset(ErrorCodes.INTERNAL_ERROR)
 

@@ -16,8 +16,17 @@ from twisted.web.server import Site
 from gateway.audit import IAuditTrail
 from gateway.auditlog.writer import open_daemon_trail
 from gateway.config import RelayConfig
+from gateway.logsafe import RateLimitedLog
 from gateway.net.endpoints import RELAY_BACKLOG, listen_endpoint
 from gateway.reactor import IGatewayReactor
+from gateway.relay.admission import (
+    ConnectionGuard,
+    ConnectionLimits,
+    EngineerAdmission,
+    EngineerConnection,
+    GuardedTLSEndpoint,
+    StreamLimits,
+)
 from gateway.relay.asks import SessionAsks
 from gateway.relay.authorisation import PatternAuthorisation
 from gateway.relay.credentials import TokenFile
@@ -30,7 +39,7 @@ from gateway.relay.logins import LoginGuard
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import EngineerPath
 from gateway.relay.revocation import AccessWatch, LiveStreams
-from gateway.tls import TLSServerEndpoint, server_options
+from gateway.tls import server_options
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
 
@@ -39,12 +48,12 @@ class TrackingFactory(Factory):
     noisy = False
     """Builds tunnel connections and remembers the live ones, so shutdown can drain them."""
 
-    def __init__(self, build: Callable[[], TunnelConnection]) -> None:
+    def __init__(self, build: Callable[[object], TunnelConnection]) -> None:
         self._build = build
         self.live: set[TunnelConnection] = set()
 
     def buildProtocol(self, addr: object) -> TunnelConnection:
-        connection = self._build()
+        connection = self._build(addr)
         self.live.add(connection)
         connection.when_lost().addCallback(lambda _: self.live.discard(connection))
         return connection
@@ -77,19 +86,29 @@ class RelayDaemon(MultiService):
         heartbeat = config.gateways.heartbeat
         metrics = self.metrics
         self._watch_engineer_access()
+        self._guard_connections()
         # One batch for both listeners: an engineer's bytes reach the gateway's tunnel in the
         # same reactor turn as they arrived (gateway.tunnel.batch).
         batch = WriteBatch()
 
-        def gateway_tunnel() -> TunnelConnection:
+        def gateway_tunnel(addr: object) -> TunnelConnection:
             return TunnelConnection(
                 client_side=True,
                 clock=reactor,
-                observer=GatewayPeer(self.tunnels, self.directory, metrics),
+                observer=GatewayPeer(
+                    self.tunnels,
+                    self.directory,
+                    metrics,
+                    address=addr,
+                    guard=self.gateway_guard,
+                    audit=self.audit,
+                    lines=self.lines,
+                ),
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
                 batch=batch,
+                lines=self.lines,
             )
 
         dialer = LocalDialer(self.tunnels)
@@ -107,17 +126,20 @@ class RelayDaemon(MultiService):
             # Session asks go through to the gateway, which alone decides; the relay audits them.
             asks=SessionAsks(dialer=dialer, metrics=metrics, audit=self.audit, clock=reactor),
             live=self.live_engineers,
+            admission=self.engineer_admission,
         )
 
-        def engineer_connection() -> TunnelConnection:
+        def engineer_connection(addr: object) -> TunnelConnection:
             return TunnelConnection(
                 client_side=False,
                 clock=reactor,
                 handler=self.engineer_streams,
+                observer=EngineerConnection(addr),
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
                 batch=batch,
+                lines=self.lines,
             )
 
         self.gateway_factory = TrackingFactory(gateway_tunnel)
@@ -126,16 +148,23 @@ class RelayDaemon(MultiService):
         gateway_tls = server_options(gw.cert, gw.key, client_ca=gw.ca)
         eng = config.engineers
         engineer_tls = server_options(eng.cert, eng.key, client_ca=None)
+        # Each accepted connection meets its listener's guard before any TLS work.
         self.gateway_listener = StreamServerEndpointService(
-            TLSServerEndpoint(
-                listen_endpoint(reactor, gw.listen, backlog=RELAY_BACKLOG), gateway_tls, reactor
+            GuardedTLSEndpoint(
+                listen_endpoint(reactor, gw.listen, backlog=RELAY_BACKLOG),
+                gateway_tls,
+                reactor,
+                self.gateway_guard,
             ),
             self.gateway_factory,
         )
         self.gateway_listener.setServiceParent(self)
         self.engineer_listener = StreamServerEndpointService(
-            TLSServerEndpoint(
-                listen_endpoint(reactor, eng.listen, backlog=RELAY_BACKLOG), engineer_tls, reactor
+            GuardedTLSEndpoint(
+                listen_endpoint(reactor, eng.listen, backlog=RELAY_BACKLOG),
+                engineer_tls,
+                reactor,
+                self.engineer_guard,
             ),
             self.engineer_factory,
         )
@@ -165,6 +194,42 @@ class RelayDaemon(MultiService):
         )
         self.access_watch.setServiceParent(self)
 
+    def _guard_connections(self) -> None:
+        """Per-source connection limits, the engineers' token deadline and idle timeout, stream
+        limits per connection and per tunnel (`gateway.relay.admission`), and one rate limit
+        for the log lines that anyone who reaches a listener can cause (`gateway.logsafe`)."""
+        reactor, metrics = self._reactor, self.metrics
+        self.lines = RateLimitedLog(reactor)
+        eng, gw = self.config.engineers.limits, self.config.gateways.limits
+        self.engineer_guard = ConnectionGuard(
+            "engineer",
+            ConnectionLimits(
+                max_per_source=eng.max_connections_per_source,
+                max_unauthenticated_per_source=eng.max_unauthenticated_per_source,
+                max_unauthenticated=eng.max_unauthenticated,
+                auth_timeout=eng.auth_timeout,
+                idle_timeout=eng.idle_timeout,
+            ),
+            clock=reactor,
+            metrics=metrics,
+            lines=self.lines,
+        )
+        self.gateway_guard = ConnectionGuard(
+            "gateway",
+            ConnectionLimits(max_unauthenticated_per_source=gw.max_unauthenticated_per_source),
+            clock=reactor,
+            metrics=metrics,
+            lines=self.lines,
+        )
+        self.engineer_admission = EngineerAdmission(
+            guard=self.engineer_guard,
+            limits=StreamLimits(
+                per_connection=eng.max_streams_per_connection,
+                per_tunnel=gw.max_streams_per_tunnel,
+            ),
+            tunnel_streams=self.tunnels.streams,
+        )
+
     def stopService(self) -> Deferred[None]:
         """Stop listening, let open streams finish (bounded), then close every tunnel."""
         stopped = super().stopService()
@@ -175,7 +240,12 @@ class RelayDaemon(MultiService):
         ]
         done: Deferred[None] = DeferredList([stopped, *drains]).addCallback(lambda _: None)
         done.addBoth(self._close_audit)  # after the drains: closing streams still record
+        done.addBoth(self._stop_lines)
         return done
+
+    def _stop_lines(self, result: object) -> object:
+        self.lines.stop()  # pending "N similar lines suppressed" written, no timer left
+        return result
 
     def _close_audit(self, result: object) -> object:
         self.audit_file.close()
