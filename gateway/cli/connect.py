@@ -40,15 +40,18 @@ def connect(args: argparse.Namespace, console: Console) -> int:
     from twisted.internet.defer import Deferred
     from twisted.internet.error import CannotListenError
 
+    from gateway.config import existing_file
     from gateway.connect import ConnectOptions, EngineerClient
 
     if not args.token:
         raise UsageError("connect: an engineer token is needed: --token or GATEWAY_TOKEN")
-    if not args.ca.is_file():
-        raise UsageError(f"connect: --ca {args.ca}: file does not exist")
+    try:
+        ca = existing_file(str(args.ca))  # a FIFO, /dev/null or ~nosuchuser: one line
+    except ValueError as e:
+        raise UsageError(f"connect: --ca {e}") from None
     options = ConnectOptions(
         relay=args.relay,
-        ca=args.ca.resolve(),
+        ca=ca,
         token=args.token,
         gateway=args.gateway,
         target=args.target,

@@ -3,7 +3,8 @@
 Every hop that leaves the plant LAN is TLS 1.2 or newer.  The gateway trusts only the CA named
 in its configuration (never the system store) and checks the relay's host name with
 ``service_identity``; the relay demands a client certificate from its gateway CA.  Certificate
-and key files are loaded here, and a file that cannot be used is one ``TLSFileError`` line.
+and key files are loaded here, and a file that cannot be used is one ``TLSFileError`` line: a
+private key readable or writable by others is refused too, with the ``chmod`` to run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from twisted.internet.ssl import (
     TLSVersion,
     optionsForClientTLS,
 )
+
+from gateway._files import private_file_problem
+from gateway.config import MAX_CONFIG_BYTES, MISSING, FileProblem, read_regular_file
 
 ALPN_H2 = b"h2"
 
@@ -47,10 +51,21 @@ class TLSFileError(Exception):
 
 
 def _read(path: Path, what: str) -> bytes:
+    """A certificate or key file's bytes; a FIFO, a device, a directory or an empty file is
+    refused in words (a FIFO is never opened for reading: that would hang start-up)."""
     try:
-        return path.read_bytes()
-    except OSError as e:
-        raise TLSFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+        return read_regular_file(path, max_bytes=MAX_CONFIG_BYTES)
+    except FileProblem as e:
+        problem = "No such file or directory" if str(e) == MISSING else f"the file {e}"
+        raise TLSFileError(f"{path}: cannot read {what}: {problem}") from None
+
+
+def _check_private_key(path: Path) -> None:
+    """A private key others can read is no longer private; one others can write can be swapped
+    for theirs.  Refused with the ``chmod`` that fixes it (the same check as the relay's files)."""
+    problem = private_file_problem(path, "private key")
+    if problem is not None:
+        raise TLSFileError(problem)
 
 
 def load_ca(path: Path) -> Certificate:
@@ -74,6 +89,7 @@ def load_identity(cert_path: Path, key_path: Path) -> PrivateCertificate:
         key = KeyPair.load(key_pem, 1)  # 1 == FILETYPE_PEM
     except Exception:
         raise TLSFileError(f"{key_path}: not a PEM private key") from None
+    _check_private_key(key_path)  # once it is a key: a certificate given as one is named so
     try:
         identity: PrivateCertificate = PrivateCertificate.fromCertificateAndKeyPair(cert, key)
         return identity
