@@ -9,11 +9,8 @@ can trust what they are given.  This module knows nothing of Twisted.
 from __future__ import annotations
 
 import enum
-import errno
 import ipaddress
-import os
 import re
-import stat
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,12 @@ T = TypeVar("T")
 _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def is_target_name(name: str) -> bool:
+    """Whether ``name`` can name a target (letters, digits, ``. _ -``; at most 64): the relay
+    refuses anything else before it reaches a gateway."""
+    return _TARGET_NAME.fullmatch(name) is not None
 
 
 class ConfigError(Exception):
@@ -180,18 +183,6 @@ class GatewayConfig:
     relay: RelayLink
     targets: tuple[Target, ...]
     access_mode: AccessMode
-@frozen
-class StreamLimits:
-    """``[limits]``: engineer streams the gateway carries at once (`gateway.edge.limits`)."""
-
-    streams_per_engineer: int = 64
-    """Per engineer identity, over all targets."""
-    streams_per_target: int = 32
-    """Per target, over all engineers: a PLC's web server has a handful of HTTP slots."""
-    streams_per_tunnel: int = 512
-    """Per tunnel connection to the relay: bounds the gateway's descriptors."""
-
-
     status_listen: Address | None
     metrics_listen: Address | None
     drain_timeout: float = 10.0
@@ -208,12 +199,6 @@ class StreamLimits:
             if target.name == name:
                 return target
         return None
-    limits: StreamLimits = field(factory=lambda: StreamLimits())
-    """``[limits]``: streams per engineer, per target and per tunnel."""
-    status_allowed_hosts: tuple[str, ...] = ()
-    """``[status] allowed_hosts``: host names the status listener answers to besides its own."""
-    metrics_allowed_hosts: tuple[str, ...] = ()
-    """``[metrics] allowed_hosts``: the same for the metrics listener."""
 
 
 @frozen
@@ -225,6 +210,33 @@ class GatewayListener:
     cert: Path
     key: Path
     heartbeat: Heartbeat = field(factory=Heartbeat)
+    limits: GatewayLimits = field(factory=lambda: GatewayLimits())
+    """``max_unauthenticated_per_source``, ``max_streams_per_tunnel``."""
+
+
+@frozen
+class GatewayLimits:
+    """What the relay lets gateway connections hold (`gateway.relay.admission`)."""
+
+    max_unauthenticated_per_source: int = 64
+    """Connections from one address still in their TLS handshake (no certificate yet)."""
+    max_streams_per_tunnel: int = 256
+    """Engineer streams open at once on one gateway's tunnel."""
+
+
+@frozen
+class EngineerLimits:
+    """What the relay lets engineer connections hold, and for how long (`relay.admission`)."""
+
+    auth_timeout: float = 10.0
+    """Seconds from connecting to a first stream with a valid token; then the relay hangs up."""
+    idle_timeout: float = 600.0
+    """Seconds an authenticated connection may carry no stream before it is closed."""
+    max_connections_per_source: int = 64
+    max_unauthenticated_per_source: int = 16
+    max_unauthenticated: int = 512
+    """Unauthenticated connections from all addresses together."""
+    max_streams_per_connection: int = 128
 
 
 @frozen
@@ -251,6 +263,8 @@ class EngineerListener:
     key: Path
     logins: LoginLimits = field(factory=lambda: LoginLimits())
     """``login_failures``, ``login_window``, ``login_lockout``."""
+    limits: EngineerLimits = field(factory=lambda: EngineerLimits())
+    """``auth_timeout``, ``idle_timeout``, ``max_*``: connection and stream limits."""
 
 
 @frozen
@@ -331,12 +345,10 @@ class _Table:
         text = self.required_str(name) if required else self.optional_str(name)
         if text is None:
             return None
-        try:
-            path = resolve_path(text, self.file.parent)
-        except ValueError as e:
-            raise self.error(name, str(e)) from None
-        problem = file_problem(path) if must_exist else None
-        if problem == MISSING:
+        path = (self.file.parent / Path(text).expanduser()).resolve()
+        if must_exist and path.is_dir():
+            raise self.error(name, f"{str(path)!r} is a directory, not a file")
+        if must_exist and not path.is_file():
             raise self.error(name, f"file {str(path)!r} does not exist")
         return path
 
@@ -365,8 +377,6 @@ class _Table:
         if unknown:
             raise ConfigError(self.file, self.key(unknown[0]), "unknown key")
 
-        """A path relative to the config file's folder; with ``must_exist``, a regular file
-        that is not empty (a FIFO, a device or ``/dev/null`` is refused before it is opened)."""
 
 def _toml_type(value: object) -> str:
     return {
@@ -375,35 +385,23 @@ def _toml_type(value: object) -> str:
         float: "a number",
         str: "a string",
         list: "a list",
-        if problem is not None:
-            raise self.error(name, f"{str(path)!r} {problem}")
         dict: "a section",
     }.get(type(value), type(value).__name__)
 
 
 def read_toml(path: Path | str) -> tuple[Path, dict[str, Any]]:
-    """Read a TOML file, turning every way that can fail into a ``ConfigError``.
-
-    A byte-order mark (Windows Notepad writes one) is skipped; UTF-16 is named as such.
-    """
-    text = str(path)
+    """Read a TOML file, turning every way that can fail into a ``ConfigError``."""
+    file = Path(path).expanduser().absolute()
     try:
-        file = resolve_path(text, Path.cwd(), follow_links=False)
-    except ValueError as e:
-        raise ConfigError(text, "", str(e)) from None
-    try:
-        raw = read_regular_file(file, max_bytes=MAX_CONFIG_BYTES, allow_empty=True)
-    except FileProblem as e:
-        problem = str(e)
-        if problem == MISSING:
-            problem = "file does not exist"
-        elif problem == IS_DIRECTORY:
-            problem = "is a directory, not a configuration file"
-        raise ConfigError(file, "", problem) from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ConfigError(file, "", "is UTF-16 text: save it as UTF-8") from None
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(file, "", "permission denied") from None
+    except OSError as e:
+        raise ConfigError(file, "", e.strerror or str(e)) from None
     try:
         return file, tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -447,137 +445,6 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
             raise table.error("name", f"{name!r} is not a target name (letters, digits, . _ -)")
         if any(t.name == name for t in targets):
             raise table.error("name", f"target {name!r} is listed twice")
-# -- paths and files: every way a path can be wrong is one sentence, and nothing blocks ----------
-
-MAX_CONFIG_BYTES = 1 << 20
-"""No configuration, certificate or key file of ours comes near this; /dev/zero would."""
-MISSING = "does not exist"
-IS_DIRECTORY = "is a directory, not a file"
-
-
-class FileProblem(Exception):
-    """Why a file cannot be used, as the end of a sentence that starts with its name."""
-
-
-def resolve_path(text: str, base: Path, *, follow_links: bool = True) -> Path:
-    """``text`` as an absolute path: ``~`` and ``~user`` expanded, relative to ``base``, and
-    (with ``follow_links``) symbolic links followed.  Raises ``ValueError`` saying what is
-    wrong: a NUL byte, an unknown ``~user``, a loop of symbolic links."""
-    if "\x00" in text:
-        raise ValueError(f"{text!r} contains a NUL byte")
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:  # ~nosuchuser, or ~ without a home directory
-        user = text[1:].split("/", 1)[0]
-        raise ValueError(
-            f"{text!r}: there is no user {user!r} to take ~{user} from"
-            if user
-            else f"{text!r}: this user has no home directory for ~"
-        ) from None
-    path = base / path
-    if not follow_links:
-        return path.absolute()
-    try:
-        return path.resolve()
-    except RuntimeError:  # Python 3.11's resolve(): "Symlink loop from ..."
-        raise ValueError(f"{str(path)!r} is a loop of symbolic links") from None
-    except OSError as e:
-        raise ValueError(f"{str(path)!r}: {_os_problem(e)}") from None
-
-
-def _os_problem(error: OSError) -> str:
-    if error.errno == errno.ELOOP:
-        return "is a loop of symbolic links"
-    if error.errno in (errno.ENOENT, errno.ENOTDIR):
-        return MISSING
-    if error.errno == errno.EACCES:
-        return "cannot be read: permission denied"
-    return (error.strerror or str(error)).lower()
-
-
-_KINDS = {
-    stat.S_IFIFO: "a named pipe (FIFO)",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
-
-
-def _kind_problem(mode: int) -> str | None:
-    if stat.S_ISDIR(mode):
-        return IS_DIRECTORY
-    if not stat.S_ISREG(mode):
-        return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a file')}, not a regular file"
-    return None
-
-
-def file_problem(path: Path, *, allow_empty: bool = False) -> str | None:
-    """Why ``path`` is not a regular file with something in it, or None; never opens it."""
-    try:
-        info = os.stat(path)
-    except ValueError:
-        return "contains a NUL byte"
-    except OSError as e:
-        return _os_problem(e)
-    problem = _kind_problem(info.st_mode)
-    if problem is None and not allow_empty and info.st_size == 0:
-        problem = "is empty"
-    return problem
-
-
-def existing_file(text: str, base: Path | None = None) -> Path:
-    """A file named on a command line (``--ca``): resolved, and a regular file with something
-    in it; raises ``ValueError`` starting with ``text`` and saying what is wrong."""
-    try:
-        path = resolve_path(text, base or Path.cwd())
-    except ValueError as e:
-        raise ValueError(str(e) if str(e).startswith(repr(text)) else f"{text}: {e}") from None
-    problem = file_problem(path)
-    if problem is not None:
-        raise ValueError(f"{text}: {'file does not exist' if problem == MISSING else problem}")
-    return path
-
-
-def read_regular_file(path: Path, *, max_bytes: int, allow_empty: bool = False) -> bytes:
-    """The bytes of a small regular file; raises ``FileProblem`` for anything else.
-
-    The type is checked before the file is opened (opening a FIFO blocks until a writer comes;
-    opening some devices has effects), and again on the open descriptor, which is opened
-    non-blocking so that a FIFO swapped in between cannot hang us either.
-    """
-    problem = file_problem(path, allow_empty=allow_empty)
-    if problem is not None:
-        raise FileProblem(problem)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise FileProblem(_os_problem(e)) from None
-    try:
-        info = os.fstat(fd)
-        problem = _kind_problem(info.st_mode)
-        too_large = f"is larger than {max_bytes // 1024} KiB: not the file meant here"
-        if problem is None and info.st_size > max_bytes:
-            problem = too_large
-        if problem is not None:
-            raise FileProblem(problem)
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                raise FileProblem(too_large)
-    except OSError as e:
-        raise FileProblem(_os_problem(e)) from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if not data and not allow_empty:
-        raise FileProblem("is empty")
-    return data
-
-
         targets.append(
             Target(
                 name=name,
@@ -601,9 +468,8 @@ def read_regular_file(path: Path, *, max_bytes: int, allow_empty: bool = False) 
     if access is not None:
         access.finish()
 
-    status, status_hosts = _web_listener(top, "status")
-    metrics, metrics_hosts = _web_listener(top, "metrics")
-    limits = _stream_limits(top)
+    status = _listener(top, "status")
+    metrics = _listener(top, "metrics")
     service = top.table("service", required=False)
     drain, half_close = 10.0, 30.0
     state_dir = _state_dir(service, file)
@@ -660,9 +526,6 @@ def _consent_rules(access: _Table | None) -> ConsentRules:
         session_minutes=minutes,
         max_session_minutes=longest,
         grace_seconds=grace,
-        limits=limits,
-        status_allowed_hosts=status_hosts,
-        metrics_allowed_hosts=metrics_hosts,
     )
 
 
@@ -785,6 +648,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         cert=_required(gw.path("cert")),
         key=_required(gw.path("key")),
         heartbeat=_heartbeat(gw),
+        limits=_gateway_limits(gw),
     )
     gw.finish()
 
@@ -801,6 +665,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         cert=eng_cert or gateways.cert,
         key=eng_key or gateways.key,
         logins=_login_limits(eng),
+        limits=_engineer_limits(eng),
     )
     eng.finish()
 
@@ -808,51 +673,6 @@ def load_relay_config(path: Path | str) -> RelayConfig:
     service = top.table("service", required=False)
     drain = 10.0
     state_dir = _state_dir(service, file)
-def _web_listener(top: _Table, name: str) -> tuple[Address | None, tuple[str, ...]]:
-    """``[status]`` or ``[metrics]``: ``listen``, and ``allowed_hosts`` (the host names, besides
-    its own, that a browser may use to reach it: anything else is refused, DNS rebinding)."""
-    table = top.table(name, required=False)
-    if table is None:
-        return None, ()
-    address = table.address("listen", listen=True)
-    table.used.add("allowed_hosts")
-    value = table.data.get("allowed_hosts", [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise table.error("allowed_hosts", f"must be a list of host names, not {_toml_type(value)}")
-    hosts: list[str] = []
-    for raw in value:
-        host = raw.strip().lower().rstrip(".")
-        if not _HOSTNAME.fullmatch(host) or _is_ip(host):
-            raise table.error(
-                "allowed_hosts",
-                f"{raw!r} is not a host name (IP addresses are always accepted; no ports)",
-            )
-        hosts.append(host)
-    table.finish()
-    return address, tuple(hosts)
-
-
-def _stream_limits(top: _Table) -> StreamLimits:
-    """``[limits]``: streams per engineer, per target and per tunnel (1 to 100000 each)."""
-    table = top.table("limits", required=False)
-    default = StreamLimits()
-    if table is None:
-        return default
-    limits = StreamLimits(
-        streams_per_engineer=_whole_number(
-            table, "streams_per_engineer", default.streams_per_engineer, 1, 100_000
-        ),
-        streams_per_target=_whole_number(
-            table, "streams_per_target", default.streams_per_target, 1, 100_000
-        ),
-        streams_per_tunnel=_whole_number(
-            table, "streams_per_tunnel", default.streams_per_tunnel, 1, 100_000
-        ),
-    )
-    table.finish()
-    return limits
-
-
     if service is not None:
         drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
         service.finish()
@@ -878,6 +698,48 @@ def _login_limits(eng: _Table) -> LoginLimits:
         failures=failures,
         window=eng.seconds("login_window", default.window, low=1, high=86400),
         lockout=eng.seconds("login_lockout", default.lockout, low=1, high=86400),
+    )
+
+
+def _relay_count(table: _Table, name: str, default: int, high: int) -> int:
+    value = table._get(name, int, "a whole number", default)
+    assert value is not None
+    if not 1 <= value <= high:
+        raise table.error(name, f"must be between 1 and {high}, not {value}")
+    return value
+
+
+def _gateway_limits(gw: _Table) -> GatewayLimits:
+    """``[gateways] max_unauthenticated_per_source`` and ``max_streams_per_tunnel``."""
+    default = GatewayLimits()
+    return GatewayLimits(
+        max_unauthenticated_per_source=_relay_count(
+            gw, "max_unauthenticated_per_source", default.max_unauthenticated_per_source, 100_000
+        ),
+        max_streams_per_tunnel=_relay_count(
+            gw, "max_streams_per_tunnel", default.max_streams_per_tunnel, 60_000
+        ),
+    )
+
+
+def _engineer_limits(eng: _Table) -> EngineerLimits:
+    """``[engineers] auth_timeout``, ``idle_timeout`` and the ``max_*`` connection limits."""
+    default = EngineerLimits()
+    return EngineerLimits(
+        auth_timeout=eng.seconds("auth_timeout", default.auth_timeout, low=1, high=300),
+        idle_timeout=eng.seconds("idle_timeout", default.idle_timeout, low=5, high=86400),
+        max_connections_per_source=_relay_count(
+            eng, "max_connections_per_source", default.max_connections_per_source, 100_000
+        ),
+        max_unauthenticated_per_source=_relay_count(
+            eng, "max_unauthenticated_per_source", default.max_unauthenticated_per_source, 100_000
+        ),
+        max_unauthenticated=_relay_count(
+            eng, "max_unauthenticated", default.max_unauthenticated, 1_000_000
+        ),
+        max_streams_per_connection=_relay_count(
+            eng, "max_streams_per_connection", default.max_streams_per_connection, 60_000
+        ),
     )
 
 

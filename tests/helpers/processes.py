@@ -78,12 +78,20 @@ def http_get(address: str, timeout: float = 5.0) -> bytes:
     return shared.http_get(address, timeout)[1]
 
 
-def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
+def start(
+    name: str,
+    args: list[str],
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    prefix: list[str] | None = None,
+) -> Proc:
     """``python -m gateway ARGS`` in ``workdir``, appending to ``NAME.log`` there (a restarted
-    program's log keeps what its predecessor wrote)."""
+    program's log keeps what its predecessor wrote); ``prefix``: a command that execs it (such as
+    ``prlimit``)."""
     return Process.start(
         name,
-        shared.python_gateway(args),
+        [*(prefix or []), *shared.python_gateway(args)],
         log=workdir / f"{name}.log",
         cwd=workdir,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
@@ -172,8 +180,13 @@ class Stack:
         wait_until("processor listening", lambda: port_open(self.ports["processor"]), proc=proc)
         return proc
 
-    def start_relay(self) -> Proc:
-        proc = start("relay", shared.relay_args(self.layout.relay_config), self.workdir)
+    def start_relay(self, *, nofile: int | None = None) -> Proc:
+        """``nofile``: the relay's descriptor limit, as a service manager sets it (``prlimit``
+        execs the relay, so the process is the relay itself)."""
+        prefix = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else None
+        proc = start(
+            "relay", shared.relay_args(self.layout.relay_config), self.workdir, prefix=prefix
+        )
         self.procs["relay"] = proc
         wait_until("relay metrics", lambda: port_open(self.ports["relay_metrics"]), proc=proc)
         return proc
