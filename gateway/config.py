@@ -9,8 +9,11 @@ can trust what they are given.  This module knows nothing of Twisted.
 from __future__ import annotations
 
 import enum
+import errno
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +181,18 @@ class ConsentRules:
 
 
 @frozen
+class StreamLimits:
+    """``[limits]``: engineer streams the gateway carries at once (`gateway.edge.limits`)."""
+
+    streams_per_engineer: int = 64
+    """Per engineer identity, over all targets."""
+    streams_per_target: int = 32
+    """Per target, over all engineers: a PLC's web server has a handful of HTTP slots."""
+    streams_per_tunnel: int = 512
+    """Per tunnel connection to the relay: bounds the gateway's descriptors."""
+
+
+@frozen
 class GatewayConfig:
     path: Path
     relay: RelayLink
@@ -193,6 +208,12 @@ class GatewayConfig:
     """``[access]``: how long requests wait and sessions last."""
     checks_interval: float = 300.0
     """``[checks] interval``: seconds between the daemon's connectivity checks."""
+    limits: StreamLimits = field(factory=lambda: StreamLimits())
+    """``[limits]``: streams per engineer, per target and per tunnel."""
+    status_allowed_hosts: tuple[str, ...] = ()
+    """``[status] allowed_hosts``: host names the status listener answers to besides its own."""
+    metrics_allowed_hosts: tuple[str, ...] = ()
+    """``[metrics] allowed_hosts``: the same for the metrics listener."""
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -342,14 +363,20 @@ class _Table:
             raise self.error(name, str(e)) from None
 
     def path(self, name: str, *, must_exist: bool = True, required: bool = True) -> Path | None:
+        """A path relative to the config file's folder; with ``must_exist``, a regular file
+        that is not empty (a FIFO, a device or ``/dev/null`` is refused before it is opened)."""
         text = self.required_str(name) if required else self.optional_str(name)
         if text is None:
             return None
-        path = (self.file.parent / Path(text).expanduser()).resolve()
-        if must_exist and path.is_dir():
-            raise self.error(name, f"{str(path)!r} is a directory, not a file")
-        if must_exist and not path.is_file():
+        try:
+            path = resolve_path(text, self.file.parent)
+        except ValueError as e:
+            raise self.error(name, str(e)) from None
+        problem = file_problem(path) if must_exist else None
+        if problem == MISSING:
             raise self.error(name, f"file {str(path)!r} does not exist")
+        if problem is not None:
+            raise self.error(name, f"{str(path)!r} {problem}")
         return path
 
     def table(self, name: str, *, required: bool = True) -> _Table | None:
@@ -390,24 +417,165 @@ def _toml_type(value: object) -> str:
 
 
 def read_toml(path: Path | str) -> tuple[Path, dict[str, Any]]:
-    """Read a TOML file, turning every way that can fail into a ``ConfigError``."""
-    file = Path(path).expanduser().absolute()
+    """Read a TOML file, turning every way that can fail into a ``ConfigError``.
+
+    A byte-order mark (Windows Notepad writes one) is skipped; UTF-16 is named as such.
+    """
+    text = str(path)
     try:
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(file, "", "file does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(file, "", "is a directory, not a configuration file") from None
-    except PermissionError:
-        raise ConfigError(file, "", "permission denied") from None
-    except OSError as e:
-        raise ConfigError(file, "", e.strerror or str(e)) from None
+        file = resolve_path(text, Path.cwd(), follow_links=False)
+    except ValueError as e:
+        raise ConfigError(text, "", str(e)) from None
+    try:
+        raw = read_regular_file(file, max_bytes=MAX_CONFIG_BYTES, allow_empty=True)
+    except FileProblem as e:
+        problem = str(e)
+        if problem == MISSING:
+            problem = "file does not exist"
+        elif problem == IS_DIRECTORY:
+            problem = "is a directory, not a configuration file"
+        raise ConfigError(file, "", problem) from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(file, "", "is UTF-16 text: save it as UTF-8") from None
     try:
         return file, tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(file, "", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
+
+
+# -- paths and files: every way a path can be wrong is one sentence, and nothing blocks ----------
+
+MAX_CONFIG_BYTES = 1 << 20
+"""No configuration, certificate or key file of ours comes near this; /dev/zero would."""
+MISSING = "does not exist"
+IS_DIRECTORY = "is a directory, not a file"
+
+
+class FileProblem(Exception):
+    """Why a file cannot be used, as the end of a sentence that starts with its name."""
+
+
+def resolve_path(text: str, base: Path, *, follow_links: bool = True) -> Path:
+    """``text`` as an absolute path: ``~`` and ``~user`` expanded, relative to ``base``, and
+    (with ``follow_links``) symbolic links followed.  Raises ``ValueError`` saying what is
+    wrong: a NUL byte, an unknown ``~user``, a loop of symbolic links."""
+    if "\x00" in text:
+        raise ValueError(f"{text!r} contains a NUL byte")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser, or ~ without a home directory
+        user = text[1:].split("/", 1)[0]
+        raise ValueError(
+            f"{text!r}: there is no user {user!r} to take ~{user} from"
+            if user
+            else f"{text!r}: this user has no home directory for ~"
+        ) from None
+    path = base / path
+    if not follow_links:
+        return path.absolute()
+    try:
+        return path.resolve()
+    except RuntimeError:  # Python 3.11's resolve(): "Symlink loop from ..."
+        raise ValueError(f"{str(path)!r} is a loop of symbolic links") from None
+    except OSError as e:
+        raise ValueError(f"{str(path)!r}: {_os_problem(e)}") from None
+
+
+def _os_problem(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "is a loop of symbolic links"
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return MISSING
+    if error.errno == errno.EACCES:
+        return "cannot be read: permission denied"
+    return (error.strerror or str(error)).lower()
+
+
+_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _kind_problem(mode: int) -> str | None:
+    if stat.S_ISDIR(mode):
+        return IS_DIRECTORY
+    if not stat.S_ISREG(mode):
+        return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a file')}, not a regular file"
+    return None
+
+
+def file_problem(path: Path, *, allow_empty: bool = False) -> str | None:
+    """Why ``path`` is not a regular file with something in it, or None; never opens it."""
+    try:
+        info = os.stat(path)
+    except ValueError:
+        return "contains a NUL byte"
+    except OSError as e:
+        return _os_problem(e)
+    problem = _kind_problem(info.st_mode)
+    if problem is None and not allow_empty and info.st_size == 0:
+        problem = "is empty"
+    return problem
+
+
+def existing_file(text: str, base: Path | None = None) -> Path:
+    """A file named on a command line (``--ca``): resolved, and a regular file with something
+    in it; raises ``ValueError`` starting with ``text`` and saying what is wrong."""
+    try:
+        path = resolve_path(text, base or Path.cwd())
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(repr(text)) else f"{text}: {e}") from None
+    problem = file_problem(path)
+    if problem is not None:
+        raise ValueError(f"{text}: {'file does not exist' if problem == MISSING else problem}")
+    return path
+
+
+def read_regular_file(path: Path, *, max_bytes: int, allow_empty: bool = False) -> bytes:
+    """The bytes of a small regular file; raises ``FileProblem`` for anything else.
+
+    The type is checked before the file is opened (opening a FIFO blocks until a writer comes;
+    opening some devices has effects), and again on the open descriptor, which is opened
+    non-blocking so that a FIFO swapped in between cannot hang us either.
+    """
+    problem = file_problem(path, allow_empty=allow_empty)
+    if problem is not None:
+        raise FileProblem(problem)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise FileProblem(_os_problem(e)) from None
+    try:
+        info = os.fstat(fd)
+        problem = _kind_problem(info.st_mode)
+        too_large = f"is larger than {max_bytes // 1024} KiB: not the file meant here"
+        if problem is None and info.st_size > max_bytes:
+            problem = too_large
+        if problem is not None:
+            raise FileProblem(problem)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise FileProblem(too_large)
+    except OSError as e:
+        raise FileProblem(_os_problem(e)) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if not data and not allow_empty:
+        raise FileProblem("is empty")
+    return data
 
 
 def _heartbeat(table: _Table) -> Heartbeat:
@@ -468,8 +636,9 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     if access is not None:
         access.finish()
 
-    status = _listener(top, "status")
-    metrics = _listener(top, "metrics")
+    status, status_hosts = _web_listener(top, "status")
+    metrics, metrics_hosts = _web_listener(top, "metrics")
+    limits = _stream_limits(top)
     service = top.table("service", required=False)
     drain, half_close = 10.0, 30.0
     state_dir = _state_dir(service, file)
@@ -491,6 +660,9 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         state_dir=state_dir,
         consent=consent,
         checks_interval=checks_interval,
+        limits=limits,
+        status_allowed_hosts=status_hosts,
+        metrics_allowed_hosts=metrics_hosts,
     )
 
 
@@ -634,6 +806,51 @@ def _listener(top: _Table, name: str) -> Address | None:
     address = table.address("listen", listen=True)
     table.finish()
     return address
+
+
+def _web_listener(top: _Table, name: str) -> tuple[Address | None, tuple[str, ...]]:
+    """``[status]`` or ``[metrics]``: ``listen``, and ``allowed_hosts`` (the host names, besides
+    its own, that a browser may use to reach it: anything else is refused, DNS rebinding)."""
+    table = top.table(name, required=False)
+    if table is None:
+        return None, ()
+    address = table.address("listen", listen=True)
+    table.used.add("allowed_hosts")
+    value = table.data.get("allowed_hosts", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise table.error("allowed_hosts", f"must be a list of host names, not {_toml_type(value)}")
+    hosts: list[str] = []
+    for raw in value:
+        host = raw.strip().lower().rstrip(".")
+        if not _HOSTNAME.fullmatch(host) or _is_ip(host):
+            raise table.error(
+                "allowed_hosts",
+                f"{raw!r} is not a host name (IP addresses are always accepted; no ports)",
+            )
+        hosts.append(host)
+    table.finish()
+    return address, tuple(hosts)
+
+
+def _stream_limits(top: _Table) -> StreamLimits:
+    """``[limits]``: streams per engineer, per target and per tunnel (1 to 100000 each)."""
+    table = top.table("limits", required=False)
+    default = StreamLimits()
+    if table is None:
+        return default
+    limits = StreamLimits(
+        streams_per_engineer=_whole_number(
+            table, "streams_per_engineer", default.streams_per_engineer, 1, 100_000
+        ),
+        streams_per_target=_whole_number(
+            table, "streams_per_target", default.streams_per_target, 1, 100_000
+        ),
+        streams_per_tunnel=_whole_number(
+            table, "streams_per_tunnel", default.streams_per_tunnel, 1, 100_000
+        ),
+    )
+    table.finish()
+    return limits
 
 
 def load_relay_config(path: Path | str) -> RelayConfig:
