@@ -37,8 +37,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import Target
-from gateway.edge.access import AccessPolicy, AccessRequest, Allowed
+from gateway.edge.access import AccessPolicy, AccessRequest, Allowed, Refused
 from gateway.edge.events import ConnectionRecord, FanOut, IByteCounter, IStreamEvents
+from gateway.edge.limits import StreamLimiter
 from gateway.net.endpoints import quiet_factory
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
@@ -97,8 +98,10 @@ class StreamForwarder:
         events: IStreamEvents | None = None,
         counter: IByteCounter | None = None,
         half_close_timeout: float = 30.0,
+        limits: StreamLimiter | None = None,
     ) -> None:
         self.half_close_timeout = half_close_timeout
+        self.limits = limits  # streams per target, engineer and tunnel (None: unlimited)
         self.policy = policy
         self._connect = connect
         self._clock = clock
@@ -125,9 +128,15 @@ class StreamForwarder:
             self._refuse(stream, asked, decision.refusal, decision.reason)
             return
         target = decision.target
+        slot = None if self.limits is None else self.limits.admit(asked, stream.connection)
+        if isinstance(slot, Refused):
+            self._refuse(stream, asked, slot.refusal, slot.reason)
+            return
         # Looked up per stream, not per chunk: the counter's own method when there is one.
         processor_end = SpliceEnd(on_bytes=self.counter.bytes_from_target)
         d = self._connect(target, processor_end)
+        if slot is not None:
+            slot.hold(d, processor_end)  # given back when the processor connection is gone
         d.addCallbacks(
             lambda _: self._connected(stream, asked, decision, processor_end),
             lambda f: self._failed(stream, asked, target, f),

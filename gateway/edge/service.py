@@ -13,11 +13,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from gateway.audit import IAuditTrail
 from gateway.auditlog.writer import open_daemon_trail
@@ -28,12 +26,13 @@ from gateway.edge.control import ControlRoutes, info_route, session_route, sessi
 from gateway.edge.dispatch import StreamDispatcher
 from gateway.edge.events import FanOut, StreamAudit
 from gateway.edge.forwarder import StreamForwarder, tcp_connector
+from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
 from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
-from gateway.net.endpoints import listen_endpoint, quiet_factory
+from gateway.net.endpoints import quiet_factory
 from gateway.net.unixsocket import UnixSocketService
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
@@ -46,6 +45,7 @@ from gateway.web.api import (
     control_socket_user,
     loopback_operator,
 )
+from gateway.web.site import local_listener
 from gateway.web.status import status_root
 
 
@@ -88,6 +88,7 @@ class EdgeDaemon(MultiService):
             events=self.events,
             counter=self.events,
             half_close_timeout=config.half_close_timeout,
+            limits=StreamLimiter(config.limits, reactor),
         )
         # The plant's control: one service behind the control socket, the JSON API and the
         # tunnel's session route; the access decision asks it about every stream's session.
@@ -145,16 +146,22 @@ class EdgeDaemon(MultiService):
         # The control socket first: a second daemon on this state directory stops here.
         self.control_socket = control_socket(self, reactor)
         self.control_socket.setServiceParent(self)
+        # Both web listeners under the rules of gateway.web.site (deadlines, body and connection
+        # limits, Host allowlist, security headers), with a warning if others can reach them.
+        # The API acts for loopback callers only.
         if config.status_listen is not None:
-            api = api_root(self.view, self.consent, loopback_operator)  # acts from loopback only
-            StreamServerEndpointService(
-                listen_endpoint(reactor, config.status_listen), Site(status_root(self.view, api))
+            local_listener(
+                reactor,
+                "status",
+                config.status_listen,
+                status_root(self.view, api_root(self.view, self.consent, loopback_operator)),
+                config.status_allowed_hosts,
             ).setServiceParent(self)
         if config.metrics_listen is not None:
             root = Resource()
             root.putChild(b"metrics", MetricsResource(registry=self.registry))
-            StreamServerEndpointService(
-                listen_endpoint(reactor, config.metrics_listen), Site(root)
+            local_listener(
+                reactor, "metrics", config.metrics_listen, root, config.metrics_allowed_hosts
             ).setServiceParent(self)
         self.tunnel.setServiceParent(self)
         # After the tunnel, so it stops first: engineers hear why before the tunnel drains.

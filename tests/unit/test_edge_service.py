@@ -57,7 +57,8 @@ def http_get(site: Site, path: str) -> tuple[bytes, bytes]:
     protocol = site.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(f"GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
+    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    protocol.dataReceived(request.encode())
     head, _, body = transport.value().partition(b"\r\n\r\n")
     protocol.connectionLost(Failure(ConnectionRefusedError()))
     return head, body
