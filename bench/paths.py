@@ -24,6 +24,12 @@ from gateway.demo.stack import PROBE_ERRORS, loopback
 
 READY_TIMEOUT = 30.0
 GATEWAY_ID = "bench-gw"
+BENCH_STREAM_LIMITS = {
+    "streams_per_engineer": 100_000,
+    "streams_per_target": 100_000,
+    "streams_per_tunnel": 100_000,
+}
+"""The gateway's [limits] for the benchmark: it measures the tunnel, not the limits."""
 
 
 def listening(port: int) -> bool:
@@ -324,6 +330,8 @@ class Ours(TunnelPath):
                 gateway_id=GATEWAY_ID,
                 targets=[Target("web", loopback(target_port))],
                 written_by="the benchmark",
+                # One engineer, one target, 1000 idle connections: above the default limits.
+                limits=BENCH_STREAM_LIMITS,
             )
         )
         relay = stack.python_gateway(stack.relay_args(layout.relay_config))
