@@ -191,8 +191,19 @@ class Stack:
         wait_until("relay metrics", lambda: port_open(self.ports["relay_metrics"]), proc=proc)
         return proc
 
-    def start_gateway(self, *, wait_up: bool = True) -> Proc:
-        proc = start("gateway", shared.run_args(self.layout.gateway_config), self.workdir)
+    def start_gateway(
+        self, *, wait_up: bool = True, nofile: int | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        """``nofile``: the gateway's descriptor limit (as for `start_relay`); ``env``: more
+        environment (``TMPDIR``, to see what it writes there)."""
+        prefix = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else None
+        proc = start(
+            "gateway",
+            shared.run_args(self.layout.gateway_config),
+            self.workdir,
+            env=env,
+            prefix=prefix,
+        )
         self.procs["gateway"] = proc
         if wait_up:
             self.wait_tunnel_up()
