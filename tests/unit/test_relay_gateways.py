@@ -161,8 +161,8 @@ class GatewayIdentityTests(SynchronousTestCase):
             self.assertEqual(self.relay.presence(bad), Presence.UNKNOWN)
             # The relay says why, naming the address the certificate came from.
             self.assertIn(
-                f"gateway certificate from 198.51.100.7:40000 not accepted: gateway id {bad!r}: not "
-                "valid",
+                f"gateway certificate from 198.51.100.7:40000 not accepted: "
+                f"gateway id {bad!r}: not valid",
                 logged,
             )
             # The gateway hears why, in the GOAWAY it logs.
