@@ -122,9 +122,7 @@ class ComposedRelayTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.config = relay_config(self)
-        self.token = add_engineer(
-            self.config.engineers.tokens, "alice", gateways=["test-gateway"]
-        )
+        self.token = add_engineer(self.config.engineers.tokens, "alice", gateways=["test-gateway"])
         self.relay = makeService(self.config, cast(IGatewayReactor, self.reactor))
         self.relay.startService()
         gateway_pem = (self.config.gateways.ca.parent / "gateway.pem").read_bytes()
