@@ -401,9 +401,11 @@ def connect_args(
     listen: Address,
     target: str = WEB,
     token: str | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """``gateway connect`` arguments; without ``token`` it comes from ``GATEWAY_TOKEN``, which
-    keeps it out of the process list (what the README recommends)."""
+    keeps it out of the process list (what the README recommends).  ``extra``: more flags
+    (``["--reason", "ticket 4711"]`` or ``["--code", "123456"]``)."""
     secret = ["--token", token] if token is not None else []
     return [
         "connect",
@@ -418,6 +420,7 @@ def connect_args(
         target,
         "--listen",
         str(listen),
+        *extra,
     ]
 
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from attrs import define, field
 from gateway.config import Address, Target, parse_address
 from gateway.demo import stack as shared
 from gateway.demo.stack import Process, free_port, loopback, url
+from gateway.demo.tomlfile import Value
 from gateway.promtext import metric_value
 from tests.helpers.pki import TestPKI, make_pki
 
@@ -133,8 +134,15 @@ class Stack:
     def url(self, name: str, path: str = "/") -> str:
         return url(self.ports[name], path)
 
-    def write_configs(self, *, mode: str = "unattended", extra_targets: str = "") -> None:
-        """relay.toml and gateway.toml; ``extra_targets``: more ``[[target]]`` tables (TOML)."""
+    def write_configs(
+        self,
+        *,
+        mode: str = "unattended",
+        extra_targets: str = "",
+        access: dict[str, Value] | None = None,
+    ) -> None:
+        """relay.toml and gateway.toml; ``extra_targets``: more ``[[target]]`` tables (TOML);
+        ``access``: more ``[access]`` keys (``{"request_timeout": 3}``)."""
         layout, ports = self.layout, self.stack_ports
         layout.relay_config.write_text(
             shared.relay_toml(
@@ -169,6 +177,7 @@ class Stack:
                     "reconnect_max_delay": RECONNECT_CAP,
                 },
                 service={"drain_timeout": 2, "half_close_timeout": 3},
+                **({"access": access} if access else {}),
             )
         )
 
@@ -244,17 +253,23 @@ class Stack:
         token: str | None = None,
         port_key: str = "forward",
         gateway: str | None = None,
+        extra: Sequence[str] = (),
+        wait_listening: bool = True,
     ) -> Proc:
+        """``extra``: more flags (``--reason``, ``--code``); ``wait_listening=False`` for a client
+        expected to exit before it listens."""
         args = shared.connect_args(
             relay=loopback(self.ports["relay_eng"]),
             ca=self.pki.ca_cert,
             gateway_id=gateway or self.gateway_id,
             target=target,
             listen=loopback(self.ports[port_key]),
+            extra=extra,
         )
         proc = start(name, args, self.workdir, env={"GATEWAY_TOKEN": token or self.token})
         self.procs[name] = proc
-        wait_until(f"{name} listening", lambda: port_open(self.ports[port_key]), proc=proc)
+        if wait_listening:
+            wait_until(f"{name} listening", lambda: port_open(self.ports[port_key]), proc=proc)
         return proc
 
     def stop_all(self) -> None:
