@@ -177,7 +177,7 @@ class Stack:
                     "reconnect_max_delay": RECONNECT_CAP,
                 },
                 service={"drain_timeout": 2, "half_close_timeout": 3},
-                **({"access": access} if access else {}),
+                access=dict(access or {}),
             )
         )
 
