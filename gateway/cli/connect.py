@@ -2,12 +2,19 @@
 
 The arguments and the process live here; the client itself is `gateway.connect`.  Everything the
 client has to tell the engineer comes out as ``gateway connect: ...`` lines on stderr.
+
+Exit codes: 0 when the session ended (by the plant, at its expiry, remote access switched off) or
+on Ctrl-C/SIGTERM; 1 when the client cannot go on (denied, a refused code, a bad token, a gateway
+the engineer may not reach or the relay does not know, the relay's certificate, attended mode
+without ``--reason``/``--code``, the local port taken); 2 for a usage mistake, before anything is
+dialled.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +41,43 @@ def register(commands: Commands) -> None:
     parser.add_argument("--target", required=True, help="target name on that gateway")
     parser.add_argument("--listen", default="127.0.0.1:8080", type=address, help="local HOST:PORT")
     parser.add_argument("--server-name", help="relay certificate name, if not the HOST")
+    attended = parser.add_mutually_exclusive_group()
+    attended.add_argument(
+        "--reason",
+        help="ask the plant for a session, saying why (e.g. 'ticket 4711: recalibrate camera'); "
+        "forwarding starts once staff approve it",
+    )
+    attended.add_argument(
+        "--code", help="the 6-digit session code the plant read out to you: in at once, once"
+    )
+
+
+MAX_REASON = 500
+"""Characters of a reason the gateway keeps; a longer one is refused here, not cut there."""
+_CODE_SEPARATORS = re.compile(r"[ -]")
+
+
+def session_code(text: str) -> str:
+    """``--code``: six digits, as read out (``123 456`` and ``123-456`` too)."""
+    digits = _CODE_SEPARATORS.sub("", text)
+    if len(digits) != 6 or not digits.isascii() or not digits.isdigit():
+        raise UsageError("connect: --code is the 6 digits the plant read out to you, like 123456")
+    return digits
+
+
+def session_reason(text: str) -> str:
+    """``--reason``: words the plant can judge, on one line."""
+    reason = " ".join(text.split())
+    if not reason:
+        raise UsageError(
+            "connect: --reason needs words the plant can judge (a ticket, what you will do)"
+        )
+    if len(reason) > MAX_REASON:
+        raise UsageError(f"connect: --reason is at most {MAX_REASON} characters")
+    return reason
 
 
 def connect(args: argparse.Namespace, console: Console) -> int:
-    from twisted.internet.defer import Deferred
     from twisted.internet.error import CannotListenError
 
     from gateway.config import existing_file
@@ -45,6 +85,8 @@ def connect(args: argparse.Namespace, console: Console) -> int:
 
     if not args.token:
         raise UsageError("connect: an engineer token is needed: --token or GATEWAY_TOKEN")
+    code = None if args.code is None else session_code(args.code)
+    reason = None if args.reason is None else session_reason(args.reason)
     try:
         ca = existing_file(str(args.ca))  # a FIFO, /dev/null or ~nosuchuser: one line
     except ValueError as e:
@@ -57,6 +99,8 @@ def connect(args: argparse.Namespace, console: Console) -> int:
         target=args.target,
         listen=args.listen,
         server_name=args.server_name,
+        reason=reason,
+        code=code,
     )
 
     def report(line: str) -> None:
@@ -72,12 +116,13 @@ def connect(args: argparse.Namespace, console: Console) -> int:
             report(f"cannot listen on {options.listen}: {e.socketError}")
             return EXIT_REFUSED
         reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
+        then = "" if not options.attended else " once the plant lets you in"
         report(
             f"forwarding {client.url} -> target {options.target!r} on gateway "
-            f"{options.gateway!r} via relay {options.relay}"
+            f"{options.gateway!r} via relay {options.relay}{then}"
         )
-        await client.report_gateway()
-        await Deferred()
-        return 0
+        exit_code: int = await client.finished
+        await client.stopService()
+        return exit_code
 
     return react(console, args, main, daemon=True)

@@ -1,0 +1,418 @@
+"""``gateway connect``: the engineer's local port that reaches one processor target.
+
+One TLS connection to the relay (CA pinned, host name checked) carries every local connection as
+its own HTTP/2 stream, so opening a page costs no new TLS handshake.  A local connection's bytes
+are sent right behind the stream's request, without waiting for the answer; if the relay or the
+gateway refuses, the engineer gets one clear line and only that connection ends.
+
+The session (`gateway.connect.session.SessionKeeper`) is the client's spine: its stream, held
+open through the relay for as long as the client runs, is the engineer's presence at the gateway
+and tells the client when it may forward (approved), must give up (denied, refused: exit 1) or is
+done (the session ended: exit 0).  With ``--reason`` or ``--code`` local connections made before
+the plant lets the engineer in are *held* (not read, not refused) and go through once it does;
+they are closed if it does not.
+
+The relay connection is dialled when something needs it (the session stream, a local
+connection), never for its own sake: a relay closes an authenticated connection that carries no
+stream (``idle``) and an unauthenticated one that presents no token, and a client that redialled
+whatever happened would be closed and redial for ever.  A dial that fails for a reason no retry
+mends (the relay's certificate is not from the pinned CA, or not for the name dialled) ends the
+client (exit 1); anything else is an outage, told once, and the keeper asks again with backoff.
+
+What the client tells the engineer goes to ``report``, one line per event, and nothing at all
+once we are stopping (our own goodbye is not a lost connection).  Only the wire contract is
+shared with the relay and the gateway (`gateway.wire`); nothing of either is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from random import Random
+from typing import Any
+
+from h2 import events as h2events
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.connect.options import ConnectOptions
+from gateway.connect.session import Phase, SessionKeeper
+from gateway.connect.verdicts import Verdict, dial_is_fatal, refusal_verdict
+from gateway.logsafe import peer_text
+from gateway.net.endpoints import listen_endpoint, quiet_factory
+from gateway.reactor import IGatewayReactor
+from gateway.splice import SpliceEnd, splice
+from gateway.tls import TLSClientEndpoint, client_options
+from gateway.tls.errors import describe_tls_failure
+from gateway.tunnel.batch import WriteBatch
+from gateway.tunnel.connection import NullObserver, TunnelConnection
+from gateway.tunnel.errors import TunnelClosed
+from gateway.wire import AUTHORIZATION_HEADER, GATEWAY_HEADER, SESSION_HEADER, StreamRefused
+
+__all__ = ["MAX_HELD", "EngineerClient", "LocalConnection", "Report"]
+
+log = Logger()
+
+Report = Callable[[str], None]
+
+MAX_HELD = 32
+"""Local connections held while the plant has not answered yet; more are closed at once (a
+browser opens a handful; a script in a loop must not pile up sockets)."""
+GOAWAY_IDLE = "idle"
+"""The relay's GOAWAY debug data when it closes a connection that carried no stream."""
+
+
+class RelayConnection(TunnelConnection):
+    """The client's tunnel to the relay; remembers why the relay closed it (GOAWAY debug data),
+    which is what the relay has to say when it ends the engineer's access."""
+
+    goaway: str | None = None
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, h2events.ConnectionTerminated) and event.additional_data:
+            self.goaway = peer_text(event.additional_data, 200)
+        super()._dispatch(event)
+
+
+class _RelayObserver(NullObserver):
+    """Hands the relay connection's life to the client, which decides what to tell."""
+
+    def __init__(self, client: EngineerClient) -> None:
+        self.name = f"relay {client.options.relay}"
+        self._client = client
+
+    def tunnel_ready(self, connection: TunnelConnection) -> None:
+        self._client._relay_up(connection)
+
+    def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
+        self._client._relay_lost(connection, reason)
+
+
+class LocalConnection(SpliceEnd):
+    """A browser connection on the local port, forwarded through its own stream."""
+
+    def __init__(self, client: EngineerClient) -> None:
+        super().__init__()
+        self.client = client
+        self.forwarding = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Hold the browser's bytes until the stream exists (or the plant lets us in).
+        self.transport.pauseProducing()
+        self.client.local_arrived(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is None:
+            super().connectionLost()
+        else:
+            super().connectionLost(reason)
+        self.client.local_gone(self)
+
+    def forward(self) -> None:
+        """Open this connection's stream (once the relay connection is up)."""
+        if self.lost or self.forwarding:
+            return
+        self.forwarding = True
+        d = self.client.tunnel()
+        d.addCallbacks(self._open, self._relay_unreachable)
+        d.addErrback(lambda f: log.failure("forwarding a local connection", f))
+
+    def close(self) -> None:
+        if not self.lost:
+            self.transport.abortConnection()
+
+    def _relay_unreachable(self, failure: Failure) -> None:
+        self.close()  # the client told the engineer why, once per outage
+
+    def _open(self, connection: TunnelConnection) -> None:
+        if self.lost:
+            return
+        try:
+            stream = connection.open_stream(
+                self.client.options.target, headers=self.client.stream_headers()
+            )
+        except TunnelClosed as e:
+            self.client.tell(f"relay connection is closing ({e}); try again")
+            self.close()
+            return
+        stream.response.addErrback(self._refused)
+        stream_end = SpliceEnd()
+        stream.attach(stream_end)
+        splice(self, stream_end)
+        self.transport.resumeProducing()
+
+    def _refused(self, failure: Failure) -> None:
+        if failure.check(StreamRefused):
+            refused = failure.value
+            assert isinstance(refused, StreamRefused)
+            self.client.stream_refused(refused)
+        elif not self.lost and not self.client.stopping:
+            self.client.tell(f"the stream was cut: {failure.value}")
+        self.close()
+
+
+class EngineerClient(MultiService):
+    """The local listener, the relay connection (dialled on demand) and the session keeper.
+
+    ``endpoint`` is how the relay is dialled; by default TLS to ``options.relay`` with the CA in
+    ``options.ca`` pinned (tests pass an in-memory one).  ``finished`` fires with the exit code
+    once the client has decided to end (denied, refused, ended, a fatal mistake); the program
+    then stops the service.  A signal stops it without ``finished`` firing (exit 0).
+    """
+
+    def __init__(
+        self,
+        options: ConnectOptions,
+        reactor: IGatewayReactor,
+        report: Report,
+        *,
+        endpoint: IStreamClientEndpoint | None = None,
+        rng: Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.report = report
+        self.reactor = reactor
+        self.url = f"http://{options.listen}/"
+        self.stopping = False
+        self.exit_code: int | None = None
+        self.finished: Deferred[int] = Deferred()
+        self.current: TunnelConnection | None = None
+        self.session: str | None = None
+        """The live session the client forwards in (its id goes on every CONNECT)."""
+        self.admitted_now = not options.attended
+        """Local connections go through (without --reason/--code: at once)."""
+        self._held: list[LocalConnection] = []
+        self._told_holding = False
+        self._unreachable_told = False
+        self._connecting: Deferred[IProtocol] | None = None
+        self._dialled: TunnelConnection | None = None
+        self._waiters: list[Deferred[TunnelConnection]] = []
+        if endpoint is None:
+            endpoint = TLSClientEndpoint(
+                HostnameEndpoint(reactor, options.relay.host, options.relay.port, timeout=10),
+                client_options(options.server_name or options.relay.host, options.ca),
+                reactor,
+            )
+        self._endpoint = endpoint
+        observer = _RelayObserver(self)
+        batch = WriteBatch()
+        self._factory = quiet_factory(
+            lambda: RelayConnection(client_side=True, clock=reactor, observer=observer, batch=batch)
+        )
+        local = quiet_factory(lambda: LocalConnection(self))
+        self.listener = StreamServerEndpointService(listen_endpoint(reactor, options.listen), local)
+        self.listener.setServiceParent(self)
+        self.keeper = SessionKeeper(self, reactor, rng)
+
+    # -- life -------------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.exit_code is not None
+
+    def startService(self) -> None:
+        super().startService()
+        self.keeper.start()
+
+    def stopService(self) -> Deferred[None]:
+        """Say goodbye to the relay (GOAWAY, TLS close) rather than just dropping the socket."""
+        if not self.running:
+            return succeed(None)
+        self.stopping = True
+        self.keeper.stop()
+        for held in list(self._held):
+            held.close()
+        self._held.clear()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        for connection in (self.current, self._dialled):
+            if connection is not None:
+                connection.close()
+        self._fail_waiters(Failure(TunnelClosed("the client is stopping")))
+        stopped: Deferred[None] = super().stopService()
+        lost = [c.when_lost() for c in (self.current, self._dialled) if c is not None]
+        both: Deferred[Any] = gatherResults([stopped, *lost], consumeErrors=True)
+        return both.addCallback(lambda _: None)
+
+    def finish(self, code: int) -> None:
+        """The client is done (see the class docstring); the first verdict wins."""
+        if self.done or self.stopping:
+            return
+        self.exit_code = code
+        self.finished.callback(code)
+
+    def fail(self, line: str) -> None:
+        """A mistake no retry mends: one line, exit 1."""
+        if not self.done:
+            self.tell(line)
+            self.finish(1)
+
+    # -- what the engineer is told ----------------------------------------------------------------
+
+    def tell(self, line: str) -> None:
+        """One line for the engineer; none once we are stopping (our own doing, not news)."""
+        if not self.stopping and not self.done:
+            self.report(line)
+
+    def relay_unreachable(self, failure: Failure) -> None:
+        """A dial failed: fatal (say why, exit 1) or an outage, told once until it is over."""
+        if failure.check(CancelledError) or self.stopping:
+            return
+        if dial_is_fatal(failure):
+            hint = (
+                "check --relay or --server-name"
+                if type(failure.value).__name__ == "VerificationError"
+                else "check --ca (the CA that signed the relay's certificate)"
+            )
+            self.fail(
+                f"cannot use relay {self.options.relay}: {describe_tls_failure(failure)}; {hint}"
+            )
+            return
+        if not self._unreachable_told:
+            self._unreachable_told = True
+            self.tell(
+                f"cannot reach relay {self.options.relay}: {describe_tls_failure(failure)}; "
+                "trying again"
+            )
+
+    # -- the relay connection ---------------------------------------------------------------------
+
+    def tunnel(self) -> Deferred[TunnelConnection]:
+        """The relay connection once HTTP/2 is up: the current one, or one dialled now (one
+        attempt shared by everyone who asks meanwhile); fails if that attempt fails."""
+        if self.stopping or self.done:
+            return fail(TunnelClosed("the client is stopping"))
+        current = self.current
+        if current is not None and current.is_ready and not current.closed and not current.draining:
+            return succeed(current)
+        d: Deferred[TunnelConnection] = Deferred()
+        self._waiters.append(d)
+        if self._connecting is None and self._dialled is None:
+            self._dial()
+        return d
+
+    def _dial(self) -> None:
+        connecting = self._endpoint.connect(self._factory)
+        self._connecting = connecting
+
+        def connected(protocol: IProtocol) -> None:
+            self._connecting = None
+            assert isinstance(protocol, TunnelConnection)
+            if not protocol.closed and not protocol.is_ready:
+                self._dialled = protocol  # TLS and HTTP/2 settings to come: tunnel_ready/lost
+
+        def failed(failure: Failure) -> None:
+            self._connecting = None
+            self._dial_failed(failure)
+
+        connecting.addCallbacks(connected, failed)
+        connecting.addErrback(lambda f: log.failure("dialling the relay", f))
+
+    def _dial_failed(self, failure: Failure) -> None:
+        self.relay_unreachable(failure)
+        self._fail_waiters(failure)
+
+    def _fail_waiters(self, failure: Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(failure)
+
+    def _relay_up(self, connection: TunnelConnection) -> None:
+        if self._dialled is connection:
+            self._dialled = None
+        if self.stopping:
+            connection.close()
+            return
+        self.current = connection
+        if self._unreachable_told:
+            log.info("relay {relay} reached again", relay=self.options.relay)
+        self._unreachable_told = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(connection)
+
+    def _relay_lost(self, connection: TunnelConnection, reason: Failure) -> None:
+        if self._dialled is connection:
+            self._dialled = None
+        if not connection.is_ready:
+            self._dial_failed(reason)  # lost before HTTP/2: the TLS handshake failed, say
+            return
+        if self.current is connection:
+            self.current = None
+        if self.stopping or self.done:
+            return
+        goaway = connection.goaway if isinstance(connection, RelayConnection) else None
+        if not self.keeper.wants_relay:
+            log.info(
+                "relay {relay} closed the connection ({why}); dialled again when needed",
+                relay=self.options.relay,
+                why=goaway or "no reason given",
+            )
+            return
+        why = f": {goaway}" if goaway and goaway != GOAWAY_IDLE else ""
+        self.tell(f"connection to relay {self.options.relay} lost{why}; reconnecting")
+        self._unreachable_told = True  # one line per outage: a failing redial says no more
+
+    # -- the session ------------------------------------------------------------------------------
+
+    def base_headers(self) -> list[tuple[bytes, bytes]]:
+        """Who we are and where to: on every stream."""
+        return [
+            (AUTHORIZATION_HEADER, b"Bearer " + self.options.token.encode()),
+            (GATEWAY_HEADER, self.options.gateway.encode()),
+        ]
+
+    def stream_headers(self) -> list[tuple[bytes, bytes]]:
+        """A CONNECT's headers: ours, and the session it belongs to."""
+        headers = self.base_headers()
+        if self.session is not None:
+            headers.append((SESSION_HEADER, self.session.encode("ascii", "replace")))
+        return headers
+
+    def admitted(self, session: str | None) -> None:
+        """The keeper's word: forward inside ``session`` (None: without one, unattended)."""
+        self.session = session
+        self.admitted_now = True
+        held, self._held = self._held, []
+        self._told_holding = False
+        for connection in held:
+            connection.forward()
+
+    # -- local connections ------------------------------------------------------------------------
+
+    def local_arrived(self, connection: LocalConnection) -> None:
+        if self.stopping or self.done:
+            connection.close()
+        elif self.admitted_now:
+            connection.forward()
+        elif len(self._held) >= MAX_HELD:
+            self.tell(f"{MAX_HELD} connections wait for the plant already; closing another one")
+            connection.close()
+        else:
+            self._held.append(connection)
+            if not self._told_holding:
+                self._told_holding = True
+                self.tell(
+                    "a connection to the local port waits until the plant lets you in "
+                    "(the page opens then)"
+                )
+
+    def local_gone(self, connection: LocalConnection) -> None:
+        if connection in self._held:
+            self._held.remove(connection)
+
+    def stream_refused(self, refused: StreamRefused) -> None:
+        """A CONNECT refused: the gateway's (or relay's) own words; fatal ones end the client."""
+        verdict = refusal_verdict(refused, known_gateway=self.keeper.known_gateway)
+        if verdict is Verdict.FATAL:
+            self.fail(str(refused))
+        elif verdict is Verdict.ENDED and self.keeper.phase is Phase.LIVE:
+            return  # the session stream says why it ended, in a moment
+        else:
+            self.tell(str(refused))
