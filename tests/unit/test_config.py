@@ -162,6 +162,10 @@ class ExampleConfigTests(ConfigTestCase):
     def create_example_files(self) -> None:
         for name in ("relay-ca.pem", "engineers.pem", "engineers.key"):
             (self.directory / name).write_text("dummy\n")
+        # The proxy's credentials, private as the loader requires (relay.proxy_credentials).
+        credentials = self.directory / "proxy-credentials"
+        credentials.write_text("plant-gateway:secret\n")
+        credentials.chmod(0o600)
 
     def test_example_gateway_config_loads_once_its_files_exist(self) -> None:
         self.create_example_files()
@@ -231,6 +235,8 @@ class ExampleConfigTests(ConfigTestCase):
                 "relay.cert",
                 "relay.key",
                 "relay.proxy",
+                "relay.proxy_credentials",
+                "relay.no_proxy",
                 "relay.server_name",
                 "relay.heartbeat_interval",
                 "relay.heartbeat_timeout",
@@ -254,6 +260,7 @@ class ExampleConfigTests(ConfigTestCase):
                 "service.drain_timeout",
                 "service.half_close_timeout",
                 "service.state_dir",
+                "checks.interval",
             },
         )
 

@@ -57,14 +57,16 @@ class StackCase(SynchronousTestCase):
         return Path(tmp.name)
 
     def layout(self, *, pki: str | None = None) -> Layout:
-        """A layout whose certificate files exist (empty: the loaders only check that)."""
+        """A layout whose certificate files exist (not empty: the loaders refuse an empty one;
+        reading them is the TLS code's job)."""
         workdir = self.workdir()
         layout = Layout(workdir) if pki is None else Layout(workdir, pki=workdir / pki)
         layout.pki.mkdir(exist_ok=True)
         for path in (layout.ca, layout.relay_cert, layout.relay_key):
-            path.touch()
+            path.write_text("dummy\n")
         for path in (layout.gateway_cert, layout.gateway_key):
-            path.touch()
+            path.write_text("dummy\n")
+            path.chmod(0o600)
         return layout
 
     def write(self, path: Path, text: str) -> Path:
