@@ -11,6 +11,7 @@ check the client against the contract, not against the relay's code.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -19,7 +20,13 @@ from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
@@ -28,11 +35,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway.config import Address
-from gateway.connect import ConnectOptions, EngineerClient, LocalConnection, gateway_info
+from gateway.connect import ConnectOptions, EngineerClient, LocalConnection
 from gateway.reactor import IGatewayReactor
 from gateway.tunnel.connection import IStreamHandler, TunnelConnection
 from gateway.tunnel.stream import TunnelStream
-from gateway.wire import GATEWAY_INFO_PATH, GatewayInfo, Refusal
+from gateway.wire import NDJSON, SESSION_PATH, Refusal, SessionEvent, SessionEventKind
 from tests.helpers.tunnel import Recorder
 
 RELAY = Address("relay.example.com", 9443)
@@ -55,31 +62,60 @@ class BrowserTransport(StringTransport):
         self.write_closed = True
 
 
+SessionAnswer = str | tuple[Refusal, str]
+"""How `FakeRelay` answers a session ask: ``"implicit"`` (200 and an approved event, as an
+unattended gateway does), ``"hold"`` (200, events sent by the test) or a refusal."""
+
+
+@implementer(IHalfCloseableProtocol)
+class AskReader(Protocol):
+    """The relay's end of a session stream: the ask's body, then whether the stream went."""
+
+    def __init__(self, done: Callable[[bytes], None]) -> None:
+        self.parts: list[bytes] = []
+        self.done = done
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.done(b"".join(self.parts))
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
+
+
 @implementer(IStreamHandler)
 class FakeRelay:
-    """The relay's engineer side as the wire describes it.
+    """The relay's engineer side (and the gateway behind it) as the wire describes them.
 
     ``answers`` are used up one per CONNECT stream: ``None`` accepts (the bytes go to a
-    `Recorder`), a ``(Refusal, reason)`` refuses.  ``GATEWAY_INFO_PATH`` is answered with ``info``.
+    `Recorder`), a ``(Refusal, reason)`` refuses.  Session asks (``POST SESSION_PATH``) are
+    answered by ``session_answers`` one per ask, then by ``session_default``.
     """
 
     def __init__(self) -> None:
         self.streams: list[TunnelStream] = []
         self.recorders: list[Recorder] = []
         self.answers: list[tuple[Refusal, str] | None] = []
-        self.info: object = {"gateway": "plant7", "online": True}
-        self.info_refusal: tuple[Refusal, str] | None = None
+        self.session_answers: list[SessionAnswer] = []
+        self.session_default: SessionAnswer = "implicit"
+        self.asks: list[tuple[TunnelStream, dict[str, object], AskReader]] = []
+
+    @property
+    def connects(self) -> list[TunnelStream]:
+        return [s for s in self.streams if s.request is not None and s.request.method == "CONNECT"]
 
     def stream_requested(self, stream: TunnelStream) -> None:
         self.streams.append(stream)
         assert stream.request is not None
-        if stream.request.method == "GET" and stream.request.path == GATEWAY_INFO_PATH:
-            if self.info_refusal is not None:
-                stream.refuse(*self.info_refusal)
-                return
-            stream.respond(200, [(b"content-type", b"application/json")])
-            stream.write(json.dumps(self.info).encode())
-            stream.loseWriteConnection()
+        if stream.request.method == "POST" and stream.request.path == SESSION_PATH:
+            reader = AskReader(lambda body: self._ask(stream, body, reader))
+            stream.attach(reader)
             return
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:
@@ -89,6 +125,23 @@ class FakeRelay:
         recorder = Recorder()
         self.recorders.append(recorder)
         stream.attach(recorder)
+
+    def _ask(self, stream: TunnelStream, body: bytes, reader: AskReader) -> None:
+        self.asks.append((stream, json.loads(body or b"{}"), reader))
+        answer = self.session_answers.pop(0) if self.session_answers else self.session_default
+        if isinstance(answer, tuple):
+            stream.refuse(*answer)
+            return
+        stream.respond(200, [(b"content-type", NDJSON), (b"engineer", b"erin")])
+        if answer == "implicit":
+            self.send(SessionEvent(SessionEventKind.APPROVED, session="s-1", targets=["web"]))
+
+    def send(self, event: SessionEvent, *, end: bool = False) -> None:
+        """The gateway's next event on the latest session stream (``end``: then it closes)."""
+        stream = self.asks[-1][0]
+        stream.write(event.to_line())
+        if end:
+            stream.loseConnection()
 
 
 @implementer(IStreamClientEndpoint)
@@ -123,7 +176,16 @@ class InMemoryRelay:
         raise AssertionError("the in-memory tunnel never settled")
 
 
+ONLINE = (
+    "gateway 'plant7' is online; open http://127.0.0.1:18080/ (session s-1, unattended mode: "
+    "the plant sees this connection and can end it)"
+)
+UNREACHABLE = f"cannot reach relay {RELAY}: Connection was refused by other side; trying again"
+
+
 class EngineerClientTestCase(SynchronousTestCase):
+    options = OPTIONS
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.relay = FakeRelay()
@@ -131,10 +193,14 @@ class EngineerClientTestCase(SynchronousTestCase):
         self.reports: list[str] = []
         self.client = self.engineer_client(self.endpoint)
 
-    def engineer_client(self, endpoint: IStreamClientEndpoint) -> EngineerClient:
+    def engineer_client(
+        self, endpoint: IStreamClientEndpoint, options: ConnectOptions | None = None
+    ) -> EngineerClient:
         # MemoryReactorClock declares only the reactor interfaces it fakes (no processes).
         reactor = cast(IGatewayReactor, self.reactor)
-        return EngineerClient(OPTIONS, reactor, self.reports.append, endpoint=endpoint)
+        return EngineerClient(
+            options or self.options, reactor, self.reports.append, endpoint=endpoint
+        )
 
     def start(self) -> None:
         self.client.startService()
@@ -147,6 +213,14 @@ class EngineerClientTestCase(SynchronousTestCase):
             self.endpoint.settle()
             self.reactor.advance(10)  # a relay that never answers our close is aborted
             self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        """Let ``seconds`` pass, the in-memory tunnel moving its bytes all along."""
+        while seconds > 0:
+            self.reactor.advance(min(step, seconds))
+            self.endpoint.settle()
+            seconds -= step
 
     def browser(self, settle: bool = True) -> tuple[LocalConnection, BrowserTransport]:
         """A browser connecting to the local port."""
@@ -160,20 +234,33 @@ class EngineerClientTestCase(SynchronousTestCase):
             self.endpoint.settle()
         return protocol, transport
 
+    def exit_code(self) -> int:
+        return self.successResultOf(self.client.finished)
+
 
 class StreamTests(EngineerClientTestCase):
     def test_the_fakes_provide_their_interfaces(self) -> None:
         verifyObject(IStreamHandler, self.relay)
         verifyObject(IStreamClientEndpoint, self.endpoint)
 
-    def test_streams_carry_the_bearer_token_and_the_gateway_id(self) -> None:
+    def test_streams_carry_the_bearer_token_the_gateway_id_and_the_session(self) -> None:
         self.start()
         self.browser()
-        [stream] = self.relay.streams
+        [stream] = self.relay.connects
         assert stream.request is not None
         self.assertEqual((stream.request.method, stream.request.authority), ("CONNECT", "web"))
         self.assertEqual(stream.request.headers["authorization"], "Bearer rsg_secret")
         self.assertEqual(stream.request.headers["gateway"], "plant7")
+        self.assertEqual(stream.request.headers["session"], "s-1")
+
+    def test_without_reason_or_code_the_ask_is_empty_and_the_session_implicit(self) -> None:
+        self.start()
+        [(stream, body, _)] = self.relay.asks
+        assert stream.request is not None
+        self.assertEqual(stream.request.headers["authorization"], "Bearer rsg_secret")
+        self.assertEqual(stream.request.headers["gateway"], "plant7")
+        self.assertEqual(body, {})
+        self.assertEqual(self.reports, [ONLINE])
 
     def test_bytes_flow_both_ways_through_the_stream(self) -> None:
         self.start()
@@ -182,10 +269,10 @@ class StreamTests(EngineerClientTestCase):
         browser.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         self.endpoint.settle()
         self.assertEqual(self.relay.recorders[0].received, b"GET / HTTP/1.1\r\n\r\n")
-        self.relay.streams[0].write(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.relay.connects[0].write(b"HTTP/1.1 200 OK\r\n\r\n")
         self.endpoint.settle()
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\n\r\n")
-        self.assertEqual(self.reports, [])
+        self.assertEqual(self.reports, [ONLINE])
 
     def test_browser_bytes_wait_for_the_relay(self) -> None:
         self.endpoint.greet = False  # the relay's HTTP/2 settings arrive at settle()
@@ -197,6 +284,7 @@ class StreamTests(EngineerClientTestCase):
         self.endpoint.settle()
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(self.relay.recorders[0].received, b"early")
+        self.assertEqual(len(self.endpoint.ends), 1)  # one relay connection for both streams
 
 
 class RefusalTests(EngineerClientTestCase):
@@ -206,60 +294,65 @@ class RefusalTests(EngineerClientTestCase):
         self.start()
         _, refused = self.browser()
         other, kept = self.browser()
-        self.assertEqual(self.reports, [reason])
+        self.assertEqual(self.reports, [ONLINE, reason])
         self.assertTrue(refused.disconnecting)
         self.assertFalse(kept.disconnecting)
         other.dataReceived(b"still here")
         self.endpoint.settle()
         self.assertEqual(self.relay.recorders[0].received, b"still here")
         self.assertIsNotNone(self.client.current)
+        self.assertNoResult(self.client.finished)
 
     def test_the_gateways_own_words_reach_the_engineer(self) -> None:
         reason = "gateway 'plant7' is offline (its tunnel to the relay is down)"
         self.relay.answers = [(Refusal.GATEWAY_OFFLINE, reason)]
         self.start()
         self.browser()
-        self.assertEqual(self.reports, [reason])
+        self.assertEqual(self.reports, [ONLINE, reason])
+
+    def test_a_connect_refused_for_a_bad_token_ends_the_client(self) -> None:
+        self.relay.answers = [(Refusal.BAD_TOKEN, "the engineer token was not accepted")]
+        self.start()
+        self.browser()
+        self.assertEqual(self.reports, [ONLINE, "the engineer token was not accepted"])
+        self.assertEqual(self.exit_code(), 1)
 
 
 class UnreachableRelayTests(EngineerClientTestCase):
     def test_an_unreachable_relay_is_one_line_however_many_connections_wait(self) -> None:
         self.endpoint.refuse = ConnectionRefusedError()
         self.start()
-        self.client.report_gateway()
         browsers = [self.browser()[1] for _ in range(3)]
-        for _ in range(5):
-            self.reactor.advance(16)  # past the longest backoff: every waiter saw a failure
-        self.assertEqual(
-            self.reports,
-            [f"cannot reach relay {RELAY}: Connection was refused by other side"],
-        )
+        self.advance(80, step=16)  # past the longest backoff, several times
+        self.assertEqual(self.reports, [UNREACHABLE])
         self.assertTrue(all(transport.disconnecting for transport in browsers))
+        self.assertNoResult(self.client.finished)
 
     def test_a_relay_reached_again_is_news_after_the_next_outage(self) -> None:
         self.endpoint.refuse = ConnectionRefusedError()
         self.start()
-        self.browser()
-        self.reactor.advance(16)
+        self.advance(16)
         self.endpoint.refuse = None
-        self.reactor.advance(16)
-        self.endpoint.settle()
+        self.advance(16)
         self.assertIsNotNone(self.client.current)
         self.endpoint.refuse = ConnectionRefusedError()
         self.endpoint.ends[0].transport.loseConnection()  # the relay goes away
         self.endpoint.settle()
-        self.browser()
-        self.reactor.advance(16)
+        self.advance(40, step=8)
+        self.endpoint.refuse = None
+        self.advance(16)
         self.assertEqual(
             self.reports,
             [
-                f"cannot reach relay {RELAY}: Connection was refused by other side",
+                UNREACHABLE,
+                ONLINE,
                 f"connection to relay {RELAY} lost; reconnecting",
-                f"cannot reach relay {RELAY}: Connection was refused by other side",
+                "session s-1 resumed",
             ],
         )
+        self.assertEqual(self.relay.asks[-1][1], {"resume": "s-1"})
 
-    def test_a_failed_handshake_is_told_once_in_plain_words(self) -> None:
+    def test_a_certificate_from_another_ca_is_fatal_in_one_line(self) -> None:
         dialled: list[IProtocol] = []
 
         @implementer(IStreamClientEndpoint)
@@ -274,17 +367,72 @@ class UnreachableRelayTests(EngineerClientTestCase):
         verifyObject(IStreamClientEndpoint, SilentRelay())
         self.client = self.engineer_client(SilentRelay())
         self.start()
-        self.client.report_gateway()
         self.browser()
         handshake = SSL.Error([("SSL routines", "", "certificate verify failed")])
         dialled[0].connectionLost(Failure(handshake))
         self.assertEqual(
             self.reports,
             [
-                f"cannot reach relay {RELAY}: the other side's certificate is not signed by the "
-                "pinned CA (or has expired)"
+                f"cannot use relay {RELAY}: the other side's certificate is not signed by the "
+                "pinned CA (or has expired); check --ca (the CA that signed the relay's "
+                "certificate)"
             ],
         )
+        self.assertEqual(self.exit_code(), 1)
+        self.assertEqual(len(dialled), 1)  # never dialled again
+
+    def test_a_relay_certificate_for_another_name_is_fatal(self) -> None:
+        class VerificationError(Exception):
+            """Named like service_identity's."""
+
+        self.endpoint.refuse = VerificationError("DNSMismatch(mismatched_id='relay.example.com')")
+        self.start()
+        [line] = self.reports
+        self.assertIn("does not carry the expected host name", line)
+        self.assertIn("--server-name", line)
+        self.assertEqual(self.exit_code(), 1)
+
+
+class IdleTests(EngineerClientTestCase):
+    def test_a_relay_that_closes_an_idle_connection_is_not_redialled_for_nothing(self) -> None:
+        self.relay.session_default = (Refusal.BAD_REQUEST, "this relay passes no session asks")
+        self.start()
+        self.assertEqual(
+            self.reports, ["gateway 'plant7' takes no sessions; open http://127.0.0.1:18080/"]
+        )
+        self.endpoint.ends[0].close(why="idle")
+        self.endpoint.settle()
+        self.advance(600, step=60)
+        self.assertEqual(len(self.endpoint.ends), 1)
+        self.assertEqual(len(self.reports), 1)
+        self.browser()  # a connection dials again
+        self.assertEqual(len(self.endpoint.ends), 2)
+        self.assertEqual(len(self.relay.connects), 1)
+
+    def test_the_held_session_stream_keeps_one_connection_for_hours(self) -> None:
+        self.start()
+        self.advance(4 * 3600, step=300)
+        self.assertEqual(len(self.endpoint.ends), 1)
+        self.assertEqual(len(self.relay.asks), 1)
+        self.assertFalse(self.relay.asks[0][2].lost)
+
+    def test_the_relays_reason_for_closing_is_told_and_a_removed_token_ends_the_client(
+        self,
+    ) -> None:
+        self.start()
+        self.relay.session_default = (Refusal.BAD_TOKEN, "the engineer token was not accepted")
+        self.endpoint.ends[0].close(why="engineer 'erin' was removed")
+        self.endpoint.settle()
+        self.advance(2)
+        self.assertEqual(
+            self.reports,
+            [
+                ONLINE,
+                f"connection to relay {RELAY} lost: engineer 'erin' was removed; reconnecting",
+                "the engineer token was not accepted",
+            ],
+        )
+        self.assertEqual(self.exit_code(), 1)
 
 
 class StopTests(EngineerClientTestCase):
@@ -298,13 +446,14 @@ class StopTests(EngineerClientTestCase):
         self.assertEqual(relay.h2.state_machine.state, ConnectionState.CLOSED)  # heard GOAWAY
         self.assertTrue(relay.closed)
         self.assertTrue(transport.disconnecting)  # open browser connections end with us
-        self.assertEqual(self.reports, [])
+        self.assertEqual(self.reports, [ONLINE])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertNoResult(self.client.finished)  # a signal's stop: exit 0 from the program
 
     def test_stopping_while_the_relay_is_unreachable_reports_nothing(self) -> None:
         self.endpoint.refuse = ConnectionRefusedError()
         self.start()
-        self.client.report_gateway()
+        self.reports.clear()
         self.browser()
         self.successResultOf(self.client.stopService())
         self.assertEqual(self.reports, [])
@@ -312,57 +461,7 @@ class StopTests(EngineerClientTestCase):
 
     def test_a_relay_that_goes_away_is_reported_as_lost(self) -> None:
         self.start()
+        self.endpoint.refuse = ConnectionRefusedError()
         self.endpoint.ends[0].transport.loseConnection()
         self.endpoint.settle()
-        self.assertEqual(self.reports, [f"connection to relay {RELAY} lost; reconnecting"])
-
-
-class GatewayCheckTests(EngineerClientTestCase):
-    def test_check_gateway_reads_the_relays_answer(self) -> None:
-        self.relay.info = {"gateway": "plant7", "online": False}
-        self.start()
-        d = self.client.check_gateway()
-        self.endpoint.settle()
-        self.assertEqual(self.successResultOf(d), GatewayInfo(gateway="plant7", online=False))
-        [stream] = self.relay.streams
-        assert stream.request is not None
-        self.assertEqual(stream.request.headers["authorization"], "Bearer rsg_secret")
-        self.assertEqual(stream.request.headers["gateway"], "plant7")
-
-    def test_the_startup_check_is_one_line(self) -> None:
-        self.start()
-        self.client.report_gateway()
-        self.endpoint.settle()
-        self.assertEqual(self.reports, ["gateway 'plant7' is online; open http://127.0.0.1:18080/"])
-
-    def test_an_offline_gateway_is_waited_for(self) -> None:
-        self.relay.info = {"gateway": "plant7", "online": False}
-        self.start()
-        self.client.report_gateway()
-        self.endpoint.settle()
-        self.assertEqual(
-            self.reports,
-            ["gateway 'plant7' is offline (waiting for it); open http://127.0.0.1:18080/"],
-        )
-
-    def test_a_refused_check_tells_the_reason(self) -> None:
-        self.relay.info_refusal = (Refusal.BAD_TOKEN, "the engineer token was not accepted")
-        self.start()
-        d = self.client.report_gateway()
-        self.endpoint.settle()
-        self.successResultOf(d)
-        self.assertEqual(self.reports, ["the engineer token was not accepted"])
-
-    def test_an_answer_that_is_not_an_object_is_told(self) -> None:
-        self.relay.info = ["plant7"]
-        self.start()
-        self.client.report_gateway()
-        self.endpoint.settle()
-        self.assertEqual(self.reports, ["the relay's answer on /v1/gateway is not a JSON object"])
-
-    def test_gateway_info_parses_the_body(self) -> None:
-        self.assertEqual(
-            gateway_info(b'{"gateway": "gw-1", "online": true}'), GatewayInfo("gw-1", True)
-        )
-        self.assertEqual(gateway_info(b""), GatewayInfo("", False))
-        self.assertRaises(ValueError, gateway_info, b"not json")
+        self.assertEqual(self.reports, [ONLINE, f"connection to relay {RELAY} lost; reconnecting"])
