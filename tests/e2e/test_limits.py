@@ -21,12 +21,13 @@ LIMIT = 10
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     with fresh_stack() as s:
-        config = s.layout.gateway_config
-        config.write_text(config.read_text() + f"\n[limits]\nstreams_per_target = {LIMIT}\n")
+        s.write_configs(limits={"streams_per_target": LIMIT})
         s.start_processor()
         s.start_relay()
         s.start_gateway()
         s.start_connect()
+        # The readiness probe's own stream holds a slot until it has ended.
+        wait_until("the probe's stream to end", lambda: not s.status()["connections"])
         yield s
 
 

@@ -140,9 +140,11 @@ class Stack:
         mode: str = "unattended",
         extra_targets: str = "",
         access: dict[str, Value] | None = None,
+        limits: dict[str, Value] | None = None,
     ) -> None:
         """relay.toml and gateway.toml; ``extra_targets``: more ``[[target]]`` tables (TOML);
-        ``access``: more ``[access]`` keys (``{"request_timeout": 3}``)."""
+        ``access``: more ``[access]`` keys (``{"request_timeout": 3}``); ``limits``: the
+        gateway's ``[limits]`` (default `E2E_LIMITS`)."""
         layout, ports = self.layout, self.stack_ports
         layout.relay_config.write_text(
             shared.relay_toml(
@@ -178,6 +180,7 @@ class Stack:
                 },
                 service={"drain_timeout": 2, "half_close_timeout": 3},
                 access=dict(access or {}),
+                limits=dict(E2E_LIMITS if limits is None else limits),
             )
         )
 
@@ -275,6 +278,11 @@ class Stack:
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
+
+
+E2E_LIMITS: dict[str, Value] = {"streams_per_target": 64}
+"""The tests' gateway lets 64 streams reach one target (the product's default is 32): the tunnel
+tests open 50 connections to the demo processor at once."""
 
 
 def _targets(toml: str) -> list[Target]:
