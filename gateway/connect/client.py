@@ -265,14 +265,18 @@ class EngineerClient(MultiService):
         if failure.check(CancelledError) or self.stopping:
             return
         if dial_is_fatal(failure):
-            hint = (
-                "check --relay or --server-name"
-                if type(failure.value).__name__ == "VerificationError"
-                else "check --ca (the CA that signed the relay's certificate)"
-            )
-            self.fail(
-                f"cannot use relay {self.options.relay}: {describe_tls_failure(failure)}; {hint}"
-            )
+            relay = self.options.relay
+            if type(failure.value).__name__ == "VerificationError":
+                name = self.options.server_name or relay.host
+                self.fail(
+                    f"cannot use relay {relay}: its certificate does not carry the host name "
+                    f"{name!r}; check --relay or --server-name"
+                )
+            else:
+                self.fail(
+                    f"cannot use relay {relay}: {describe_tls_failure(failure)}; check --ca "
+                    "(the CA that signed the relay's certificate)"
+                )
             return
         if not self._unreachable_told:
             self._unreachable_told = True
@@ -332,6 +336,7 @@ class EngineerClient(MultiService):
         self.current = connection
         if self._unreachable_told:
             log.info("relay {relay} reached again", relay=self.options.relay)
+            self.keeper.relay_returned()
         self._unreachable_told = False
         waiters, self._waiters = self._waiters, []
         for d in waiters:

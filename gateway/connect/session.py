@@ -62,6 +62,9 @@ log = Logger()
 WAITING_EVERY = 30.0
 """Seconds between two "waiting for the plant" lines (ten in a default 5-minute wait)."""
 MAX_EVENT_LINE = 64 * 1024
+RELAY_BACK_GRACE = 60.0
+"""Seconds after the relay came back from an outage during which ``unknown-gateway`` is waited
+out even for a gateway we never knew: a relay that has just started has seen no gateway yet."""
 GATEWAY_GOING = "shutting down"
 """In the ``why`` of a session the gateway ended because it stops (``unattended`` waits it out)."""
 _ENGINEER = ENGINEER_HEADER.decode("ascii")
@@ -150,6 +153,7 @@ class SessionKeeper:
         self._again: IDelayedCall | None = None
         self._backoff = Backoff(rng or Random(), base=1.0, cap=15.0)
         self._told_away = False
+        self._relay_back: float | None = None
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -170,6 +174,14 @@ class SessionKeeper:
         """The keeper holds (or is about to ask for) a session stream: a lost relay connection
         is redialled, and that is news for the engineer."""
         return self.phase not in (Phase.OVER, Phase.WITHOUT) and not self._done()
+
+    def relay_returned(self) -> None:
+        """The relay answers again after an outage (see `RELAY_BACK_GRACE`)."""
+        self._relay_back = self.clock.seconds()
+
+    def _relay_just_back(self) -> bool:
+        back = self._relay_back
+        return back is not None and self.clock.seconds() - back < RELAY_BACK_GRACE
 
     def _done(self) -> bool:
         return self.phase in (Phase.OVER, Phase.WITHOUT) or self.host.stopping or self.host.done
@@ -248,7 +260,8 @@ class SessionKeeper:
         self._stream = None
         refused = failure.value
         assert isinstance(refused, StreamRefused)
-        verdict = refusal_verdict(refused, known_gateway=self.known_gateway)
+        known = self.known_gateway or self._relay_just_back()
+        verdict = refusal_verdict(refused, known_gateway=known)
         reason = str(refused)
         if verdict is Verdict.RETRY:
             if not self._told_away:

@@ -388,7 +388,7 @@ class UnreachableRelayTests(EngineerClientTestCase):
         self.endpoint.refuse = VerificationError("DNSMismatch(mismatched_id='relay.example.com')")
         self.start()
         [line] = self.reports
-        self.assertIn("does not carry the expected host name", line)
+        self.assertIn("does not carry the host name 'relay.example.com'", line)
         self.assertIn("--server-name", line)
         self.assertEqual(self.exit_code(), 1)
 

@@ -273,6 +273,20 @@ class RefusedAskTests(AttendedTestCase):
                 self.assertEqual(self.exit_code(), 1)
                 self.stop()
 
+    def test_a_gateway_unknown_to_a_relay_just_back_is_waited_for_a_while(self) -> None:
+        unknown = "no gateway named 'plant7' has connected to this relay"
+        self.endpoint.refuse = ConnectionRefusedError()
+        self.relay.session_default = (Refusal.UNKNOWN_GATEWAY, unknown)
+        self.start()
+        self.advance(20)
+        self.endpoint.refuse = None  # the relay is back, the gateway not yet
+        self.advance(30, step=2)
+        self.assertNoResult(self.client.finished)
+        self.assertEqual(self.reports[-1], f"{unknown}; asking again when it is back")
+        self.advance(60, step=2)  # still unknown a minute after: a wrong --gateway
+        self.assertEqual(self.reports[-1], unknown)
+        self.assertEqual(self.exit_code(), 1)
+
     def test_an_offline_gateway_is_waited_for_with_one_line(self) -> None:
         offline = "gateway 'plant7' is offline (its tunnel to the relay is down)"
         self.relay.session_answers = [(Refusal.GATEWAY_OFFLINE, offline)] * 5
