@@ -66,6 +66,7 @@ async def run_service(reactor: Any, service: Any, console: Console) -> int:
         code = console.fail(
             Refused(f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}")
         )
+        forget_unstarted(service)
         await service.stopService()
         return code
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -76,6 +77,21 @@ async def run_service(reactor: Any, service: Any, console: Console) -> int:
 def serve(console: Console, args: argparse.Namespace, service: Any) -> int:
     """Run a daemon's service tree until a signal stops it."""
     return react(console, args, lambda reactor: run_service(reactor, service, console), daemon=True)
+
+
+def forget_unstarted(service: Any) -> None:
+    """Take the services a failed start never reached out of the tree, so that stopping it stops
+    only what started.  Twisted's ``MultiService.stopService`` stops every child, and a listener
+    that never started cannot stop (``StreamServerEndpointService`` has no port to cancel): a
+    second daemon refused on the control socket used to end in tracebacks."""
+    for child in list(getattr(service, "services", [])):
+        if child.running:
+            forget_unstarted(child)
+            continue
+        service.services.remove(child)
+        if child.name and service.namedServices.get(child.name) is child:
+            del service.namedServices[child.name]
+        child.parent = None
 
 
 def raise_listen_errors(service: Any) -> None:

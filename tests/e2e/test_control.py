@@ -106,6 +106,9 @@ def test_a_crashed_daemons_socket_is_replaced_and_a_live_one_never_taken(stack: 
     second = start("gateway2", ["run", "-c", str(stack.layout.gateway_config)], stack.workdir)
     assert second.popen.wait(60) != 0
     assert "another gateway daemon is running with this state directory" in second.text()
+    # One line and a clean stop: the listeners that never started are not stopped.
+    assert "Traceback" not in second.text()
+    assert "Unhandled error" not in second.text()
     assert control(stack, "access").returncode == 0, "the first daemon still answers"
 
     restart_gateway(stack, signal.SIGKILL)  # leaves its socket file behind
