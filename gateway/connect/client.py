@@ -401,7 +401,7 @@ class EngineerClient(MultiService):
             connection.close()
         else:
             self._held.append(connection)
-            if not self._told_holding:
+            if not self._told_holding and self.keeper.phase is Phase.WAITING:
                 self._told_holding = True
                 self.tell(
                     "a connection to the local port waits until the plant lets you in "
