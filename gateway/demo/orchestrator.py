@@ -217,12 +217,23 @@ class Children:
         self.children.append(child)
         return child
 
-    def first_failure(self, when: str = "during startup") -> DemoError | None:
+    def first_failure(
+        self, when: str = "during startup", *, may_end: frozenset[str] = frozenset()
+    ) -> DemoError | None:
+        """``may_end``: names of children whose end is no failure (told by the caller)."""
         for child in self.children:
+            if child.program.name in may_end:
+                continue
             problem = child.failure(when)
             if problem is not None:
                 return problem
         return None
+
+    def ended(self, names: frozenset[str]) -> bool:
+        """Has one of the children named ``names`` exited?"""
+        return any(
+            c.program.name in names and c.program.popen.poll() is not None for c in self.children
+        )
 
     def stop(self) -> None:
         """SIGTERM every child (last started first), wait up to STOP_GRACE, then SIGKILL."""
@@ -335,6 +346,11 @@ def gateway_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "gateway"]
+
+
+DEMO_REASON = "gateway demo: a look at the demo processor"
+CLIENT = frozenset({"connect"})
+"""The demo's engineer client: it may end while the demo runs (its session ended)."""
 
 
 def connect_args(layout: Layout, ports: Ports, listen: int, token: str | None = None) -> list[str]:
@@ -453,10 +469,13 @@ def start_stack(children: Children, layout: Layout, ports: Ports, mode: str, tok
         children, gateway, "bring its tunnel to the relay up", lambda: stack.tunnel_up(ports)
     )
 
+    # Attended: the demo's client asks the plant (a client without a session would be refused
+    # and exit); its connections wait until the request is approved.
+    ask = ["--reason", DEMO_REASON] if mode == "attended" else []
     client = children.start(
         "connect",
         "engineer client",
-        connect_args(layout, ports, ports.forward),
+        [*connect_args(layout, ports, ports.forward), *ask],
         {"GATEWAY_TOKEN": token},
     )
     wait_until(children, client, "open its local port", lambda: stack.listening(ports.forward))
@@ -503,9 +522,9 @@ def summary(info: dict[str, Any], mode: str, another: str) -> str:
     ]
     if mode == "attended":
         lines += [
-            "      attended mode: the gateway refuses this forward until the plant approves a",
-            "      session on the status page (so the demo did not try it); the engineer",
-            "      client's log shows the gateway's answer.",
+            "      attended mode: the engineer client has asked the plant for a session; the",
+            "      page opens once the request is approved on the status page or with",
+            "      `gateway approve` (the engineer client's log shows it waiting).",
         ]
     lines += [
         f"  Gateway status page:   {info['status_url']}   (JSON: {info['status_url']}api/status)",
@@ -561,11 +580,20 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
         info = demo_info(layout, ports, token)
         _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
         _say(summary(info, mode, another_client(layout, ports, token)))
+        client_ended = False
         while True:
             stop.check()
-            problem = children.first_failure("while the demo was running")
+            # The engineer client ends with its session (ended or denied by the plant): the
+            # demo goes on, and says how to start another.
+            problem = children.first_failure("while the demo was running", may_end=CLIENT)
             if problem is not None:
                 raise problem
+            if not client_ended and children.ended(CLIENT):
+                client_ended = True
+                _say(
+                    "gateway demo: the engineer client has ended (see logs/connect.log); "
+                    f"start another one with:\n    {another_client(layout, ports, token)}"
+                )
             time.sleep(POLL * 2)
     except StopRequested:
         _say("gateway demo: stopping ...")
