@@ -233,6 +233,25 @@ def audit(config: RelayConfig, words: list[str], args: argparse.Namespace, conso
     return show_trail(audit_folder(config.state_dir), args, console)
 
 
+def sessions(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """The support desk's view: connected gateways, their modes, requests and live sessions,
+    from the running relay (`gateway.cli.desk`)."""
+    from gateway.cli.desk import sessions as show
+
+    return show(config, bool(getattr(args, "json", False)), console)
+
+
+def _sessions_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return sessions(config, words, argparse.Namespace(json=False), console)
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    if "--json" not in parser._option_string_actions:
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
 def _audit_flags(parser: argparse.ArgumentParser) -> None:
     from gateway.cli.audit import add_options
 
@@ -256,6 +275,9 @@ ACTIONS: dict[str, Action] = {
     ),
     "engineers": Action(
         "engineers [--json]", 0, _engineers_view, flags=_engineer_flags, run_with_flags=engineers
+    ),
+    "sessions": Action(
+        "sessions [--json]", 0, _sessions_view, flags=_json_flag, run_with_flags=sessions
     ),
     "audit": Action(
         "audit [--since WHEN] [--json] [--verify]",

@@ -102,6 +102,10 @@ class GatewayTunnels:
     def holder(self, gateway_id: str) -> LiveTunnel | None:
         return self._live.get(gateway_id)
 
+    def live(self) -> dict[str, LiveTunnel]:
+        """Every live tunnel by gateway id, a copy (the support desk lists them)."""
+        return dict(self._live)
+
     def answered(self, gateway_id: str, tunnel: TunnelConnection, now: float) -> None:
         """The gateway's live tunnel answered a PING: it is alive."""
         live = self._live.get(gateway_id)

@@ -29,7 +29,9 @@ from gateway.relay.admission import (
 )
 from gateway.relay.asks import SessionAsks
 from gateway.relay.authorisation import PatternAuthorisation
+from gateway.relay.control import RelayControlSocket
 from gateway.relay.credentials import TokenFile
+from gateway.relay.desk import SupportDesk
 from gateway.relay.dialer import LocalDialer
 from gateway.relay.directory import MemoryGatewayDirectory
 from gateway.relay.engineers import EngineerStreams
@@ -144,6 +146,11 @@ class RelayDaemon(MultiService):
 
         self.gateway_factory = TrackingFactory(gateway_tunnel)
         self.engineer_factory = TrackingFactory(engineer_connection)
+        # The control socket first: a second relay on this state directory stops here, before
+        # it listens.  It serves the support desk's view (gateway relay sessions).
+        self.desk = SupportDesk(self.tunnels, self.directory, reactor)
+        self.control_socket = RelayControlSocket(reactor, config.state_dir, self.desk)
+        self.control_socket.setServiceParent(self)
         gw = config.gateways
         gateway_tls = server_options(gw.cert, gw.key, client_ca=gw.ca)
         eng = config.engineers
