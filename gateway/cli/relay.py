@@ -38,6 +38,10 @@ def register(commands: Commands) -> None:
         help="the vendor relay (foreground), or 'relay add-engineer NAME'",
         description="Run the relay, or with 'add-engineer NAME' create an engineer token "
         "(printed once; only its hash is stored).",
+        epilog="actions:\n"
+        + "\n".join(f"  gateway relay {a.usage} -c relay.toml" for a in ACTIONS.values())
+        + "\n\n'sessions' asks the running relay (exit 3 if it is not running).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("action", nargs="*", metavar="add-engineer NAME", help="manage engineers")
     parser.add_argument("-c", "--config", required=True, type=Path, help="relay.toml")
