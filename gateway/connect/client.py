@@ -389,6 +389,10 @@ class EngineerClient(MultiService):
         for connection in held:
             connection.forward()
 
+    def hold(self) -> None:
+        """The keeper's word: new local connections wait (the session is being confirmed)."""
+        self.admitted_now = False
+
     # -- local connections ------------------------------------------------------------------------
 
     def local_arrived(self, connection: LocalConnection) -> None:

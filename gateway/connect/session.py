@@ -109,6 +109,8 @@ class KeeperHost(Typed):
 
     def admitted(self, session: str | None) -> None: ...
 
+    def hold(self) -> None: ...
+
     def finish(self, code: int) -> None: ...
 
 
@@ -154,6 +156,8 @@ class SessionKeeper:
         self._backoff = Backoff(rng or Random(), base=1.0, cap=15.0)
         self._told_away = False
         self._relay_back: float | None = None
+        self._replaced: str | None = None
+        """The implicit session a restarted gateway no longer knows (for the line on the new)."""
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -283,8 +287,11 @@ class SessionKeeper:
                 1,
             )
         elif verdict is Verdict.ENDED and not self.options.attended:
-            self.session = None  # the implicit session went (a gateway restart): a new one
-            self.host.admitted(None)
+            # The implicit session went with the gateway process that knew it (a restart, a
+            # replaced gateway): ask for a new one; connections wait for it (`hold`).
+            self._replaced = self.session or self._replaced
+            self.session = None
+            self.host.hold()
             self._ask_later(0)
         elif verdict is Verdict.ENDED:
             self._over(reason, 0)
@@ -356,8 +363,14 @@ class SessionKeeper:
         self.request = None
         self._told_away = False
         self._backoff.succeeded()
+        replaced, self._replaced = self._replaced, None
         if before is not None and before == self.session:
             self.host.tell(f"session {self.session} resumed")
+        elif replaced is not None and not self.options.attended:
+            self.host.tell(
+                f"gateway {self.options.gateway!r} no longer knows session {replaced} (it "
+                f"restarted); carrying on in new session {self.session}"
+            )
         elif not self.options.attended:
             self.host.tell(
                 f"gateway {self.options.gateway!r} is online; open {self.host.url} (session "
@@ -385,8 +398,9 @@ class SessionKeeper:
         session = event.session or self.session
         if not self.options.attended and GATEWAY_GOING in why:
             self.host.tell(f"session {session} ended: {why}; waiting for the gateway")
+            self._replaced = session
             self.session = None
-            self.host.admitted(None)
+            self.host.hold()
             self.phase = Phase.ASKING
             return  # the stream ends next: asked again (empty) with backoff
         self._over(f"session {session} ended: {why}", 0)
@@ -421,6 +435,10 @@ class SessionKeeper:
             )
         if self.phase is Phase.WAITING:
             self.phase = Phase.ASKING
+        if self.session is not None:
+            # Until the gateway says the session is still live, a new connection would name a
+            # session it may not know any more (it restarted): connections wait for the answer.
+            self.host.hold()
         self._ask_later(0 if relay_lost else None)
 
 

@@ -104,6 +104,8 @@ class FakeRelay:
         self.answers: list[tuple[Refusal, str] | None] = []
         self.session_answers: list[SessionAnswer] = []
         self.session_default: SessionAnswer = "implicit"
+        self.implicit = "s-1"
+        """The id of the implicit session the fake gateway gives (``"implicit"``)."""
         self.asks: list[tuple[TunnelStream, dict[str, object], AskReader]] = []
 
     @property
@@ -134,7 +136,9 @@ class FakeRelay:
             return
         stream.respond(200, [(b"content-type", NDJSON), (b"engineer", b"erin")])
         if answer == "implicit":
-            self.send(SessionEvent(SessionEventKind.APPROVED, session="s-1", targets=["web"]))
+            self.send(
+                SessionEvent(SessionEventKind.APPROVED, session=self.implicit, targets=["web"])
+            )
 
     def send(self, event: SessionEvent, *, end: bool = False) -> None:
         """The gateway's next event on the latest session stream (``end``: then it closes)."""

@@ -230,6 +230,30 @@ class EndTests(AttendedTestCase):
                 self.assertEqual(self.exit_code(), 0)
                 self.stop()
 
+    def test_an_unattended_session_a_restarted_gateway_forgot_is_replaced(self) -> None:
+        self.client = self.engineer_client(self.endpoint, OPTIONS)
+        self.relay.session_default = "implicit"
+        self.start()
+        gone = "session s-1 is not live on this gateway (it ended, expired, or is not yours)"
+        self.relay.session_answers = [(Refusal.SESSION_ENDED, gone)]
+        self.relay.implicit = "s-2"
+        self.relay.asks[-1][0].reset()  # the gateway process that knew s-1 is gone
+        self.endpoint.settle()
+        _, transport = self.browser()
+        self.assertEqual(self.relay.connects, [])
+        self.advance(16)
+        self.assertEqual([body for _, body, _ in self.relay.asks], [{}, {"resume": "s-1"}, {}])
+        self.assertEqual(
+            self.reports[-1],
+            "gateway 'plant7' no longer knows session s-1 (it restarted); carrying on in new "
+            "session s-2",
+        )
+        [stream] = self.relay.connects
+        assert stream.request is not None
+        self.assertEqual(stream.request.headers["session"], "s-2")
+        self.assertFalse(transport.disconnecting)
+        self.assertNoResult(self.client.finished)
+
     def test_an_unattended_session_ended_by_the_plant_ends_the_client(self) -> None:
         self.client = self.engineer_client(self.endpoint, OPTIONS)
         self.relay.session_default = "implicit"
@@ -340,6 +364,22 @@ class ResumeTests(AttendedTestCase):
         self.advance(2)
         self.assertEqual(self.reports[-1], gone)
         self.assertEqual(self.exit_code(), 0)
+
+    def test_connections_wait_while_the_session_is_confirmed_after_a_cut(self) -> None:
+        self.live()
+        self.relay.asks[-1][0].reset()
+        self.endpoint.settle()
+        _, transport = self.browser()
+        self.assertEqual(self.relay.connects, [])  # held until the gateway answers
+        self.advance(16)
+        self.assertEqual(self.relay.asks[-1][1], {"resume": "s-9"})
+        self.relay.send(APPROVED)
+        self.endpoint.settle()
+        self.assertEqual(self.reports[-1], "session s-9 resumed")
+        [stream] = self.relay.connects
+        assert stream.request is not None
+        self.assertEqual(stream.request.headers["session"], "s-9")
+        self.assertFalse(transport.disconnecting)
 
     def test_a_garbled_event_line_is_asked_again(self) -> None:
         self.live()
