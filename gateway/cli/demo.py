@@ -11,9 +11,22 @@ from gateway.cli.process import react
 
 
 def register(commands: Commands) -> None:
-    demo = commands.add("demo", run_demo, help="the whole stack on loopback, ready to try")
+    demo = commands.add(
+        "demo",
+        run_demo,
+        help="the whole stack on loopback, ready to try",
+        description="Start a throw-away vendor CA, relay, gateway, demo processor and engineer "
+        "client on loopback, print what to open, and stop them all on Ctrl-C.",
+    )
     demo.add_argument("--workdir", type=Path, help="where to put configs, certificates, logs")
-    demo.add_argument("--mode", choices=["attended", "unattended"], default="unattended")
+    demo.add_argument(
+        "--mode",
+        choices=["attended", "unattended"],
+        default="unattended",
+        help="the gateway's access mode (default unattended: the forward works at once; "
+        "attended: the demo's engineer client asks the plant, and the demo prints how to "
+        "approve it, ask again or use a session code)",
+    )
 
     processor = commands.add(
         "demo-processor", run_processor, help="the demo processor web UI alone"

@@ -42,6 +42,7 @@ from attrs import frozen
 from gateway._files import FileWriteError, write_atomically, write_private
 from gateway.demo import stack
 from gateway.demo.stack import PROBE_ERRORS, PROBE_USER_AGENT, Ports, Process, loopback
+from gateway.demo.tomlfile import Value
 from gateway.pki import PKIError
 from gateway.relay.credentials import CredentialFileError
 
@@ -50,6 +51,17 @@ __all__ = ["run_demo"]
 GATEWAY_ID: Final = "demo-gateway"
 ENGINEER: Final = "demo-engineer"
 TARGET: Final = stack.WEB
+MODES: Final = ("attended", "unattended")
+
+DEMO_REASON: Final = "gateway demo: a look at the demo processor"
+"""Why the demo's own engineer client asks, in attended mode (the plant reads it)."""
+EXAMPLE_REASON: Final = "ticket 4711: recalibrate camera"
+"""The reason in the printed command for another engineer."""
+REQUEST_TIMEOUT: Final = 1800
+"""Seconds the demo's gateway lets a request wait in attended mode (the default is 5 minutes,
+little time to read the summary and try both ways in); then it is denied."""
+PLACEHOLDER: Final = "..."
+"""The word of demo.json's ``control`` command lines that stands for a control command."""
 
 STAGE_TIMEOUT: Final = 30.0
 """Seconds each startup stage may take.  Generous: a cold Python start of a child on a slow CI
@@ -166,11 +178,18 @@ class StopSignal:
 
 
 class Child:
-    """One ``python -m gateway ...`` process of the demo, with the title its messages use."""
+    """One ``python -m gateway ...`` process of the demo, with the title its messages use.
 
-    def __init__(self, title: str, program: Process) -> None:
+    ``optional``: once the demo runs, this child may end without ending the demo (the engineer
+    client ends when the plant denies its request or ends its session: that is the product
+    working, and the rest of the stack is still worth trying).
+    """
+
+    def __init__(self, title: str, program: Process, *, optional: bool = False) -> None:
         self.title = title
         self.program = program
+        self.optional = optional
+        self.reported = False
 
     @property
     def log(self) -> Path:
@@ -198,7 +217,13 @@ class Children:
         self.children: list[Child] = []
 
     def start(
-        self, name: str, title: str, args: Sequence[str], extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        title: str,
+        args: Sequence[str],
+        extra_env: dict[str, str] | None = None,
+        *,
+        optional: bool = False,
     ) -> Child:
         """Start ``python -m gateway ARGS`` logging to ``logs/NAME.log`` (truncated each run)."""
         env = dict(os.environ)
@@ -213,27 +238,30 @@ class Children:
             env=env,
             own_group=True,  # see StopSignal: the terminal's Ctrl-C is ours to relay
         )
-        child = Child(title, program)
+        child = Child(title, program, optional=optional)
         self.children.append(child)
         return child
 
-    def first_failure(
-        self, when: str = "during startup", *, may_end: frozenset[str] = frozenset()
-    ) -> DemoError | None:
-        """``may_end``: names of children whose end is no failure (told by the caller)."""
+    def first_failure(self, when: str = "during startup") -> DemoError | None:
         for child in self.children:
-            if child.program.name in may_end:
-                continue
             problem = child.failure(when)
             if problem is not None:
                 return problem
         return None
 
-    def ended(self, names: frozenset[str]) -> bool:
-        """Has one of the children named ``names`` exited?"""
-        return any(
-            c.program.name in names and c.program.popen.poll() is not None for c in self.children
-        )
+    def watch(self, tell: Callable[[Child], None]) -> DemoError | None:
+        """While the demo runs: the first failure of a child the demo cannot do without; an
+        optional child that ended is told about once (``tell``) and otherwise left be."""
+        for child in self.children:
+            problem = child.failure("while the demo was running")
+            if problem is None:
+                continue
+            if not child.optional:
+                return problem
+            if not child.reported:
+                child.reported = True
+                tell(child)
+        return None
 
     def stop(self) -> None:
         """SIGTERM every child (last started first), wait up to STOP_GRACE, then SIGKILL."""
@@ -322,6 +350,7 @@ def relay_toml(layout: Layout, ports: Ports) -> str:
 
 
 def gateway_toml(layout: Layout, ports: Ports, mode: str) -> str:
+    access: dict[str, Value] = {"request_timeout": REQUEST_TIMEOUT} if mode == "attended" else {}
     return stack.gateway_toml(
         layout,
         ports,
@@ -330,7 +359,19 @@ def gateway_toml(layout: Layout, ports: Ports, mode: str) -> str:
         written_by=WRITTEN_BY,
         relay={"reconnect_max_delay": 5},
         service={"drain_timeout": 3},
+        access=access,
     )
+
+
+def forget_earlier_mode(layout: Layout) -> None:
+    """The gateway keeps the plant's last mode in its state directory, and that wins over the
+    config at start (BRIEF section 3): an earlier demo's choice must not override ``--mode``."""
+    from gateway.edge.state import MODE_FILE
+
+    try:
+        (layout.gateway_state / MODE_FILE).unlink(missing_ok=True)
+    except OSError as e:
+        raise DemoError(f"cannot remove an earlier demo's access mode: {e.strerror or e}") from None
 
 
 def gateway_command() -> list[str]:
@@ -348,12 +389,13 @@ def gateway_command() -> list[str]:
     return [sys.executable, "-m", "gateway"]
 
 
-DEMO_REASON = "gateway demo: a look at the demo processor"
-CLIENT = frozenset({"connect"})
-"""The demo's engineer client: it may end while the demo runs (its session ended)."""
-
-
-def connect_args(layout: Layout, ports: Ports, listen: int, token: str | None = None) -> list[str]:
+def connect_args(
+    layout: Layout,
+    ports: Ports,
+    listen: int,
+    token: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
     return stack.connect_args(
         relay=loopback(ports.relay_engineers),
         ca=layout.ca,
@@ -361,12 +403,33 @@ def connect_args(layout: Layout, ports: Ports, listen: int, token: str | None = 
         target=TARGET,
         listen=loopback(listen),
         token=token,
+        extra=extra,
     )
 
 
-def demo_info(layout: Layout, ports: Ports, token: str) -> dict[str, Any]:
-    """demo.json: the contract in BRIEF section 3 (scripts and tests read it)."""
-    command = [*gateway_command(), *connect_args(layout, ports, ports.forward, token)]
+def own_client_flags(mode: str) -> list[str]:
+    """Attended: the demo's own engineer client asks the plant, with a reason (a client without
+    a session is refused and exits); its connections wait until the request is approved."""
+    return ["--reason", DEMO_REASON] if mode == "attended" else []
+
+
+def control_command(*words: str) -> str:
+    """A command line for demo.json's ``control``: ``gateway ... -c /abs/gateway.toml``."""
+    return shlex.join([*gateway_command(), *words])
+
+
+def demo_info(
+    layout: Layout, ports: Ports, token: str, mode: str, request: str | None
+) -> dict[str, Any]:
+    """demo.json: the contract in BRIEF section 3 (scripts and tests read it).
+
+    ``control``: how to run the control commands against this demo's daemons, one command line
+    per program in which the word `PLACEHOLDER` (``...``) stands for the command and its
+    arguments (``requests``, ``approve r-4f2a9c``; ``sessions`` for the relay).  ``request``:
+    the demo's own engineer client's request, waiting for the plant (attended mode; else None).
+    """
+    own = connect_args(layout, ports, ports.forward, token, own_client_flags(mode))
+    command = [*gateway_command(), *own]
     return {
         "workdir": str(layout.workdir),
         "gateway_id": GATEWAY_ID,
@@ -382,16 +445,32 @@ def demo_info(layout: Layout, ports: Ports, token: str) -> dict[str, Any]:
         "connect_command": shlex.join(command),
         "targets": {TARGET: _addr(ports.processor)},
         "config": {"gateway": str(layout.gateway_config), "relay": str(layout.relay_config)},
+        "mode": mode,
+        "control": {
+            "gateway": control_command(PLACEHOLDER, "-c", str(layout.gateway_config)),
+            "relay": control_command("relay", PLACEHOLDER, "-c", str(layout.relay_config)),
+        },
+        "request": request,
     }
 
 
-def another_client(layout: Layout, ports: Ports, token: str) -> str:
+def control_line(info: dict[str, Any], program: str, *command: str) -> str:
+    """demo.json's ``control`` line for ``program`` with ``command`` in the placeholder's place."""
+    words = shlex.split(info["control"][program])
+    at = words.index(PLACEHOLDER)
+    return shlex.join([*words[:at], *command, *words[at + 1 :]])
+
+
+def another_client(
+    layout: Layout, ports: Ports, token: str, extra: Sequence[str] = (), port: int | None = None
+) -> str:
     """A second engineer client's command line, to paste as printed.
 
     Its ``--listen`` is a port that is free now: the demo's own client holds the forward port.
     The token goes in ``GATEWAY_TOKEN``, as the README recommends, not on the command line.
+    ``extra``: ``--reason TEXT`` or ``--code CODE`` (attended mode).
     """
-    args = connect_args(layout, ports, stack.free_port())
+    args = connect_args(layout, ports, port or stack.free_port(), extra=extra)
     return f"GATEWAY_TOKEN={shlex.quote(token)} " + shlex.join([*gateway_command(), *args])
 
 
@@ -440,8 +519,13 @@ def wait_until(
         delay = min(delay * 1.5, 0.5)  # quick when things are quick, quiet when they are not
 
 
-def start_stack(children: Children, layout: Layout, ports: Ports, mode: str, token: str) -> None:
-    """Start the four processes in dependency order, each ready before the next starts."""
+def start_stack(
+    children: Children, layout: Layout, ports: Ports, mode: str, token: str
+) -> str | None:
+    """Start the four processes in dependency order, each ready before the next starts.
+
+    Attended mode: the engineer client asks the plant; the id of its request, once the gateway
+    has it, is the answer (None in unattended mode, where the forward is tried instead)."""
     processor = children.start(
         "processor", "demo processor", stack.processor_args(loopback(ports.processor))
     )
@@ -469,18 +553,17 @@ def start_stack(children: Children, layout: Layout, ports: Ports, mode: str, tok
         children, gateway, "bring its tunnel to the relay up", lambda: stack.tunnel_up(ports)
     )
 
-    # Attended: the demo's client asks the plant (a client without a session would be refused
-    # and exit); its connections wait until the request is approved.
-    ask = ["--reason", DEMO_REASON] if mode == "attended" else []
     client = children.start(
         "connect",
         "engineer client",
-        [*connect_args(layout, ports, ports.forward), *ask],
+        connect_args(layout, ports, ports.forward, extra=own_client_flags(mode)),
         {"GATEWAY_TOKEN": token},
+        optional=True,
     )
     wait_until(children, client, "open its local port", lambda: stack.listening(ports.forward))
     if mode == "attended":
-        return  # refused until a session is approved, by design: nothing to fetch yet
+        # Nothing to fetch before the plant approves; the request must be there to say how.
+        return wait_for_request(children, client, ports)
 
     def forward_serves_page() -> str | None:
         status, body = _get(stack.url(ports.forward), timeout=5)
@@ -491,6 +574,23 @@ def start_stack(children: Children, layout: Layout, ports: Ports, mode: str, tok
         return None
 
     wait_until(children, client, "forward a request to the processor", forward_serves_page)
+    return None
+
+
+def wait_for_request(children: Children, client: Child, ports: Ports) -> str:
+    """The id of the demo engineer's request, once the gateway's status shows it waiting."""
+    asked: dict[str, str] = {}
+
+    def request_waiting() -> str | None:
+        report = json.loads(_get(stack.url(ports.status, "/api/status"))[1])
+        for request in report.get("access", {}).get("requests", []):
+            if request.get("engineer") == ENGINEER and request.get("reason") == DEMO_REASON:
+                asked["id"] = str(request["id"])
+                return None
+        return "the gateway has no request from the demo engineer yet"
+
+    wait_until(children, client, "ask the plant for a session", request_waiting)
+    return asked["id"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +613,10 @@ def report_failure(error: DemoError) -> None:
             _say(f"    {line}", file=sys.stderr)
 
 
-def summary(info: dict[str, Any], mode: str, another: str) -> str:
+def summary(info: dict[str, Any], mode: str, ways_in: Sequence[str]) -> str:
+    """What the demo prints once it runs; ``ways_in``: how other engineers get in (and, in
+    attended mode, how the plant lets them in), from `ways_in_unattended` or `ways_in_attended`.
+    """
     lines = [
         f"The remote service gateway demo is running ({mode} mode).",
         "",
@@ -522,18 +625,16 @@ def summary(info: dict[str, Any], mode: str, another: str) -> str:
     ]
     if mode == "attended":
         lines += [
-            "      attended mode: the engineer client has asked the plant for a session; the",
-            "      page opens once the request is approved on the status page or with",
-            "      `gateway approve` (the engineer client's log shows it waiting).",
+            "      attended mode: the demo's engineer client has asked the plant for a session",
+            f"      (request {info['request']}); the page loads once the plant approves it:",
         ]
+    lines += [*ways_in, ""]
     lines += [
         f"  Gateway status page:   {info['status_url']}   (JSON: {info['status_url']}api/status)",
         f"  Gateway metrics:       {info['metrics_url']}",
         f"  Relay metrics:         {info['relay_metrics_url']}",
         f"  Processor directly:    {info['processor_url']}",
-        "",
-        "  Another engineer client, on a port that is free now:",
-        f"    {another}",
+        f"  The support desk's view on the relay:  {control_line(info, 'relay', 'sessions')}",
         "",
         f"  Work dir: {info['workdir']}",
         "    relay.toml, gateway.toml (reusable), certificates; logs in logs/;",
@@ -544,13 +645,51 @@ def summary(info: dict[str, Any], mode: str, another: str) -> str:
     return "\n".join(lines)
 
 
+def ways_in_unattended(another: str) -> list[str]:
+    return ["", "  Another engineer client, on a port that is free now:", f"    {another}"]
+
+
+def ways_in_attended(info: dict[str, Any], ask: str, with_code: str) -> list[str]:
+    """Both ways in (BRIEF section 3): ask and be approved, or a code the plant reads out."""
+    request = info["request"]
+    approve_url = f"{info['status_url']}api/requests/{request}/approve"
+    curl = ["curl", "-X", "POST", "-H", "content-type: application/json", "-d", "{}"]
+    return [
+        f"        {control_line(info, 'gateway', 'approve', request)}",
+        f"      what is waiting:  {control_line(info, 'gateway', 'requests')}",
+        f"      or approve through the status listener ({info['status_url']}), from this machine:",
+        f"        {shlex.join([*curl, approve_url])}",
+        "",
+        "  Another engineer asks the same way (on a port that is free now):",
+        f"    {ask}",
+        "  or gets in at once with a session code that the plant makes and reads out:",
+        f"    {control_line(info, 'gateway', 'code')}",
+        f"    {with_code}",
+        f"  The plant denies with:  {control_line(info, 'gateway', 'deny', 'REQUEST')} "
+        "--reason TEXT",
+        f"  and ends a session with:  {control_line(info, 'gateway', 'end', 'SESSION')}",
+    ]
+
+
+def own_client_ended(child: Child) -> None:
+    """The engineer client ended while the demo runs (denied, its session ended or expired)."""
+    said = [
+        line.removeprefix("gateway connect: ")
+        for line in stack.log_tail(child.log, 20)
+        if line.startswith("gateway connect: ")  # its words for the engineer, not Twisted's
+    ]
+    why = f": {said[-1]}" if said else f" (see {child.log})"
+    _say(f"gateway demo: the demo's engineer client has stopped{why}")
+    _say("    the rest of the demo keeps running; start another engineer client as shown above")
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point
 
 
 def run_demo(workdir: Path | None, mode: str) -> int:
     """Run the demo until a signal; the exit code (0: stopped on request, 1: failed, 2: usage)."""
-    if mode not in ("attended", "unattended"):
+    if mode not in MODES:
         _say(f"gateway demo: --mode {mode!r} is not attended or unattended", file=sys.stderr)
         return EXIT_USAGE
     stop = StopSignal()
@@ -576,24 +715,26 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
     _say(f"gateway demo: starting in {layout.workdir} ...")
     children = Children(layout, stop)
     try:
-        ports = _start_with_retries(children, layout, mode, token)
-        info = demo_info(layout, ports, token)
+        ports, request = _start_with_retries(children, layout, mode, token)
+        info = demo_info(layout, ports, token, mode, request)
         _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
-        _say(summary(info, mode, another_client(layout, ports, token)))
-        client_ended = False
+        if mode == "attended":
+            asking, coded = stack.free_ports(2)
+            ways = ways_in_attended(
+                info,
+                another_client(layout, ports, token, ["--reason", EXAMPLE_REASON], asking),
+                another_client(layout, ports, token, ["--code", "CODE"], coded),
+            )
+        else:
+            ways = ways_in_unattended(another_client(layout, ports, token))
+        _say(summary(info, mode, ways))
         while True:
             stop.check()
-            # The engineer client ends with its session (ended or denied by the plant): the
-            # demo goes on, and says how to start another.
-            problem = children.first_failure("while the demo was running", may_end=CLIENT)
+            # The engineer client ends with its session (denied, ended or expired by the
+            # plant): the demo goes on, and says so.
+            problem = children.watch(own_client_ended)
             if problem is not None:
                 raise problem
-            if not client_ended and children.ended(CLIENT):
-                client_ended = True
-                _say(
-                    "gateway demo: the engineer client has ended (see logs/connect.log); "
-                    f"start another one with:\n    {another_client(layout, ports, token)}"
-                )
             time.sleep(POLL * 2)
     except StopRequested:
         _say("gateway demo: stopping ...")
@@ -635,14 +776,17 @@ def _write(path: Path, text: str, *, private: bool = False) -> None:
         raise DemoError(str(e)) from None
 
 
-def _start_with_retries(children: Children, layout: Layout, mode: str, token: str) -> Ports:
+def _start_with_retries(
+    children: Children, layout: Layout, mode: str, token: str
+) -> tuple[Ports, str | None]:
+    """The ports the stack runs on, and the demo client's request (attended mode)."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         ports = Ports.pick()
         _write(layout.relay_config, relay_toml(layout, ports))
         _write(layout.gateway_config, gateway_toml(layout, ports, mode))
+        forget_earlier_mode(layout)
         try:
-            start_stack(children, layout, ports, mode, token)
-            return ports
+            return ports, start_stack(children, layout, ports, mode, token)
         except PortTaken as e:
             children.stop()
             if attempt == PORT_ATTEMPTS:
