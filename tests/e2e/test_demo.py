@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -48,6 +49,8 @@ CONTRACT_KEYS = {
     "connect_command",
     "targets",
     "config",
+    "mode",
+    "control",
 }
 # Loopback must never be sent to an http_proxy from the environment.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -166,6 +169,35 @@ def run_and_fetch(
         stop(client, {}, timeout=10)  # this test is about forwarding, not about stopping
 
 
+def control_argv(info: dict[str, Any], program: str, *words: str) -> list[str]:
+    """demo.json's ``control`` line for ``program`` with ``words`` in the place of ``...``."""
+    line = shlex.split(info["control"][program])
+    at = line.index("...")
+    return this_gateway([*line[:at], *words, *line[at + 1 :]])
+
+
+def run_control(
+    info: dict[str, Any], program: str, *words: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        control_argv(info, program, *words), capture_output=True, text=True, timeout=60
+    )
+
+
+def printed(output: Path, *having: str) -> list[str]:
+    """The one printed line holding every one of ``having``, as shell words."""
+    lines = [line.strip() for line in output.read_text().splitlines()]
+    found = [line for line in lines if all(h in line for h in having)]
+    assert len(found) == 1, (having, found)
+    return shlex.split(found[0])
+
+
+def this_gateway(argv: list[str]) -> list[str]:
+    if argv[0] == "gateway":  # on PATH as printed; make sure it is this installation's
+        argv[0] = shutil.which("gateway") or "gateway"
+    return argv
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A work dir that does not exist yet (the demo creates it), in a folder removed after."""
@@ -206,6 +238,21 @@ def test_demo_json_keeps_the_contract(demo: Demo) -> None:
     assert command[command.index("--relay") + 1] == info["relay_address"]
     assert command[command.index("--listen") + 1] == info["forward_url"][7:-1]
     assert "Press Ctrl-C to stop" in demo.output.read_text()
+    assert (info["mode"], info["request"]) == ("unattended", None)
+    for program in ("gateway", "relay"):
+        words = shlex.split(info["control"][program])
+        assert words.count("...") == 1, words
+        assert words[-2:] == ["-c", info["config"][program]], words
+
+
+def test_the_control_lines_reach_the_demos_daemons(demo: Demo) -> None:
+    access = run_control(demo.info, "gateway", "access")
+    assert access.returncode == 0, access.stderr
+    assert access.stdout.startswith("remote access is unattended")
+    desk = run_control(demo.info, "relay", "sessions", "--json")
+    assert desk.returncode == 0, desk.stderr
+    [gateway] = json.loads(desk.stdout)["gateways"]
+    assert (gateway["id"], gateway["mode"]) == ("demo-gateway", "unattended")
 
 
 def test_forward_url_serves_the_processor_page(demo: Demo) -> None:
@@ -345,6 +392,8 @@ def test_a_workdir_from_an_earlier_demo_is_regenerated(workdir: Path) -> None:
             assert get(demo.info["forward_url"])[0] == 200, run
             if run == "first":
                 first_info, first_ca = demo.info, (workdir / "ca.pem").read_bytes()
+                # The plant's choice is kept across a gateway restart, not across demos.
+                assert run_control(demo.info, "gateway", "access", "disabled").returncode == 0
             else:  # fresh credentials: nothing depends on what the first run left
                 assert demo.info["engineer_token"] != first_info["engineer_token"]
                 assert (workdir / "ca.pem").read_bytes() != first_ca
@@ -355,29 +404,108 @@ def test_a_workdir_from_an_earlier_demo_is_regenerated(workdir: Path) -> None:
             stop(process, kids)
 
 
-def test_attended_mode_starts_and_the_forward_is_refused_clearly(workdir: Path) -> None:
+def test_attended_mode_both_ways_in_work_as_printed(workdir: Path) -> None:
     # A terminal's Ctrl-C signals the whole process group: stop this one that way.
     process, output = start_demo(workdir, "--mode", "attended", new_group=True)
     kids: dict[int, int] = {}
     try:
         demo = wait_for_demo(process, workdir, output)
+        info = demo.info
         kids = children(process.pid)
-        assert set(demo.info) >= CONTRACT_KEYS
-        status_report = json.loads(get(demo.info["status_url"] + "api/status")[2])
+        assert set(info) >= CONTRACT_KEYS
+        assert info["mode"] == "attended"
+        status_report = json.loads(get(info["status_url"] + "api/status")[2])
         assert status_report["access"]["mode"] == "attended"
+        [waiting] = status_report["access"]["requests"]
+        assert waiting["id"] == info["request"] and waiting["engineer"] == "demo-engineer"
+        command = shlex.split(info["connect_command"])
+        assert command[command.index("--reason") + 1] == waiting["reason"]
+        # Before the plant says yes the forward holds the connection: no page.
         try:
-            status: int | None = get(demo.info["forward_url"])[0]
+            status: int | None = get(info["forward_url"], timeout=2)[0]
         except FETCH_ERRORS:
             status = None
         assert status != 200
         client_log = workdir / "logs" / "connect.log"
+        assert "attended mode" in client_log.read_text()
+        page = get(info["processor_url"])[2]
+
+        # Ask and approve: the printed approve line, as given.
+        approve = this_gateway(printed(output, " approve ", info["request"]))
+        assert approve[-2:] == ["-c", info["config"]["gateway"]]
+        approved = subprocess.run(approve, capture_output=True, text=True, timeout=60)
+        assert approved.returncode == 0, approved.stderr
+        assert get(info["forward_url"])[2] == page
+
+        # A session code: made with the printed line, used with the printed client line.
+        made = subprocess.run(
+            this_gateway(printed(output, " code -c ")), capture_output=True, text=True, timeout=60
+        )
+        assert made.returncode == 0, made.stderr
+        [code] = re.findall(r"^ {4}(\d{6})$", made.stdout, re.MULTILINE)
+        env, argv = printed_client_with(output, "--code")
+        argv = this_gateway([code if word == "CODE" else word for word in argv])
+        listen = argv[argv.index("--listen") + 1]
+        with open(workdir / "logs" / "test-code-client.log", "wb") as log:
+            assert run_and_fetch(argv, f"http://{listen}/", log, {**os.environ, **env}) == page
+
+        # Another engineer asking with the printed --reason line waits for the plant.
+        env, argv = printed_client_with(output, "--reason")
+        listen = argv[argv.index("--listen") + 1]
+        with open(workdir / "logs" / "test-reason-client.log", "wb") as log:
+            asking = subprocess.Popen(
+                this_gateway(argv), stdout=log, stderr=log, env={**os.environ, **env}
+            )
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not (
+                requests := json.loads(run_control(info, "gateway", "requests", "--json").stdout)
+            ):
+                assert time.monotonic() < deadline and asking.poll() is None
+                time.sleep(0.1)
+            [request] = requests
+            assert request["reason"] == "ticket 4711: recalibrate camera"
+            desk = json.loads(run_control(info, "relay", "sessions", "--json").stdout)
+            assert [r["id"] for r in desk["gateways"][0]["requests"]] == [request["id"]]
+            assert run_control(info, "gateway", "approve", request["id"]).returncode == 0
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                try:
+                    if get(f"http://{listen}/")[2] == page:
+                        break
+                except FETCH_ERRORS:
+                    pass
+                assert time.monotonic() < deadline and asking.poll() is None
+                time.sleep(0.1)
+        finally:
+            stop(asking, {}, timeout=10)
+
+        # The plant ends the demo's own session: its client stops, the demo goes on.
+        ended = run_control(info, "gateway", "end", "--all", "--reason", "done for today")
+        assert ended.returncode == 0, ended.stderr
         deadline = time.monotonic() + READY_TIMEOUT
-        while "attended mode" not in client_log.read_text():
-            assert time.monotonic() < deadline, client_log.read_text()
+        while "engineer client has stopped" not in output.read_text():
+            assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.05)
-        assert "attended" in output.read_text()  # the summary says why the forward waits
+        assert "ended by the plant: done for today" in output.read_text()
+        assert process.poll() is None
+        assert get(info["status_url"] + "api/status")[0] == 200
+
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(STOP_TIMEOUT) == 0
         assert survivors(kids) == []
+        assert "Traceback" not in output.read_text()
     finally:
         stop(process, kids)
+
+
+def printed_client_with(output: Path, flag: str) -> tuple[dict[str, str], list[str]]:
+    """A printed ``GATEWAY_TOKEN=... gateway connect ...`` line that has ``flag``."""
+    lines = [line.strip() for line in output.read_text().splitlines()]
+    [line] = [ln for ln in lines if ln.startswith("GATEWAY_TOKEN=") and f" {flag} " in ln]
+    words = shlex.split(line)
+    env = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    return env, words
