@@ -23,11 +23,9 @@ from tests.helpers.clients import (
 from tests.helpers.pki import make_expired_gateway, make_other_ca_gateway
 from tests.helpers.processes import (
     Stack,
-    free_port,
     fresh_stack,
     port_open,
     running_stack,
-    start,
     wait_until,
 )
 
@@ -238,35 +236,6 @@ def test_gateway_drains_and_exits_cleanly_on_sigterm(own_stack: Stack) -> None:
         "the relay to see the gateway go",
         lambda: s.relay_metric("relay_gateways_connected") == 0.0,
     )
-
-
-def test_a_second_connection_with_the_same_id_replaces_the_first(own_stack: Stack) -> None:
-    s = own_stack
-    s.start_processor()
-    s.start_relay()
-    first = s.start_gateway()
-    # The same certificate on a second machine: its own status and metrics ports.
-    second_config = (s.workdir / "gateway.toml").read_text()
-    for key in ("status", "gw_metrics"):
-        second_config = second_config.replace(f":{s.ports[key]}", f":{free_port()}")
-    (s.workdir / "second.toml").write_text(second_config)
-    second = start("second-gateway", ["run", "-c", "second.toml"], s.workdir)
-    s.procs["second-gateway"] = second
-    wait_until(
-        "the relay to replace the first tunnel",
-        lambda: "replacing its previous tunnel" in s.procs["relay"].text(),
-        proc=second,
-    )
-    wait_until(
-        "a gateway to be told why it was replaced",
-        lambda: "is this certificate installed on two machines?" in first.text() + second.text(),
-    )
-    # One id, one live tunnel, whichever connected last.
-    assert s.relay_metric("relay_gateways_connected") == 1.0
-    second.stop()
-    s.wait_tunnel_up()
-    s.start_connect()
-    wait_until("the first gateway to serve again", lambda: _works(s.ports["forward"]))
 
 
 def _works(port: int) -> bool:
