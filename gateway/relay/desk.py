@@ -280,8 +280,8 @@ class _Question:
         if timer is not None and timer.active():
             timer.cancel()
         stream = self._stream
-        if stream is not None and not stream.finished:
-            stream.abortConnection()  # late or too long: the gateway may stop writing
+        if isinstance(answer, str) and stream is not None and not stream.finished:
+            stream.abortConnection()  # late, too long or broken: the gateway may stop writing
         self._done.callback(answer)
 
 
