@@ -8,7 +8,9 @@ through its control socket, as the vendor's support staff would run it.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,31 @@ def test_with_the_relay_stopped_the_desk_exits_3_in_one_line(attended: Stack) ->
     lines = shown.stderr.strip().splitlines()
     assert len(lines) == 1, shown.stderr
     assert lines[0].startswith("gateway: the relay is not running"), lines
+
+
+def test_a_gateway_that_does_not_answer_is_listed_with_its_sessions_unknown() -> None:
+    with fresh_stack() as s:
+        # The relay's heartbeat would drop a frozen gateway after 3 s; here it waits 30, so the
+        # gateway stays connected while it cannot answer.
+        relay_toml = s.layout.relay_config
+        text = relay_toml.read_text()
+        assert "heartbeat_timeout = 3 " in text
+        relay_toml.write_text(text.replace("heartbeat_timeout = 3 ", "heartbeat_timeout = 30 "))
+        s.start_relay()
+        s.start_gateway()
+        gateway = s.procs["gateway"]
+        gateway.send(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            shown = desk(s)
+            took = time.monotonic() - started
+            gateway_json = desk_json(s)["gateways"]
+        finally:
+            gateway.send(signal.SIGCONT)
+        assert shown.returncode == 0, shown.stderr
+        assert "  sessions unknown: no answer within 2 s" in shown.stdout, shown.stdout
+        assert took < 10, took  # bounded by the desk's timeout, not by the heartbeat
+        [frozen] = gateway_json
+        assert (frozen["id"], frozen["mode"]) == (s.gateway_id, None)
+        assert frozen["sessions_unknown"] == "no answer within 2 s"
+        wait_until("the gateway to answer again", lambda: the_gateway(s)["mode"] is not None)
