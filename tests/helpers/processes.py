@@ -141,10 +141,12 @@ class Stack:
         extra_targets: str = "",
         access: dict[str, Value] | None = None,
         limits: dict[str, Value] | None = None,
+        engineers: dict[str, Value] | None = None,
     ) -> None:
         """relay.toml and gateway.toml; ``extra_targets``: more ``[[target]]`` tables (TOML);
         ``access``: more ``[access]`` keys (``{"request_timeout": 3}``); ``limits``: the
-        gateway's ``[limits]`` (default `E2E_LIMITS`)."""
+        gateway's ``[limits]`` (default `E2E_LIMITS`); ``engineers``: more of the relay's
+        ``[engineers]`` keys (``{"login_lockout": 1}``)."""
         layout, ports = self.layout, self.stack_ports
         layout.relay_config.write_text(
             shared.relay_toml(
@@ -157,6 +159,7 @@ class Stack:
                     "heartbeat_timeout": HEARTBEAT_TIMEOUT,
                 },
                 service={"drain_timeout": 2},
+                engineers=dict(engineers or {}),
             )
         )
         targets = [
