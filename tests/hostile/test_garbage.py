@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from gateway.pki import issue_gateway_certificate
+from gateway.relay.credentials import add_engineer
 from tests.helpers.clients import download_and_verify
 from tests.helpers.processes import Stack, make_stack, running_stack, wait_until
 from tests.helpers.rogue import (
@@ -218,7 +219,9 @@ def test_a_gateway_answering_connect_with_bad_hpack_is_dropped_and_the_engineer_
             lambda: stack.relay_metric("relay_gateways_connected") == 2.0,
             deadline=10,
         )
-        auth = [(b"authorization", f"Bearer {stack.token}".encode())]
+        # An engineer the relay lets ask for the intruder (erin may reach her gateway only).
+        ivan = add_engineer(stack.layout.engineers, "ivan", gateways=[INTRUDER, stack.gateway_id])
+        auth = [(b"authorization", f"Bearer {ivan}".encode())]
         sid = engineer.open("web", [*auth, (b"gateway", INTRUDER.encode())])
         engineer.flush()
         asked = wait_for_frame(sock, reader, lambda f: f.type == HEADERS, deadline=10)
