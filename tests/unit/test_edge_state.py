@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import AccessMode, ConfigError
 from gateway.edge.state import MODE_FILE, StateDirectory, StateDirError, StateWriteError
+from tests.helpers.unprivileged import as_plain_user
 
 CONFIG = Path("/etc/gateway/gateway.toml")
 
@@ -54,32 +55,37 @@ class StateDirectoryTests(SynchronousTestCase):
         self.assertIn("is not a directory", str(error))
 
     def test_a_directory_this_user_cannot_write_is_refused(self) -> None:
-        if os.geteuid() == 0:
-            self.skipTest("root may write any directory")
         path = self.root / "locked"
         path.mkdir()
         os.chmod(path, 0o500)
         self.addCleanup(os.chmod, path, 0o700)
-        error = self.assertRaises(StateDirError, StateDirectory.open, path, CONFIG)
-        self.assertIn("is not writable by this user", str(error))
+
+        def check() -> None:
+            error = self.assertRaises(StateDirError, StateDirectory.open, path, CONFIG)
+            self.assertIn("is not writable by this user", str(error))
+
+        as_plain_user(check, own=(self.root, path))
 
     def test_a_directory_that_cannot_be_created_is_refused(self) -> None:
-        if os.geteuid() == 0:
-            self.skipTest("root may write any directory")
         parent = self.root / "parent"
         parent.mkdir()
         os.chmod(parent, 0o500)
         self.addCleanup(os.chmod, parent, 0o700)
-        error = self.assertRaises(StateDirError, StateDirectory.open, parent / "state", CONFIG)
-        self.assertIn("cannot create", str(error))
-        self.assertIn("Permission denied", str(error))
+
+        def check() -> None:
+            error = self.assertRaises(StateDirError, StateDirectory.open, parent / "state", CONFIG)
+            self.assertIn("cannot create", str(error))
+            self.assertIn("Permission denied", str(error))
+
+        as_plain_user(check, own=(self.root, parent))
 
 
 class ModeFileTests(SynchronousTestCase):
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="test-edge-state-")
         self.addCleanup(tmp.cleanup)
-        self.state = StateDirectory.open(Path(tmp.name) / "state", CONFIG)
+        self.root = Path(tmp.name)
+        self.state = StateDirectory.open(self.root / "state", CONFIG)
 
     def test_no_choice_yet_reads_as_none(self) -> None:
         self.assertIsNone(self.state.read_mode())
@@ -110,11 +116,13 @@ class ModeFileTests(SynchronousTestCase):
             self.assertIn("remove it to start from gateway.toml's [access] mode", str(error))
 
     def test_a_mode_that_cannot_be_written_says_why(self) -> None:
-        if os.geteuid() == 0:
-            self.skipTest("root may write any directory")
         os.chmod(self.state.path, 0o500)
         self.addCleanup(os.chmod, self.state.path, 0o700)
-        error = self.assertRaises(
-            StateWriteError, self.state.write_mode, AccessMode.ATTENDED, by="alice", at=0
-        )
-        self.assertIn("cannot write", str(error))
+
+        def check() -> None:
+            error = self.assertRaises(
+                StateWriteError, self.state.write_mode, AccessMode.ATTENDED, by="alice", at=0
+            )
+            self.assertIn("cannot write", str(error))
+
+        as_plain_user(check, own=(self.root, self.state.path))
