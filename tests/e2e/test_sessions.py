@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from tests.helpers.clients import get
 from tests.helpers.consent import (
     SIDES,
     Download,
+    StreamDownload,
     add_engineer,
     audit_records,
     control,
@@ -339,18 +341,40 @@ def test_a_code_works_once_and_only_once(site: Site) -> None:
 # -- ending a session stops what it carries -------------------------------------------------
 
 
-def measure_stop(download: Download, decided: float) -> None:
-    """The download's bytes stopped, and its connection closed, within a second of ``decided``
+def measure_stop(readers: dict[str, Download | StreamDownload], decided: float) -> None:
+    """Each download's bytes stopped, and its connection closed, within a second of ``decided``
     (the audit record's time of the decision)."""
-    download.wait_ended()
-    assert download.how in ("closed", "reset"), download.how
-    assert download.last_byte is not None and download.ended is not None
-    assert download.last_byte - decided < STOP_WITHIN, (
-        f"bytes came {download.last_byte - decided:.3f}s after the decision"
-    )
-    assert download.ended - decided < STOP_WITHIN, (
-        f"the connection closed {download.ended - decided:.3f}s after the decision"
-    )
+    for what, reader in readers.items():
+        reader.wait_ended()
+        assert reader.how in ("closed", "reset"), (what, reader.how)
+        assert reader.last_byte is not None and reader.ended is not None
+        late = reader.last_byte - decided
+        assert late < STOP_WITHIN, f"{what}: bytes came {late:.3f}s after the decision"
+        late = reader.ended - decided
+        assert late < STOP_WITHIN, f"{what}: the stream ended {late:.3f}s after the decision"
+
+
+@contextmanager
+def downloading(site: Site, session: str) -> Iterator[dict[str, Download | StreamDownload]]:
+    """Two downloads in ``session``, both under way: one through the engineer's forward, and
+    one on a stream of a client that would never stop of its own accord (it does not hear the
+    session end): that one stops only if the gateway cuts the session's streams."""
+    stack = site.stack
+    readers: dict[str, Download | StreamDownload] = {
+        "through gateway connect": Download(stack.ports["forward"]),
+        "on a stream that ignores the session's end": StreamDownload(
+            stack, site.tokens["erin"], session
+        ),
+    }
+    try:
+        for reader in readers.values():
+            reader.start()
+        for reader in readers.values():
+            reader.wait_flowing()
+        yield readers
+    finally:
+        for reader in readers.values():
+            reader.close()
 
 
 def test_ending_a_session_stops_a_download_within_a_second(site: Site) -> None:
@@ -358,29 +382,24 @@ def test_ending_a_session_stops_a_download_within_a_second(site: Site) -> None:
     proc = site.connect("erin", "--code", code_for(site))
     session = session_of(line_with(proc, "the plant let you in"))
     wait_until("the forward", lambda: port_open(stack.ports["forward"]), proc=proc)
-    download = Download(stack.ports["forward"]).start()
-    try:
-        download.wait_flowing()
+    with downloading(site, session) as readers:
         asked = time.time()
         ended = control_json(stack, "end", session, "--reason", "done for today")
-        assert ended["id"] == session, ended
+        assert ended["id"] == session and len(ended["connections"]) == 2, ended
         records = audit_records(stack, "gateway")
         record = one(records, "session.ended", session=session)
         assert record_time(record) >= asked - 0.05, "the session ended before it was asked to"
-        measure_stop(download, record_time(record))
-    finally:
-        download.close()
+        measure_stop(readers, record_time(record))
     code, lines = finished(proc)
     assert code == 0, lines
     assert lines[-1] == f"session {session} ended: ended by the plant: done for today", lines
 
-    assert (
-        record["why"] == "ended by the plant: done for today" and "control socket" in record["who"]
-    )
+    why = "ended by the plant: done for today"
+    assert record["why"] == why and "control socket" in record["who"], record
     closed = records_of(records, "stream.closed", session=session)
-    assert any(r["bytes_from_target"] >= 8 << 20 for r in closed), closed
+    assert sum(r["bytes_from_target"] >= 8 << 20 for r in closed) == 2, closed
     relay = audit_records(stack, "relay")
-    one(relay, "session.ended", session=session, why="ended by the plant: done for today")
+    one(relay, "session.ended", session=session, why=why)
 
 
 # -- five wrong codes ---------------------------------------------------------------------------
@@ -448,9 +467,7 @@ def test_switching_access_off_stops_a_download_within_a_second(site: Site) -> No
     proc = site.connect("erin")
     session = session_of(line_with(proc, "is online; open"))
     wait_until("the forward", lambda: port_open(stack.ports["forward"]), proc=proc)
-    download = Download(stack.ports["forward"]).start()
-    try:
-        download.wait_flowing()
+    with downloading(site, session) as readers:
         asked = time.time()
         switched = control_json(stack, "access", "disabled")
         assert (switched["mode"], switched["previous"]) == ("disabled", "unattended"), switched
@@ -458,18 +475,15 @@ def test_switching_access_off_stops_a_download_within_a_second(site: Site) -> No
         records = audit_records(stack, "gateway")
         record = one(records, "mode.changed", old="unattended", new="disabled")
         assert record_time(record) >= asked - 0.05
-        measure_stop(download, record_time(record))
-    finally:
-        download.close()
+        measure_stop(readers, record_time(record))
     code, lines = finished(proc)
     assert code == 0, lines
     assert lines[-1] == f"session {session} ended: remote access was switched off", lines
 
     one(records, "session.ended", session=session, why="remote access was switched off")
     one(records, "session.started", session=session, implicit=True)
-    assert any(
-        r["bytes_from_target"] > 0 for r in records_of(records, "stream.closed", session=session)
-    )
+    closed = records_of(records, "stream.closed", session=session)
+    assert sum(r["bytes_from_target"] >= 8 << 20 for r in closed) == 2, closed
     relay = audit_records(stack, "relay")
     one(relay, "session.ended", session=session, why="remote access was switched off")
 

@@ -6,6 +6,8 @@
   ``gateway audit --json`` and ``gateway relay audit --json`` (``--verify``), as an auditor would;
 * `Download`: a large download through the engineer's forward, in a thread, that notes when its
   last byte came and how the connection ended, to measure how soon ending a session stops it;
+  `StreamDownload` the same on a raw stream through the relay that takes no notice of the
+  session's end, so that only the gateway (or the relay) cutting it stops it;
 * `add_engineer` / `expired_engineer`: more engineers in the relay's ``engineers.toml``.
 
 Blocking calls with bounded timeouts: every wait in the tests stays bounded.
@@ -19,16 +21,18 @@ import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from gateway.demo.stack import python_gateway
 from gateway.relay.credentials import add_engineer as store_engineer
+from gateway.wire import AUTHORIZATION_HEADER, GATEWAY_HEADER, SESSION_HEADER
 from tests.helpers.processes import Proc, Stack, wait_until
 
 __all__ = [
     "SIDES",
     "Download",
     "Side",
+    "StreamDownload",
     "add_engineer",
     "audit_records",
     "control",
@@ -45,6 +49,8 @@ __all__ = [
 Side = Literal["gateway", "relay"]
 SIDES: tuple[Side, ...] = ("gateway", "relay")
 COMMAND_TIMEOUT = 60.0
+STREAM_WINDOW = 1 << 20
+"""The stream window `tests.helpers.rogue.H2Client` asks for."""
 
 
 def control(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,18 +151,16 @@ def told(proc: Proc) -> list[str]:
     return [line[len(prefix) :] for line in proc.text().splitlines() if line.startswith(prefix)]
 
 
-class Download:
-    """``GET /download?size=N`` from the demo processor through a local forward, read as fast as
-    it comes in a thread of its own.
+class _Reading:
+    """A download read as fast as it comes, in a thread of its own.
 
     It notes the wall-clock time (comparable with the audit trail's) of the first and the last
-    byte, how many came, and how the connection ended: ``closed`` (the forward closed it),
-    ``reset``, or ``abandoned`` (`close` before either).  ``size`` is chosen so large that only
-    someone ending the stream stops it.
+    byte, how many came, and how it ended: ``closed``, ``reset``, or ``abandoned`` (`close`
+    before either).  The size asked for is so large that only someone ending the stream stops
+    it.
     """
 
-    def __init__(self, port: int, size: int = 1 << 38) -> None:
-        self.port = port
+    def __init__(self, name: str, size: int) -> None:
         self.size = size
         self.received = 0
         self.head = b""
@@ -165,43 +169,28 @@ class Download:
         self.ended: float | None = None
         self.how: str | None = None
         self._quit = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"download:{port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> Download:
+    @property
+    def request(self) -> bytes:
+        return f"GET /download?size={self.size} HTTP/1.1\r\nHost: processor\r\n\r\n".encode()
+
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        try:
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        except OSError as e:
-            self._end(f"connect failed: {e}")
+        raise NotImplementedError
+
+    def _got(self, data: bytes) -> None:
+        if not data:
             return
-        try:
-            sock.sendall(
-                f"GET /download?size={self.size} HTTP/1.1\r\nHost: processor\r\n\r\n".encode()
-            )
-            sock.settimeout(0.2)
-            while not self._quit.is_set():
-                try:
-                    data = sock.recv(1 << 18)
-                except TimeoutError:
-                    continue
-                except ConnectionResetError:
-                    self._end("reset")
-                    return
-                if not data:
-                    self._end("closed")
-                    return
-                now = time.time()
-                if self.first_byte is None:
-                    self.first_byte = now
-                    self.head = data[:200]
-                self.last_byte = now
-                self.received += len(data)
-            self._end("abandoned")
-        finally:
-            sock.close()
+        now = time.time()
+        if self.first_byte is None:
+            self.first_byte = now
+            self.head = data[:200]
+        self.last_byte = now
+        self.received += len(data)
 
     def _end(self, how: str) -> None:
         self.how = how
@@ -227,3 +216,101 @@ class Download:
     def close(self) -> None:
         self._quit.set()
         self._thread.join(5)
+
+
+class Download(_Reading):
+    """``GET /download?size=N`` through the engineer's local forward (``gateway connect``): what
+    the engineer's browser sees."""
+
+    def __init__(self, port: int, size: int = 1 << 38) -> None:
+        super().__init__(f"download:{port}", size)
+        self.port = port
+
+    def _run(self) -> None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        except OSError as e:
+            self._end(f"connect failed: {e}")
+            return
+        try:
+            sock.sendall(self.request)
+            sock.settimeout(0.2)
+            while not self._quit.is_set():
+                try:
+                    data = sock.recv(1 << 18)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    self._end("reset")
+                    return
+                if not data:
+                    self._end("closed")
+                    return
+                self._got(data)
+            self._end("abandoned")
+        finally:
+            sock.close()
+
+
+class StreamDownload(_Reading):
+    """The same download on a stream of its own through the relay, by a client that ignores
+    everything but its bytes (no session stream, no goodbye): only the gateway or the relay
+    cutting the stream stops it, whatever the engineer's program would do of its own accord.
+
+    ``session``: the session the stream names (``session`` header), as ``gateway connect`` does.
+    """
+
+    def __init__(self, stack: Stack, token: str, session: str | None, size: int = 1 << 38) -> None:
+        super().__init__(f"stream-download:{session}", size)
+        self.stack = stack
+        self.token = token
+        self.session = session
+
+    def _run(self) -> None:
+        from h2.settings import SettingCodes
+
+        from tests.helpers.rogue import H2Client, PeerClosed
+
+        stack = self.stack
+        try:
+            client = H2Client(stack.ports["relay_eng"], stack.pki.ca_cert, timeout=10)
+        except OSError as e:
+            self._end(f"connect failed: {e}")
+            return
+        headers = [
+            (AUTHORIZATION_HEADER, f"Bearer {self.token}".encode()),
+            (GATEWAY_HEADER, stack.gateway_id.encode()),
+        ]
+        if self.session is not None:
+            headers.append((SESSION_HEADER, self.session.encode()))
+        try:
+            # H2Client's first SETTINGS frame carries h2's acknowledged values (65535), while h2
+            # credits our streams as if the peer had its 1 MiB window: say the window again, so
+            # that both ends count it alike and the client's window updates keep the bytes coming.
+            while client.h2.local_settings.initial_window_size != STREAM_WINDOW:
+                client.pump()
+            client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+            sid = client.open("web", headers)
+            client.send(sid, self.request)
+            client.flush()
+            client.sock.settimeout(0.2)
+            result = client.streams[sid]
+            while not self._quit.is_set():
+                try:
+                    client.pump()
+                except AssertionError:  # nothing came within the socket's timeout
+                    continue
+                except (PeerClosed, OSError):
+                    self._end("closed")
+                    return
+                self._got(bytes(result.body))
+                result.body.clear()
+                if result.reset is not None:
+                    self._end("reset")
+                    return
+                if result.ended or (result.status is not None and result.status != 200):
+                    self._end("closed" if result.status == 200 else f"refused {result.status}")
+                    return
+            self._end("abandoned")
+        finally:
+            client.sock.close()
