@@ -6,6 +6,12 @@ happened is read back from both audit trails with ``gateway audit --json`` and `
 audit --json``.  One stack serves the module: after each test the mode goes back to
 ``attended``, the test's sessions are ended and its clients stopped.
 
+How soon a session's streams stop is measured on two downloads at once: one through ``gateway
+connect`` (what the engineer sees; that client also leaves when told the session ended) and one
+on a raw stream through the relay whose client takes no notice of anything but its bytes, so
+that only the gateway cutting the stream can stop it.  Both are timed against the audit record
+of the decision.
+
 One session is started as the module starts and left alone: approved for one minute (the
 shortest a session can be), it expires while the other tests run, and
 `test_an_approved_session_expires_on_time` only collects what it did.  The tests that end every
@@ -53,7 +59,6 @@ REQUEST_TIMEOUT = 10
 STOP_WITHIN = 1.0
 """Ending a session or switching access off stops its streams within a second (BRIEF)."""
 SESSION = re.compile(r"\bsession (s-[0-9a-f]+)")
-REQUEST = re.compile(r"\brequest (r-[0-9a-f]+)")
 
 
 @define
