@@ -247,6 +247,7 @@ class GatewayPeer:
         self.registered = True
         self.metrics.gateways_connected.set(len(self.tunnels))
         self._tell_directory(self.directory.gateway_connected(gateway_id), "connected")
+        self._audit("gateway.connected")
         if replacing is None:
             log.info("gateway {gw} connected from {peer}", gw=gateway_id, peer=self.peer)
             return
@@ -258,7 +259,7 @@ class GatewayPeer:
             peer=self.peer,
             old=replacing.peer,
         )
-        self._audit("replaced", holder=replacing.peer)
+        self._audit("gateway.id_conflict", result="replaced", holder=replacing.peer)
 
     def _refuse_duplicate(self, connection: TunnelConnection, holder: LiveTunnel) -> None:
         """The id is live elsewhere: tell the newcomer why (GOAWAY), count, log, audit."""
@@ -274,16 +275,16 @@ class GatewayPeer:
             self.lines.warn(log, text, **fields)
         else:
             log.warn(text, **fields)
-        self._audit("refused", holder=holder.peer)
+        self._audit("gateway.id_conflict", result="refused", holder=holder.peer)
         connection.close(why=_CONFLICT_WHY.format(gw=gateway_id, peer=holder.peer))
 
-    def _audit(self, result: str, **details: Any) -> None:
+    def _audit(self, event: str, *, result: str = "ok", **details: Any) -> None:
+        """A gateway's arrival, departure, refusal or id conflict, with the address it came
+        from; a trail that cannot be written is logged and never stops the tunnel."""
         if self.audit is None:
             return
         try:
-            self.audit.record(
-                "gateway.id_conflict", who=self.gateway_id, result=result, peer=self.peer, **details
-            )
+            self.audit.record(event, who=self.gateway_id, result=result, peer=self.peer, **details)
         except AuditWriteError as e:
             log.warn("audit trail: {why}", why=str(e))
 
@@ -296,6 +297,7 @@ class GatewayPeer:
             self.lines.warn(log, text, **fields)
         else:
             log.warn(text, **fields)
+        self._audit("gateway.refused", result="refused", why=peer_text(why, 300))
         connection.close(why=f"certificate: {why}")
 
     def tunnel_rtt(self, connection: TunnelConnection, seconds: float) -> None:
@@ -324,6 +326,8 @@ class GatewayPeer:
             self._tell_directory(
                 self.directory.gateway_disconnected(self.gateway_id), "disconnected"
             )
+        if removed:
+            self._audit("gateway.disconnected", why=describe_tls_failure(reason))
         self.metrics.gateways_connected.set(len(self.tunnels))
         log.info(
             "gateway {gw} disconnected from {peer}: {why}",

@@ -50,3 +50,10 @@ def test_both_trails_exist_and_verify_after_a_page_went_through() -> None:
             readable = audit(*command)
             assert readable.returncode == 0, readable.stderr
             assert len(readable.stdout.splitlines()) == max(1, len(records))
+        # The relay recorded the gateway's tunnel coming and going, with its id and address.
+        shown = audit("relay", "audit", "-c", relay_toml, "--json")
+        events = [json.loads(line) for line in shown.stdout.splitlines()]
+        tunnel = [e for e in events if e["event"] in ("gateway.connected", "gateway.disconnected")]
+        assert [e["event"] for e in tunnel] == ["gateway.connected", "gateway.disconnected"]
+        assert {e["who"] for e in tunnel} == {stack.gateway_id}
+        assert all(e["peer"].startswith("127.0.0.1:") for e in tunnel), tunnel

@@ -151,6 +151,19 @@ class GatewayIdentityTests(SynchronousTestCase):
         self.assertEqual(self.relay.metric("relay_gateways_connected"), 1)
         self.assertEqual(arrival.peer.name, "gateway test-gateway from 198.51.100.7:40000")
         self.assertIn("gateway test-gateway connected from 198.51.100.7:40000", lines(events))
+        [record] = self.relay.audit.events("gateway.connected")
+        self.assertEqual(
+            (record["who"], record["result"], record["peer"]),
+            ("test-gateway", "ok", "198.51.100.7:40000"),
+        )
+        self.assertEqual(self.relay.audit.events("gateway.disconnected"), [])
+
+    def test_a_gateway_that_goes_away_is_recorded_in_the_audit_trail(self) -> None:
+        arrival = self.relay.arrive(self.relay.good_certificate())
+        arrival.close()
+        self.assertIsNone(self.relay.tunnels.get("test-gateway"))
+        [record] = self.relay.audit.events("gateway.disconnected")
+        self.assertEqual((record["who"], record["peer"]), ("test-gateway", "198.51.100.7:40000"))
 
     def test_a_certificate_whose_subject_is_not_a_gateway_id_is_refused(self) -> None:
         for bad in ("plant_7", "Plant.7"):
@@ -171,6 +184,11 @@ class GatewayIdentityTests(SynchronousTestCase):
                 logged,
             )
             self.assertIn("'_' and '.' cannot appear in a host name label", logged)
+            # Recorded for the audit: who tried, from where, and why not (never registered).
+            record = self.relay.audit.events("gateway.refused")[-1]
+            self.assertEqual((record["who"], record["result"]), (None, "refused"))
+            self.assertEqual(record["peer"], "198.51.100.7:40000")
+            self.assertIn("not valid", record["why"])
             self.assertTrue(arrival.relay_end.closed)
             self.assertTrue(arrival.gateway_end.closed)
         self.assertEqual(self.relay.metric("relay_gateways_connected"), 0)
