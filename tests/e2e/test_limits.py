@@ -6,6 +6,7 @@ connection closes."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -26,9 +27,23 @@ def stack() -> Iterator[Stack]:
         s.start_relay()
         s.start_gateway()
         s.start_connect()
-        # The readiness probe's own stream holds a slot until it has ended.
+        # The readiness probe's own stream holds a slot until its processor connection is gone
+        # (a stream leaves the status a moment before that).
         wait_until("the probe's stream to end", lambda: not s.status()["connections"])
+        wait_until("the probe's slot to come back", lambda: processor_connections(s) == 0)
         yield s
+
+
+def processor_connections(stack: Stack) -> int:
+    """TCP connections open to the demo processor (the gateway's side of each stream)."""
+    port = stack.ports["processor"]
+    listing = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return len(listing.splitlines())
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
@@ -85,6 +100,7 @@ def test_40_connections_to_a_target_limited_to_10(stack: Stack) -> None:
             sock.close()
     # Slots come back with their connections: a new round gets its 10 again.
     wait_until("the streams to end", lambda: not stack.status()["connections"], deadline=15)
+    wait_until("their slots to come back", lambda: processor_connections(stack) == 0, deadline=15)
     again = connections(stack, LIMIT)
     try:
         for sock in again:
