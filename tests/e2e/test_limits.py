@@ -29,9 +29,20 @@ def stack() -> Iterator[Stack]:
         s.start_connect()
         # The readiness probe's own stream holds a slot until its processor connection is gone
         # (a stream leaves the status a moment before that).
+        wait_until("the gateway to see the probe's stream", lambda: streams_decided(s) >= 1)
         wait_until("the probe's stream to end", lambda: not s.status()["connections"])
         wait_until("the probe's slot to come back", lambda: processor_connections(s) == 0)
         yield s
+
+
+def streams_decided(stack: Stack) -> float:
+    """Streams the gateway has decided on, whatever the result (gateway_streams_total)."""
+    text = http_get(stack.url("gw_metrics", "/metrics")).decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_streams_total{")
+    )
 
 
 def processor_connections(stack: Stack) -> int:
