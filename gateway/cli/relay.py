@@ -263,6 +263,8 @@ def _audit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _audit_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    """The trail shown in full (``verify`` here is the audit command's ``--verify`` flag, off
+    for a plain view; it has nothing to do with TLS verification)."""
     return audit(config, words, argparse.Namespace(since=None, json=False, verify=False), console)
 
 

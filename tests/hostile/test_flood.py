@@ -138,7 +138,7 @@ def test_idle_connections_from_one_address_cannot_lock_out_gateways_or_engineers
                     'relay_connections_open{listener="engineer",state="unauthenticated"}', 0
                 ),
             )
-            time.sleep(0.5)
+            time.sleep(0.5)  # sampling interval of the flood's duration, not a synchronisation
         # Still forwarding, under the flood.
         assert download_and_verify(stack.ports["forward"], 8 << 20, timeout=60) == 8 << 20
         assert stack.relay_metric("relay_gateways_connected") == 1.0
