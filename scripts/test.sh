@@ -5,8 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use: squid (the proxy path), faketime (a gateway clock far off), testssl.sh (TLS quality of the relay listeners), stunnel4 and
-# OpenSSH (the benchmark's peers), a C compiler (the benchmark's load generator), procps.
-APT_PACKAGES=(python3-venv squid faketime testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev procps iproute2)
+# OpenSSH (the benchmark's peers), a C compiler (the benchmark's load generator), procps; chromium
+# (the status page's browser tests, driven by Playwright), prometheus (promtool and a real server
+# scraping the daemons), systemd-container, debootstrap, dpkg-dev and fakeroot (the package and
+# its systemd units).
+APT_PACKAGES=(python3-venv squid faketime testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev procps iproute2
+  chromium chromium-driver prometheus systemd-container debootstrap dpkg-dev fakeroot)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
