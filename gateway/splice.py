@@ -39,6 +39,7 @@ class SpliceEnd(Protocol):
         self.bytes = 0
         self.on_lost: Callable[[Failure], None] | None = None
         self._early: list[bytes] = []  # bytes that arrived before the peer was joined
+        self.consuming = False  # our transport has the peer's registered as its producer
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
@@ -66,11 +67,27 @@ class SpliceEnd(Protocol):
         if self.guard is not None and not self.peer.read_closed:
             self.guard.half_closed()
         if self.peer is not None and not self.peer.lost:
+            self.peer.finish_writing()
             self.peer.transport.loseWriteConnection()
             if self.peer.read_closed:
                 self.peer.transport.loseConnection()
         if self.peer is not None and self.peer.read_closed:
+            self.finish_writing()
             self.transport.loseConnection()
+
+    def finish_writing(self) -> None:
+        """Nothing more will be written to this side: it stops being a consumer of its peer.
+
+        When Twisted's write buffer drains it *either* resumes a paused producer *or* carries out
+        a pending ``loseWriteConnection``/``loseConnection``, never both (``FileDescriptor.
+        doWrite``).  A stream that ended while its slow reader had a full buffer left the producer
+        registered and paused, so the buffer drained, the producer was resumed, and the half-close
+        was forgotten: every byte arrived and the reader never saw the end.  The producer is the
+        other side, which has just finished sending: there is nothing left to pause or resume.
+        """
+        if self.consuming:
+            self.consuming = False
+            self.transport.unregisterProducer()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -82,6 +99,7 @@ class SpliceEnd(Protocol):
         peer = self.peer
         if peer is not None and not peer.lost:
             if self.read_closed and not _is_error(reason):
+                peer.finish_writing()
                 peer.transport.loseConnection()
             else:
                 peer.transport.abortConnection()
@@ -134,6 +152,7 @@ def splice(a: SpliceEnd, b: SpliceEnd) -> None:
     a.peer, b.peer = b, a
     a.transport.registerProducer(b.transport, True)
     b.transport.registerProducer(a.transport, True)
+    a.consuming = b.consuming = True
     for end in (a, b):
         early, end._early = end._early, []
         for data in early:

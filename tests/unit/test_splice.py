@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -130,3 +131,85 @@ class HalfCloseGuardTests(SynchronousTestCase):
         clock.advance(3600)
         self.assertFalse(ta.aborted or tb.aborted)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _SlowSocket(FileDescriptor):
+    """Twisted's own write buffer and producer logic (``abstract.FileDescriptor``), over a socket
+    that takes ``room`` bytes per write event: what a processor or a browser reading slowly is."""
+
+    bufferSize = 64 * 1024
+
+    def __init__(self) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = 1
+        self.room = 0
+        self.delivered = bytearray()
+        self.write_closed = False
+        self.writing = False
+        self.closed = False
+
+    def startWriting(self) -> None:
+        self.writing = True
+
+    def stopWriting(self) -> None:
+        self.writing = False
+
+    def startReading(self) -> None:
+        pass
+
+    def stopReading(self) -> None:
+        pass
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = bytes(data[: self.room])
+        self.delivered += taken
+        return len(taken)
+
+    def _closeWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def drain(self) -> None:
+        """The reader catches up: every write event the reactor would give while writing."""
+        self.room = 1 << 30
+        for _ in range(10):
+            if not self.writing:
+                return
+            if self.doWrite() is not None:  # the reactor would now close the socket
+                self.closed = True
+                return
+
+
+class SlowReaderEndOfStreamTests(SynchronousTestCase):
+    """A stream that ends while its slow reader still has a full buffer to take (issue 21).
+
+    When Twisted's write buffer drains it either resumes a paused producer or carries out a
+    pending half-close, never both: the end of a download toward a slow browser was lost (every
+    byte arrived, the socket never closed, the page waited for ever).
+    """
+
+    def _ended_while_paused(self) -> tuple[SpliceEnd, _SlowSocket]:
+        source, sink = SpliceEnd(), SpliceEnd()
+        source_transport, socket = HalfCloseTransport(), _SlowSocket()
+        source.makeConnection(source_transport)
+        sink.makeConnection(socket)
+        splice(source, sink)
+        for _ in range(4):
+            source.dataReceived(b"x" * 32 * 1024)  # over bufferSize: the source is paused
+        self.assertEqual(source_transport.producerState, "paused")
+        source.readConnectionLost()  # the sender is done while its bytes still wait
+        return source, socket
+
+    def test_the_half_close_follows_the_last_byte(self) -> None:
+        _source, socket = self._ended_while_paused()
+        socket.drain()
+        self.assertEqual(len(socket.delivered), 128 * 1024)
+        self.assertTrue(socket.write_closed, "the reader never saw the end of the stream")
+
+    def test_a_close_after_both_directions_ended_follows_the_last_byte(self) -> None:
+        source, socket = self._ended_while_paused()
+        sink = source.peer
+        assert sink is not None
+        sink.readConnectionLost()  # the reader had finished sending long ago
+        socket.drain()
+        self.assertEqual(len(socket.delivered), 128 * 1024)
+        self.assertTrue(socket.closed, "the reader's connection was never closed")
