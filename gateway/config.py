@@ -297,6 +297,10 @@ class RelayConfig:
     drain_timeout: float = 10.0
     state_dir: Path = field(default=Factory(lambda self: _default_state_dir(self), takes_self=True))
     """``[service] state_dir``: the relay's audit trail (default ``state``)."""
+    half_close_timeout: float = 300.0
+    """``[service] half_close_timeout``: a backstop for a half-closed stream gone quiet.  Each
+    gateway enforces its plant's own (default 30 s); the relay's only catches what no gateway
+    ends, so it is longer than any gateway should need."""
 
 
 def _default_state_dir(config: GatewayConfig | RelayConfig) -> Path:
@@ -888,10 +892,11 @@ def load_relay_config(path: Path | str) -> RelayConfig:
 
     metrics = _listener(top, "metrics")
     service = top.table("service", required=False)
-    drain = 10.0
+    drain, half_close = 10.0, 300.0
     state_dir = _state_dir(service, file)
     if service is not None:
         drain = service.seconds("drain_timeout", 10.0, low=0, high=3600)
+        half_close = service.seconds("half_close_timeout", 300.0, low=1, high=86400)
         service.finish()
     top.finish()
     return RelayConfig(
@@ -901,6 +906,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         metrics_listen=metrics,
         drain_timeout=drain,
         state_dir=state_dir,
+        half_close_timeout=half_close,
     )
 
 

@@ -45,7 +45,7 @@ from gateway.connect.verdicts import Verdict, dial_is_fatal, refusal_verdict
 from gateway.logsafe import peer_text
 from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
-from gateway.splice import SpliceEnd, splice
+from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tls import TLSClientEndpoint, client_options
 from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.batch import WriteBatch
@@ -56,6 +56,10 @@ from gateway.wire import AUTHORIZATION_HEADER, GATEWAY_HEADER, SESSION_HEADER, S
 __all__ = ["MAX_HELD", "EngineerClient", "LocalConnection", "Report"]
 
 log = Logger()
+
+HALF_CLOSE_TIMEOUT = 300.0
+"""Seconds a half-closed local connection may stay quiet before it is ended.  A backstop: the
+gateway ends a quiet half-closed stream after its plant's own limit (default 30 s)."""
 
 Report = Callable[[str], None]
 
@@ -143,6 +147,7 @@ class LocalConnection(SpliceEnd):
         stream.response.addErrback(self._refused)
         stream_end = SpliceEnd()
         stream.attach(stream_end)
+        HalfCloseGuard(self, stream_end, self.client.reactor, HALF_CLOSE_TIMEOUT)
         splice(self, stream_end)
         self.transport.resumeProducing()
 

@@ -28,7 +28,7 @@ from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import Admitted, EngineerPath, EngineerRequest, new_connection_id
 from gateway.relay.refusals import Refused
 from gateway.relay.revocation import LiveStreams
-from gateway.splice import SpliceEnd, splice
+from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tunnel.connection import IStreamHandler
 from gateway.tunnel.stream import TunnelStream
 from gateway.wire import ERROR_HEADER, REASON_HEADER, GatewayInfo, Refusal, StreamRefused
@@ -51,6 +51,7 @@ class EngineerStreams:
         asks: SessionAsks | None = None,
         live: LiveStreams | None = None,
         admission: EngineerAdmission | None = None,
+        half_close_timeout: float = 300.0,
     ) -> None:
         self.path = path
         self.dialer = dialer
@@ -63,6 +64,7 @@ class EngineerStreams:
         """Who opened which stream: withdrawn access ends it (`gateway.relay.revocation`)."""
         self.admission = admission
         """Stream limits, and telling the connection guard who authenticated (`admission`)."""
+        self.half_close_timeout = half_close_timeout
 
     def stream_requested(self, stream: TunnelStream) -> None:
         assert stream.request is not None
@@ -126,6 +128,7 @@ class EngineerStreams:
         gateway_end = SpliceEnd(on_bytes=self.metrics.from_gateway.inc)
         stream.attach(engineer_end)
         upstream.attach(gateway_end)
+        HalfCloseGuard(engineer_end, gateway_end, self.clock, self.half_close_timeout)
         splice(engineer_end, gateway_end)
         upstream.response.addCallbacks(
             lambda response: self._answered(stream, engineer_end, started),

@@ -129,6 +129,7 @@ class RelayDaemon(MultiService):
             asks=SessionAsks(dialer=dialer, metrics=metrics, audit=self.audit, clock=reactor),
             live=self.live_engineers,
             admission=self.engineer_admission,
+            half_close_timeout=config.half_close_timeout,
         )
 
         def engineer_connection(addr: object) -> TunnelConnection:

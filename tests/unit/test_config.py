@@ -506,6 +506,13 @@ class MissingSettingTests(ConfigTestCase):
         relay = self.load_relay(relay_toml())
         self.assertIsNone(relay.metrics_listen)
         self.assertEqual(relay.drain_timeout, 10.0)
+        self.assertEqual(relay.half_close_timeout, 300.0)
+
+    def test_the_relays_half_close_backstop_is_set_in_service(self) -> None:
+        relay = self.load_relay(relay_toml() + "\n[service]\nhalf_close_timeout = 900\n")
+        self.assertEqual(relay.half_close_timeout, 900.0)
+        refused = self.relay_refused(relay_toml() + "\n[service]\nhalf_close_timeout = 0\n")
+        self.assertEqual(refused.key, "service.half_close_timeout")
 
 
 class FileTests(ConfigTestCase):

@@ -36,6 +36,7 @@ from zope.interface.verify import verifyObject
 
 from gateway.config import Address
 from gateway.connect import ConnectOptions, EngineerClient, LocalConnection
+from gateway.connect.client import HALF_CLOSE_TIMEOUT
 from gateway.reactor import IGatewayReactor
 from gateway.tunnel.connection import IStreamHandler, TunnelConnection
 from gateway.tunnel.stream import TunnelStream
@@ -289,6 +290,38 @@ class StreamTests(EngineerClientTestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(self.relay.recorders[0].received, b"early")
         self.assertEqual(len(self.endpoint.ends), 1)  # one relay connection for both streams
+
+
+class HalfCloseTests(EngineerClientTestCase):
+    def test_a_half_closed_browser_connection_gone_quiet_is_ended_after_the_backstop(
+        self,
+    ) -> None:
+        """The browser sent its FIN and the far end never answers nor closes: not for ever."""
+        self.start()
+        browser, transport = self.browser()
+        browser.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        browser.readConnectionLost()
+        self.endpoint.settle()
+        recorder = self.relay.recorders[0]
+        self.assertTrue(recorder.read_closed, "the FIN did not travel as a half-close")
+        self.advance(HALF_CLOSE_TIMEOUT - 5, step=5.0)
+        self.assertFalse(transport.disconnecting)
+        self.assertIsNone(recorder.lost)
+        self.advance(10, step=5.0)
+        self.assertTrue(transport.disconnecting, "the quiet half-closed connection stayed")
+        self.assertIsNotNone(recorder.lost, "its stream stayed open at the relay")
+
+    def test_answers_after_the_half_close_keep_the_connection(self) -> None:
+        self.start()
+        browser, transport = self.browser()
+        browser.readConnectionLost()
+        self.endpoint.settle()
+        for _ in range(3):
+            self.advance(HALF_CLOSE_TIMEOUT - 10, step=10.0)
+            self.relay.connects[0].write(b"still working")
+            self.endpoint.settle()
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value(), b"still working" * 3)
 
 
 class RefusalTests(EngineerClientTestCase):

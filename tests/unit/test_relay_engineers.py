@@ -212,6 +212,26 @@ class EngineerStreamTests(SynchronousTestCase):
         self.assertEqual(rec.received, b"hello engineer")
         self.assertEqual(world.metrics.streams_active._value.get(), 1)
 
+    def test_a_half_closed_stream_gone_quiet_is_ended_after_the_relays_backstop(self) -> None:
+        """The engineer sent its FIN and the gateway side neither answers nor closes."""
+        gw_handler = AcceptAll()
+        world = RelayWorld(self, gw_handler)
+        stream, rec = ask(world)
+        stream.loseWriteConnection()
+        settle_all(world.eng, world.gw)
+        self.assertTrue(gw_handler.recorders[0].read_closed, "the FIN did not reach the gateway")
+
+        def wait(seconds: float) -> None:
+            for _ in range(int(seconds)):  # heartbeats keep both tunnels up meanwhile
+                world.clock.advance(1)
+                settle_all(world.eng, world.gw)
+
+        wait(world.engineers.half_close_timeout - 1)
+        self.assertIsNone(rec.lost)
+        wait(2)
+        self.assertIsNotNone(rec.lost, "the quiet half-closed stream stayed open")
+        self.assertIsNotNone(gw_handler.recorders[0].lost, "the gateway's stream stayed open")
+
     def test_bad_token_is_refused_and_counted(self) -> None:
         gw_handler = AcceptAll()
         world = RelayWorld(self, gw_handler)
