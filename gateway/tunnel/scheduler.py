@@ -5,8 +5,13 @@ out.  Each round gives every ready stream at most one frame, and no new round st
 transport has pushed back (``pauseProducing``): a bulk download cannot make a WebSocket message
 wait behind megabytes, and the bytes in front of the socket stay few.  A stream whose send window
 is empty is *blocked*: it has no turns until a WINDOW_UPDATE (for it, or for the whole connection)
-puts it back.  Same shape as ``H2Connection._sendPrioritisedData`` in twisted/web/_http2.py,
-without priorities.
+puts it back.  Same shape as ``H2Connection._sendPrioritisedData`` in twisted/web/_http2.py.
+
+Streams that carry little go first: a stream whose queue fits in one small frame when it becomes
+ready (a request, a click's answer, a WebSocket message) is *light* and takes its turn at the
+front of the next round, ahead of the streams moving bulk; once it has more than that waiting it
+joins the bulk streams' turn order.  So a message waits behind at most what is already written,
+never behind a frame of every download in the same round.
 
 The scheduler knows streams only by their ``stream_id``; what sending one frame means is the
 connection's business (``run``'s ``send_one``).
@@ -23,6 +28,13 @@ class Schedulable(Protocol):
     @property
     def stream_id(self) -> int: ...
 
+    @property
+    def queued(self) -> int: ...
+
+
+LIGHT = 16 * 1024
+"""A stream with at most this much queued when it becomes ready goes ahead of bulk streams."""
+
 
 S = TypeVar("S", bound=Schedulable)
 
@@ -30,9 +42,11 @@ S = TypeVar("S", bound=Schedulable)
 class RoundRobin(Generic[S]):
     """The ready streams in turn order, the blocked ones, and whether the transport paused us."""
 
-    __slots__ = ("_blocked", "_in_ready", "_ready", "paused")
+    __slots__ = ("_blocked", "_in_ready", "_light", "_ready", "paused")
 
     def __init__(self) -> None:
+        self._light: deque[S] = deque()
+        """Ready streams with little to send: served first in each round."""
         self._ready: deque[S] = deque()
         self._in_ready: set[int] = set()
         self._blocked: set[int] = set()
@@ -44,11 +58,11 @@ class RoundRobin(Generic[S]):
         sid = stream.stream_id
         if sid not in self._in_ready and sid not in self._blocked:
             self._in_ready.add(sid)
-            self._ready.append(stream)
+            (self._light if stream.queued <= LIGHT else self._ready).append(stream)
 
     @property
     def has_ready(self) -> bool:
-        return bool(self._ready)
+        return bool(self._ready or self._light)
 
     def is_blocked(self, stream_id: int) -> bool:
         return stream_id in self._blocked
@@ -91,8 +105,14 @@ class RoundRobin(Generic[S]):
         ``block``.  ``end_of_round()`` writes the round out (which may pause us) and says whether
         to go on (False: the connection closed).
         """
-        ready, in_ready = self._ready, self._in_ready
-        while ready and not self.paused:
+        light, ready, in_ready = self._light, self._ready, self._in_ready
+        while (ready or light) and not self.paused:
+            while light:  # streams that became ready during the round join the next one
+                stream = light.popleft()
+                in_ready.discard(stream.stream_id)
+                if send_one(stream):  # more than one frame after all: bulk from now on
+                    in_ready.add(stream.stream_id)
+                    ready.append(stream)
             for _ in range(len(ready)):
                 stream = ready.popleft()
                 in_ready.discard(stream.stream_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from attrs import define, field
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.tunnel.scheduler import RoundRobin
+from gateway.tunnel.scheduler import LIGHT, RoundRobin
 
 
 @define
@@ -13,6 +13,11 @@ class FakeStream:
     stream_id: int
     frames: int  # frames it has to send
     window: int = 1_000  # frames its send window allows
+    frame_bytes: int = 64 * 1024  # the size of each of its frames
+
+    @property
+    def queued(self) -> int:
+        return self.frames * self.frame_bytes
 
 
 @define
@@ -160,3 +165,49 @@ class RoundRobinTests(SynchronousTestCase):
         self.assertTrue(self.scheduler.window_opened(0, by_id))
         self.conn.run()
         self.assertEqual(self.conn.sent, [3, 3])
+
+
+class LightStreamsFirstTests(SynchronousTestCase):
+    """Streams that carry little (a click, a WebSocket message) go ahead of downloads."""
+
+    def setUp(self) -> None:
+        self.scheduler: RoundRobin[FakeStream] = RoundRobin()
+        self.conn = FakeConnection(self.scheduler)
+
+    def test_a_small_message_goes_ahead_of_the_downloads_ready_before_it(self) -> None:
+        bulk = streams(3, 3)
+        message = FakeStream(stream_id=99, frames=1, frame_bytes=200)
+        for s in [*bulk, message]:
+            self.scheduler.add(s)
+        self.conn.run()
+        self.assertEqual(self.conn.sent[0], 99)
+        self.assertEqual(self.conn.sent[1:], [1, 3, 1, 3, 1, 3])
+
+    def test_a_message_that_arrives_mid_download_is_first_in_the_next_round(self) -> None:
+        [bulk] = streams(4)
+        message = FakeStream(stream_id=99, frames=1, frame_bytes=LIGHT)
+        self.scheduler.add(bulk)
+        self.conn.pause_after_rounds = 1
+        self.conn.run()
+        self.scheduler.add(message)
+        self.scheduler.paused = False
+        self.conn.pause_after_rounds = None
+        self.conn.run()
+        self.assertEqual(self.conn.sent, [1, 99, 1, 1, 1])
+
+    def test_a_light_stream_that_has_more_after_all_takes_turns_with_the_bulk(self) -> None:
+        [bulk] = streams(3)
+        chatty = FakeStream(stream_id=99, frames=3, frame_bytes=LIGHT // 4)
+        for s in (bulk, chatty):
+            self.scheduler.add(s)
+        self.conn.run()
+        # First turn at the front; then one frame per round like any other stream.
+        self.assertEqual(self.conn.sent, [99, 1, 99, 1, 99, 1])
+
+    def test_bulk_streams_are_not_starved_by_messages(self) -> None:
+        [bulk] = streams(2)
+        self.scheduler.add(bulk)
+        for n in range(5):
+            self.scheduler.add(FakeStream(stream_id=101 + 2 * n, frames=1, frame_bytes=100))
+        self.conn.run()
+        self.assertEqual(self.conn.sent, [101, 103, 105, 107, 109, 1, 1])
