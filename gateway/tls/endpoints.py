@@ -26,14 +26,17 @@ class TLSClientEndpoint:
         wrapped: interfaces.IStreamClientEndpoint,
         options: interfaces.IOpenSSLClientConnectionCreator,
         clock: interfaces.IReactorTime,
+        congestion_control: str | None = None,
     ) -> None:
         self._wrapped, self._options, self._clock = wrapped, options, clock
+        self._congestion_control = congestion_control
 
     def __repr__(self) -> str:
         return f"<TLS to {getattr(self._options, '_hostnameASCII', '?')}>"
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = FastTLSFactory(self._options, True, protocolFactory, clock=self._clock)
+        factory.congestion_control = self._congestion_control
         d: Deferred[Any] = self._wrapped.connect(factory)
         return d.addCallback(lambda proto: proto.wrappedProtocol)
 
@@ -47,9 +50,12 @@ class TLSServerEndpoint:
         wrapped: interfaces.IStreamServerEndpoint,
         options: CertificateOptions,
         clock: interfaces.IReactorTime,
+        congestion_control: str | None = None,
     ) -> None:
         self._wrapped, self._options, self._clock = wrapped, options, clock
+        self._congestion_control = congestion_control
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[interfaces.IListeningPort]:
         factory = FastTLSFactory(self._options, False, protocolFactory, clock=self._clock)
+        factory.congestion_control = self._congestion_control
         return self._wrapped.listen(factory)

@@ -15,6 +15,7 @@ slower) rather than a subclass that would break on the first connection.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import twisted
 from OpenSSL import SSL
@@ -25,7 +26,9 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from gateway.net.queues import QueueSizer
 from gateway.net.sockets import limit_unsent, tune_socket
+from gateway.net.tcpinfo import set_congestion_control, socket_of, system_congestion_control
 
 log = Logger()
 
@@ -61,11 +64,47 @@ class TunedTLSProtocol(TLSMemoryBIOProtocol):
     internals, so they are kept.
     """
 
+    queue_sizer: QueueSizer | None = None
+
     def makeConnection(self, transport: interfaces.ITransport) -> None:
         tune_socket(transport, keepalive=True)
         limit_unsent(transport)
+        congestion = getattr(self.factory, "congestion_control", None)
+        if congestion:
+            _choose_congestion_control(self.factory, transport, congestion)
+        clock = getattr(self.factory, "_clock", None)
+        if clock is not None and hasattr(transport, "bufferSize"):
+            self.queue_sizer = QueueSizer(transport, clock.seconds, self._frame_size_changed)
         super().makeConnection(transport)
         _tune_openssl(self.getHandle())
+
+    def _frame_size_changed(self, size: int) -> None:
+        """Tell the tunnel above (``TunnelConnection.frame_limit``) its new largest frame."""
+        if hasattr(self.wrappedProtocol, "frame_limit"):
+            self.wrappedProtocol.frame_limit = size
+
+    def write(self, data: bytes) -> None:
+        if self.queue_sizer is not None:
+            self.queue_sizer.writing()
+        super().write(data)
+
+
+def _choose_congestion_control(factory: Any, transport: Any, name: str) -> None:
+    """Ask for ``name`` on the tunnel's socket; say once per factory if it cannot be had."""
+    sock = socket_of(transport)
+    if sock is None:
+        return
+    problem = set_congestion_control(sock, name)
+    if problem is None or getattr(factory, "_congestion_warned", False):
+        return
+    factory._congestion_warned = True
+    log.warn(
+        "tunnel congestion control: {problem}; using the system's ({system}). On a slow "
+        "uplink a download then fills the modem's queue and clicks wait behind it; see the "
+        "README's 'Slow uplinks'",
+        problem=problem,
+        system=system_congestion_control(),
+    )
 
 
 class FastTLSProtocol(TunedTLSProtocol):
@@ -186,6 +225,12 @@ def choose_protocol(base: type = TLSMemoryBIOProtocol) -> type[TunedTLSProtocol]
 
 
 class FastTLSFactory(TLSMemoryBIOFactory):
-    """Wraps each connection in the TLS protocol ``choose_protocol`` picked at import."""
+    """Wraps each connection in the TLS protocol ``choose_protocol`` picked at import.
+
+    ``congestion_control``: the TCP congestion control to ask for on each connection's socket
+    (e.g. ``bbr``; None: the system's).
+    """
 
     protocol = choose_protocol()
+    congestion_control: str | None = None
+    _congestion_warned = False

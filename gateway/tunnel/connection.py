@@ -133,6 +133,10 @@ class TunnelConnection(Protocol):
         self.h2 = H2Connection(h2_configuration(client_side=client_side))
         lean_settings(self.h2, LOCAL_SETTINGS)
         self.streams: dict[int, TunnelStream] = {}
+        self.frame_limit = MAX_FRAME_SIZE
+        """The largest DATA frame we write: sized to the path by the TLS layer below
+        (`gateway.net.queues`), so that a frame of a download is a few milliseconds of the
+        uplink and a small message never waits long behind one."""
         self._scheduler: RoundRobin[TunnelStream] = RoundRobin()
         self._flush_call: IDelayedCall | None = None
         self._conn_uncredited = 0
@@ -502,7 +506,7 @@ class TunnelConnection(Protocol):
                 if window <= 0:
                     self._scheduler.block(sid)
                     return False
-                size = min(window, self.h2.max_outbound_frame_size, stream.queued)
+                size = min(window, self.h2.max_outbound_frame_size, self.frame_limit, stream.queued)
                 chunk = stream.take(size)
                 end = stream.end_requested and not stream.queued
                 self.h2.send_data(sid, chunk, end_stream=end)

@@ -9,13 +9,20 @@ must pick Twisted's own record path when they are gone, and both paths must carr
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from gateway.net.endpoints import quiet_factory
+from gateway.net.queues import FLOOR, sizes_for
+from gateway.net.tcpinfo import congestion_control_of
 from gateway.tls.fast import (
     FastTLSFactory,
     FastTLSProtocol,
@@ -142,3 +149,59 @@ class RecordPathTests(WithPKI):
         mode = lib.SSL_set_mode(connection._ssl, 0)  # adds nothing, returns the mode
         self.assertEqual(mode & lib.SSL_MODE_ENABLE_PARTIAL_WRITE, 0)
         self.assertEqual(mode & lib.SSL_MODE_RELEASE_BUFFERS, lib.SSL_MODE_RELEASE_BUFFERS)
+
+
+class SocketTCPTransport(StringTransport):
+    """A TCP transport as the TLS layer sees it: a real socket behind ``getHandle``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.bufferSize = 65536
+        self._sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self._sock
+
+
+class FramedApp(Protocol):
+    """Stands for ``TunnelConnection``: has the ``frame_limit`` the sizer sets."""
+
+    frame_limit = 1 << 20
+
+
+class PathTuningTests(WithPKI):
+    """The tunnel's socket gets its congestion control and a queue sizer at connect."""
+
+    def connect(self, factory: FastTLSFactory) -> tuple[Any, socket.socket]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(SocketTCPTransport(sock))
+        return protocol, sock
+
+    def factory(self, congestion: str | None) -> FastTLSFactory:
+        factory = FastTLSFactory(self.gateway(), True, quiet_factory(FramedApp), clock=Clock())
+        factory.congestion_control = congestion
+        return factory
+
+    def test_the_configured_congestion_control_is_set_on_the_tunnels_socket(self) -> None:
+        _protocol, sock = self.connect(self.factory("reno"))
+        self.assertEqual(congestion_control_of(sock), "reno")
+
+    def test_one_warning_per_listener_when_the_kernel_lacks_it(self) -> None:
+        factory = self.factory("nonesuch")
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.connect(factory)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("does not offer 'nonesuch'", warnings[0])
+        self.assertIn("using the system's", warnings[0])
+
+    def test_the_sizer_tells_the_tunnel_its_frame_size(self) -> None:
+        protocol, _sock = self.connect(self.factory(None))
+        sizer = protocol.queue_sizer
+        self.assertIsNotNone(sizer)
+        sizer.resize(sizes_for(10e6 / 8))
+        self.assertEqual(protocol.wrappedProtocol.frame_limit, FLOOR)
+        self.assertEqual(protocol.transport.bufferSize, FLOOR)
