@@ -120,6 +120,11 @@ class Heartbeat:
     timeout: float = 10.0
 
 
+DEFAULT_CONGESTION_CONTROL = "bbr"
+"""Delay-based: keeps a slow uplink's queue near empty while a download runs (issue 21)."""
+_CONGESTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")
+
+
 @frozen
 class RelayLink:
     """How the gateway reaches its relay (``[relay]`` in gateway.toml)."""
@@ -138,6 +143,9 @@ class RelayLink:
     no_proxy: tuple[str, ...] = ()
     """``no_proxy``: relay hosts reached directly although ``proxy`` is set (see
     `gateway.net.proxy.bypasses_proxy`)."""
+    congestion_control: str | None = DEFAULT_CONGESTION_CONTROL
+    """``congestion_control``: the TCP congestion control of the tunnel's socket (None: the
+    system's).  BBR keeps the modem's queue short while a download runs (README "Slow uplinks")."""
 
     @property
     def expected_name(self) -> str:
@@ -233,6 +241,8 @@ class GatewayListener:
     heartbeat: Heartbeat = field(factory=Heartbeat)
     limits: GatewayLimits = field(factory=lambda: GatewayLimits())
     """``max_unauthenticated_per_source``, ``max_streams_per_tunnel``."""
+    congestion_control: str | None = DEFAULT_CONGESTION_CONTROL
+    """For the tunnels' sockets: what an upload to a plant crosses its slow downlink with."""
 
 
 @frozen
@@ -286,6 +296,7 @@ class EngineerListener:
     """``login_failures``, ``login_window``, ``login_lockout``."""
     limits: EngineerLimits = field(factory=lambda: EngineerLimits())
     """``auth_timeout``, ``idle_timeout``, ``max_*``: connection and stream limits."""
+    congestion_control: str | None = DEFAULT_CONGESTION_CONTROL
 
 
 @frozen
@@ -582,6 +593,20 @@ def read_regular_file(path: Path, *, max_bytes: int, allow_empty: bool = False) 
     return data
 
 
+def _congestion_control(table: _Table) -> str | None:
+    """``congestion_control``: a kernel algorithm's name, or ``"system"`` for the system's."""
+    name = table._get("congestion_control", str, "a string", DEFAULT_CONGESTION_CONTROL)
+    if name == "system":
+        return None
+    if name is None or not _CONGESTION_NAME.fullmatch(name):
+        raise table.error(
+            "congestion_control",
+            f'{name!r} is not a congestion control name (e.g. "bbr", "cubic" or '
+            '"system" for the system\'s own)',
+        )
+    return name
+
+
 def _heartbeat(table: _Table) -> Heartbeat:
     default = Heartbeat()
     interval = table.seconds("heartbeat_interval", default.interval, low=0.5, high=300)
@@ -607,6 +632,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         heartbeat=_heartbeat(relay_table),
         connect_timeout=relay_table.seconds("connect_timeout", 10.0, high=300),
         reconnect_cap=relay_table.seconds("reconnect_max_delay", 30.0, low=1, high=3600),
+        congestion_control=_congestion_control(relay_table),
     )
     relay_table.finish()
 
@@ -870,6 +896,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         key=_required(gw.path("key")),
         heartbeat=_heartbeat(gw),
         limits=_gateway_limits(gw),
+        congestion_control=_congestion_control(gw),
     )
     gw.finish()
 
@@ -887,6 +914,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         key=eng_key or gateways.key,
         logins=_login_limits(eng),
         limits=_engineer_limits(eng),
+        congestion_control=_congestion_control(eng),
     )
     eng.finish()
 

@@ -186,7 +186,7 @@ def relay_endpoint(link: RelayLink, reactor: IGatewayReactor) -> IStreamClientEn
     ``no_proxy`` as `gateway.net.proxy.relay_tcp_endpoint` says)."""
     tcp = relay_tcp_endpoint(reactor, link)
     options = client_options(link.expected_name, link.ca, cert_path=link.cert, key_path=link.key)
-    return TLSClientEndpoint(tcp, options, reactor)
+    return TLSClientEndpoint(tcp, options, reactor, congestion_control=link.congestion_control)
 
 
 class GatewayTunnelService(Service):

@@ -297,9 +297,11 @@ class GuardedTLSFactory(FastTLSFactory):
         options: CertificateOptions,
         wrapped: Any,
         clock: IReactorTime,
+        congestion_control: str | None = None,
     ) -> None:
         super().__init__(options, False, wrapped, clock=clock)
         self.guard = guard
+        self.congestion_control = congestion_control
 
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", addr))
@@ -324,11 +326,15 @@ class GuardedTLSEndpoint:
         options: CertificateOptions,
         clock: IReactorTime,
         guard: ConnectionGuard,
+        congestion_control: str | None = None,
     ) -> None:
         self._wrapped, self._options, self._clock, self.guard = wrapped, options, clock, guard
+        self._congestion_control = congestion_control
 
     def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
-        factory = GuardedTLSFactory(self.guard, self._options, protocolFactory, self._clock)
+        factory = GuardedTLSFactory(
+            self.guard, self._options, protocolFactory, self._clock, self._congestion_control
+        )
         listening: Deferred[IListeningPort] = self._wrapped.listen(factory)
         return listening
 

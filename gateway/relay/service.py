@@ -163,6 +163,7 @@ class RelayDaemon(MultiService):
                 gateway_tls,
                 reactor,
                 self.gateway_guard,
+                congestion_control=gw.congestion_control,
             ),
             self.gateway_factory,
         )
@@ -173,6 +174,7 @@ class RelayDaemon(MultiService):
                 engineer_tls,
                 reactor,
                 self.engineer_guard,
+                congestion_control=eng.congestion_control,
             ),
             self.engineer_factory,
         )

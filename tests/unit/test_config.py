@@ -242,6 +242,7 @@ class ExampleConfigTests(ConfigTestCase):
                 "relay.heartbeat_timeout",
                 "relay.connect_timeout",
                 "relay.reconnect_max_delay",
+                "relay.congestion_control",
                 "target.name",
                 "target.address",
                 "target.connect_timeout",
@@ -275,6 +276,7 @@ class ExampleConfigTests(ConfigTestCase):
                 "gateways.key",
                 "gateways.heartbeat_interval",
                 "gateways.heartbeat_timeout",
+                "gateways.congestion_control",
                 "gateways.max_unauthenticated_per_source",
                 "gateways.max_streams_per_tunnel",
                 "engineers.listen",
@@ -290,8 +292,10 @@ class ExampleConfigTests(ConfigTestCase):
                 "engineers.max_unauthenticated_per_source",
                 "engineers.max_unauthenticated",
                 "engineers.max_streams_per_connection",
+                "engineers.congestion_control",
                 "metrics.listen",
                 "service.drain_timeout",
+                "service.half_close_timeout",
                 "service.state_dir",
             },
         )
@@ -507,6 +511,22 @@ class MissingSettingTests(ConfigTestCase):
         self.assertIsNone(relay.metrics_listen)
         self.assertEqual(relay.drain_timeout, 10.0)
         self.assertEqual(relay.half_close_timeout, 300.0)
+
+    def test_congestion_control_defaults_to_bbr_and_system_means_the_systems(self) -> None:
+        self.assertEqual(self.load_gateway(RELAY_SECTION).relay.congestion_control, "bbr")
+        relay = self.load_relay(relay_toml())
+        self.assertEqual(relay.gateways.congestion_control, "bbr")
+        self.assertEqual(relay.engineers.congestion_control, "bbr")
+        own = RELAY_SECTION.replace("[relay]\n", '[relay]\ncongestion_control = "system"\n', 1)
+        self.assertIsNone(self.load_gateway(own).relay.congestion_control)
+        cubic = RELAY_SECTION.replace("[relay]\n", '[relay]\ncongestion_control = "cubic"\n', 1)
+        self.assertEqual(self.load_gateway(cubic).relay.congestion_control, "cubic")
+
+    def test_a_congestion_control_that_is_no_name_is_refused(self) -> None:
+        bad = RELAY_SECTION.replace("[relay]\n", '[relay]\ncongestion_control = "bbr; rm"\n', 1)
+        error = self.gateway_refused(bad)
+        self.assertEqual(error.key, "relay.congestion_control")
+        self.assertIn("not a congestion control name", error.problem)
 
     def test_the_relays_half_close_backstop_is_set_in_service(self) -> None:
         relay = self.load_relay(relay_toml() + "\n[service]\nhalf_close_timeout = 900\n")
