@@ -6,8 +6,12 @@ costs microseconds, and the byte counters run per chunk on the data path.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -22,6 +26,7 @@ from gateway.edge.events import (
     IStreamEvents,
     ITunnelEvents,
 )
+from gateway.net.queues import PathReport
 from gateway.procmetrics import process_health
 from gateway.wire import Refusal
 
@@ -96,6 +101,10 @@ class GatewayMetrics:
         )
         self._up.set(0)
 
+    def watch_path(self, source: Callable[[], PathReport | None]) -> None:
+        """Report the tunnel's path as ``source`` sees it at each scrape (`TunnelPathCollector`)."""
+        self.registry.register(TunnelPathCollector(source))
+
     def show_mode(self, mode: AccessMode) -> None:
         """``gateway_access_mode{mode}``: 1 for ``mode``, 0 for the others."""
         for each, child in self._modes.items():
@@ -166,3 +175,42 @@ class GatewayMetrics:
 
     def audit_failed(self, why: str) -> None:
         self._audit_failures.inc()
+
+
+class TunnelPathCollector(Collector):
+    """The tunnel's path at scrape time: the kernel's smoothed RTT and how long a byte written
+    now would wait in our buffer and in the kernel's before it leaves (a saturated uplink shows
+    as queueing delay, long before the heartbeat's RTT tells).  Nothing while the tunnel is down.
+    """
+
+    def __init__(self, source: Callable[[], PathReport | None]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families(None))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families(self._source()))
+
+    def _families(self, report: PathReport | None) -> list[GaugeMetricFamily]:
+        srtt = GaugeMetricFamily(
+            "gateway_tunnel_smoothed_rtt_seconds",
+            "The kernel's smoothed round-trip time of the tunnel's TCP connection "
+            "(the uplink's queue included)",
+        )
+        rate = GaugeMetricFamily(
+            "gateway_tunnel_delivery_rate_bytes_per_second",
+            "Bytes per second the tunnel's path recently delivered to the relay",
+        )
+        delay = GaugeMetricFamily(
+            "gateway_tunnel_queue_delay_seconds",
+            "How long a byte written to the tunnel now waits before it leaves, by queue "
+            "(gateway: our write buffer; kernel: the socket's unsent bytes)",
+            labels=["queue"],
+        )
+        if report is not None:
+            srtt.add_metric([], report.smoothed_rtt)
+            rate.add_metric([], report.delivery_rate)
+            delay.add_metric(["gateway"], report.delay(report.waiting_in_process))
+            delay.add_metric(["kernel"], report.delay(report.waiting_in_kernel))
+        return [srtt, rate, delay]

@@ -33,6 +33,7 @@ from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
 from gateway.net.endpoints import quiet_factory
+from gateway.net.queues import PathReport, path_report
 from gateway.net.unixsocket import UnixSocketService
 from gateway.reactor import IGatewayReactor
 from gateway.tls import load_identity
@@ -113,6 +114,7 @@ class EdgeDaemon(MultiService):
         )
         self.dispatcher = StreamDispatcher(self.forwarder, self.control)
         self.observer = TunnelObserver(relay, self.events)
+        self.metrics.watch_path(self._tunnel_path)
         self.view = StatusView(
             self.gateway_id, self.tunnel_status, self.policy, self.connections, self.consent
         )
@@ -166,6 +168,11 @@ class EdgeDaemon(MultiService):
         self.tunnel.setServiceParent(self)
         # After the tunnel, so it stops first: engineers hear why before the tunnel drains.
         self.consent.setServiceParent(self)
+
+    def _tunnel_path(self) -> PathReport | None:
+        """The path of the tunnel that is up now, for the metrics (None while it is down)."""
+        current = self.observer.current
+        return path_report(current.transport) if current is not None else None
 
     def stopService(self) -> Deferred[None]:
         """Stop everything, then flush and close the audit trail (records made while streams

@@ -26,6 +26,7 @@ from gateway.edge.link import TunnelStatus
 from gateway.edge.metrics import GatewayMetrics
 from gateway.edge.status import LiveConnections
 from gateway.edge.testing import ByteTally, RecordingEvents
+from gateway.net.queues import PathReport
 from gateway.splice import SpliceEnd
 from gateway.wire import Refusal
 
@@ -185,6 +186,24 @@ class MetricsTests(SynchronousTestCase):
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
+
+    def test_the_tunnels_path_is_read_at_each_scrape(self) -> None:
+        reports: list[PathReport | None] = [None]
+        self.metrics.watch_path(lambda: reports[-1])
+        self.assertIsNone(self.value("gateway_tunnel_smoothed_rtt_seconds"))  # tunnel down
+        reports.append(
+            PathReport(
+                smoothed_rtt=0.35,
+                min_rtt=0.02,
+                delivery_rate=1_250_000.0,
+                waiting_in_process=125_000,
+                waiting_in_kernel=12_500,
+            )
+        )
+        self.assertEqual(self.value("gateway_tunnel_smoothed_rtt_seconds"), 0.35)
+        self.assertEqual(self.value("gateway_tunnel_delivery_rate_bytes_per_second"), 1_250_000)
+        self.assertEqual(self.value("gateway_tunnel_queue_delay_seconds", queue="gateway"), 0.1)
+        self.assertEqual(self.value("gateway_tunnel_queue_delay_seconds", queue="kernel"), 0.01)
 
     def test_tunnel_events_set_up_connects_and_rtt(self) -> None:
         self.assertEqual(self.value("gateway_tunnel_up"), 0)
