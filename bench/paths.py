@@ -21,6 +21,7 @@ from bench.procs import BenchError, Proc, Supervisor, free_ports, wait_until
 from gateway.config import Target
 from gateway.demo import stack
 from gateway.demo.stack import PROBE_ERRORS, loopback
+from gateway.demo.tomlfile import Table
 
 READY_TIMEOUT = 30.0
 GATEWAY_ID = "bench-gw"
@@ -30,6 +31,11 @@ BENCH_STREAM_LIMITS = {
     "streams_per_tunnel": 100_000,
 }
 """The gateway's [limits] for the benchmark: it measures the tunnel, not the limits."""
+BENCH_RELAY_LIMITS: dict[str, Table] = {
+    "gateways": {"max_streams_per_tunnel": 60_000},
+    "engineers": {"max_streams_per_connection": 60_000},
+}
+"""The relay's stream limits for the benchmark, likewise (1000 idle streams on one connection)."""
 
 
 def listening(port: int) -> bool:
@@ -322,7 +328,15 @@ class Ours(TunnelPath):
             forward=p[5],
         )
         layout, env = self.layout, self.env
-        layout.relay_config.write_text(stack.relay_toml(layout, ports, written_by="the benchmark"))
+        layout.relay_config.write_text(
+            stack.relay_toml(
+                layout,
+                ports,
+                written_by="the benchmark",
+                gateways=BENCH_RELAY_LIMITS["gateways"],
+                engineers=BENCH_RELAY_LIMITS["engineers"],
+            )
+        )
         layout.gateway_config.write_text(
             stack.gateway_toml(
                 layout,
