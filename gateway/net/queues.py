@@ -5,17 +5,19 @@ PING written behind a download waits until everything before it has crossed the 
 loopback the tunnel needs megabytes in flight to be fast; on a 10 Mbit/s uplink the same
 megabytes are seconds of waiting.  So each queue in front of the socket (the DATA frame being
 written, Twisted's write buffer, the kernel's unsent bytes) is sized to hold a few milliseconds of
-what the path has recently delivered (``tcpi_delivery_rate``), between a floor that keeps a
-slow path busy and today's loopback values as the ceiling.  The queue that is left, the modem's
-own, is kept short by the congestion control (BBR, see ``tcpinfo.set_congestion_control``).
+what the path has recently delivered (``tcpi_delivery_rate``), between floors that keep a
+slow path busy and the loopback tuning of TUNNEL-NOTES.md as the ceiling.  The queue that is
+left, the modem's own, is kept short by the congestion control (BBR, see
+``tcpinfo.set_congestion_control``).
 
 Rate estimate: the highest delivery rate of the last ``RATE_WINDOW`` seconds, as BBR's own
-bandwidth filter does.  A sample taken while the tunnel was application-limited (had less to
-send than the path could carry) only ever raises the estimate: an idle tunnel says nothing about
-its path.  Samples are taken while the tunnel is writing, at most every ``SAMPLE_INTERVAL``, so an
-idle tunnel on a relay with thousands of them costs nothing, and a busy one ~20 cheap
-system calls a second: often enough that a fresh tunnel grows its queues to a fast path
-within a few samples.
+bandwidth filter does (over a shorter window).  A sample taken while the tunnel was
+application-limited (had less to send than the path could carry) only ever raises the estimate,
+at most doubling it: an idle tunnel says nothing about its path, and a sample taken just after a
+pause can be inflated by ACKs arriving in a burst (25 MB/s was seen on a 10 Mbit/s link).
+Samples are taken while the tunnel is writing, at most every ``SAMPLE_INTERVAL``, so an idle
+tunnel on a relay with thousands of them costs nothing, and a busy one ~20 cheap system calls a
+second: often enough that a fresh tunnel grows its queues to a fast path within a few samples.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ from gateway.net.tcpinfo import PathInfo, read_path_info, socket_of
 
 QUEUE_DELAY = 0.004
 """Seconds of the path's delivery rate that each queue in front of the socket may hold."""
-FLOOR = 16 * 1024
-"""No queue smaller: one TLS record, and enough to keep a slow path busy between two reads."""
+FRAME_FLOOR = 4 * 1024
+"""The smallest DATA frame: 9 bytes of frame header and ~22 of TLS record per 4 KiB (<1 %)."""
+WRITE_FLOOR = 8 * 1024
+"""The smallest write buffer.  Twisted also reads this much per call, so not smaller."""
+UNSENT_FLOOR = 4 * 1024
+"""The fewest unsent bytes the kernel is asked to hold: a few packets, enough to stay busy
+between two writes on a 2 Mbit/s link (16 ms of it)."""
 FRAME_CEILING = 1024 * 1024
 """The largest DATA frame the tunnel writes (the loopback tuning of TUNNEL-NOTES.md)."""
 WRITE_CEILING = 1024 * 1024
@@ -41,7 +48,9 @@ WRITE_CEILING = 1024 * 1024
 UNSENT_CEILING = 256 * 1024
 """The kernel's unsent bytes (TCP_NOTSENT_LOWAT) on the fastest path."""
 SAMPLE_INTERVAL = 0.05
-RATE_WINDOW = 2.0
+RATE_WINDOW = 0.5
+"""Seconds a delivery-rate maximum counts: ten samples.  Erring small costs a little CPU (more,
+smaller writes); erring large costs the engineer latency, so the window is short."""
 
 
 @frozen
@@ -61,9 +70,9 @@ def sizes_for(rate: float) -> QueueSizes:
     """The queue sizes for a path delivering ``rate`` bytes per second."""
     wanted = int(rate * QUEUE_DELAY)
     return QueueSizes(
-        frame=min(max(wanted, FLOOR), FRAME_CEILING),
-        write_buffer=min(max(wanted, FLOOR), WRITE_CEILING),
-        unsent=min(max(wanted, FLOOR), UNSENT_CEILING),
+        frame=min(max(wanted, FRAME_FLOOR), FRAME_CEILING),
+        write_buffer=min(max(wanted, WRITE_FLOOR), WRITE_CEILING),
+        unsent=min(max(wanted, UNSENT_FLOOR), UNSENT_CEILING),
     )
 
 
@@ -78,10 +87,19 @@ class DeliveryRate:
 
     def add(self, now: float, rate: float, app_limited: bool) -> None:
         samples = self._samples
-        while samples and now - samples[0][0] > self.window:
+        # Old maxima expire, but an idle tunnel keeps its last word on the path.
+        while len(samples) > 1 and now - samples[0][0] > self.window:
             samples.popleft()
-        if app_limited and rate <= self.estimate():
-            return  # the tunnel had too little to send: no news about the path
+        if samples and now - samples[0][0] > self.window and not app_limited:
+            samples.popleft()
+        if app_limited:
+            estimate = self.estimate()
+            if rate <= estimate:
+                return  # the tunnel had too little to send: no news about the path
+            if estimate > 0:
+                # It did deliver more than we thought, but a short sample after a pause can be
+                # inflated (ACKs arriving in a burst): at most double per sample.
+                rate = min(rate, 2 * estimate)
         # Keep only samples that may still be the maximum (a monotonic deque).
         while samples and samples[-1][1] <= rate:
             samples.pop()
@@ -94,8 +112,9 @@ class DeliveryRate:
 class QueueSizer:
     """Samples one tunnel socket's path while it writes, and resizes the queues in front of it.
 
-    ``on_frame_size`` is told the largest DATA frame the tunnel should write from now on; the
-    write buffer and the kernel's unsent limit are set here, on the TCP transport itself.
+    ``on_frame_size`` (set by the tunnel that writes through this socket) is told the largest
+    DATA frame it should write from now on; the write buffer and the kernel's unsent limit are
+    set here, on the TCP transport itself.
     """
 
     def __init__(
@@ -107,7 +126,7 @@ class QueueSizer:
         self.transport = transport
         self._socket: socket.socket | None = socket_of(transport)
         self._now = now
-        self._on_frame_size = on_frame_size
+        self.on_frame_size = on_frame_size
         self._rate = DeliveryRate()
         self._next_sample = 0.0
         self.sizes = FASTEST
@@ -150,8 +169,8 @@ class QueueSizer:
         if self._socket is not None and option is not None:
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.IPPROTO_TCP, option, sizes.unsent)
-        if self._on_frame_size is not None:
-            self._on_frame_size(sizes.frame)
+        if self.on_frame_size is not None:
+            self.on_frame_size(sizes.frame)
 
     def waiting_bytes(self) -> int:
         """Bytes in Twisted's write buffer, not yet handed to the kernel.

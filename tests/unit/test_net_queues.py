@@ -13,8 +13,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.net import queues
 from gateway.net.queues import (
     FASTEST,
-    FLOOR,
+    FRAME_FLOOR,
     SAMPLE_INTERVAL,
+    UNSENT_FLOOR,
+    WRITE_FLOOR,
     DeliveryRate,
     QueueSizer,
     QueueSizes,
@@ -93,9 +95,13 @@ class SizingRuleTests(SynchronousTestCase):
     def test_a_fast_path_keeps_the_loopback_tuning(self) -> None:
         self.assertEqual(sizes_for(3e9), FASTEST)
 
-    def test_a_slow_uplink_gets_the_floor_everywhere(self) -> None:
+    def test_a_cellular_uplink_gets_the_floor_everywhere(self) -> None:
+        two_mbit = 2e6 / 8
+        self.assertEqual(sizes_for(two_mbit), QueueSizes(FRAME_FLOOR, WRITE_FLOOR, UNSENT_FLOOR))
+
+    def test_a_ten_mbit_uplink_gets_frames_of_four_milliseconds(self) -> None:
         ten_mbit = 10e6 / 8
-        self.assertEqual(sizes_for(ten_mbit), QueueSizes(FLOOR, FLOOR, FLOOR))
+        self.assertEqual(sizes_for(ten_mbit), QueueSizes(5000, WRITE_FLOOR, 5000))
 
     def test_in_between_each_queue_holds_a_few_milliseconds(self) -> None:
         rate = 100e6  # bytes per second: a gigabit LAN's share
@@ -120,14 +126,32 @@ class DeliveryRateTests(SynchronousTestCase):
         rate.add(1.0, 200.0, app_limited=False)
         rate.add(2.5, 100.0, app_limited=False)
         self.assertEqual(rate.estimate(), 200.0)
+        rate.add(5.0, 50.0, app_limited=False)
+        self.assertEqual(rate.estimate(), 50.0)
+
+    def test_an_idle_tunnel_keeps_its_last_estimate(self) -> None:
+        rate = DeliveryRate(window=2.0)
+        rate.add(0.0, 300.0, app_limited=False)
+        rate.add(60.0, 3.0, app_limited=True)  # a heartbeat after a quiet minute
+        self.assertEqual(rate.estimate(), 300.0)
 
     def test_an_application_limited_sample_only_ever_raises_it(self) -> None:
         rate = DeliveryRate(window=2.0)
         rate.add(0.0, 1000.0, app_limited=False)
         rate.add(0.5, 10.0, app_limited=True)  # an idle tunnel says nothing about its path
         self.assertEqual(rate.estimate(), 1000.0)
-        rate.add(0.6, 5000.0, app_limited=True)  # but it did deliver this much
-        self.assertEqual(rate.estimate(), 5000.0)
+        rate.add(0.6, 1500.0, app_limited=True)  # but it did deliver this much
+        self.assertEqual(rate.estimate(), 1500.0)
+
+    def test_an_application_limited_sample_at_most_doubles_it(self) -> None:
+        rate = DeliveryRate(window=2.0)
+        rate.add(0.0, 1000.0, app_limited=False)
+        rate.add(0.1, 20_000.0, app_limited=True)  # a burst of ACKs after a pause
+        self.assertEqual(rate.estimate(), 2000.0)
+        rate.add(0.2, 20_000.0, app_limited=True)  # a path that really is faster: soon found
+        rate.add(0.3, 20_000.0, app_limited=True)
+        rate.add(0.4, 20_000.0, app_limited=True)
+        self.assertEqual(rate.estimate(), 16_000.0)
 
 
 class FakeSocket(socket.socket):
@@ -183,11 +207,11 @@ class QueueSizerTests(SynchronousTestCase):
             self.sizer.writing()
 
     def test_a_slow_uplink_shrinks_every_queue_to_the_floor(self) -> None:
-        self.sock.deliver(10e6 / 8)
+        self.sock.deliver(2e6 / 8)
         self.write_for(0.5)
-        self.assertEqual(self.frames[-1], FLOOR)
-        self.assertEqual(self.transport.bufferSize, FLOOR)
-        self.assertEqual(self.sock.options[socket.TCP_NOTSENT_LOWAT], FLOOR)
+        self.assertEqual(self.frames[-1], FRAME_FLOOR)
+        self.assertEqual(self.transport.bufferSize, WRITE_FLOOR)
+        self.assertEqual(self.sock.options[socket.TCP_NOTSENT_LOWAT], UNSENT_FLOOR)
 
     def test_a_fast_path_keeps_its_queues(self) -> None:
         self.write_for(0.5)

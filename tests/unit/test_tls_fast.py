@@ -21,7 +21,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from gateway.net.endpoints import quiet_factory
-from gateway.net.queues import FLOOR, sizes_for
+from gateway.net.queues import FRAME_FLOOR, WRITE_FLOOR, sizes_for
 from gateway.net.tcpinfo import congestion_control_of
 from gateway.tls.fast import (
     FastTLSFactory,
@@ -198,10 +198,12 @@ class PathTuningTests(WithPKI):
         self.assertIn("does not offer 'nonesuch'", warnings[0])
         self.assertIn("using the system's", warnings[0])
 
-    def test_the_sizer_tells_the_tunnel_its_frame_size(self) -> None:
+    def test_the_sizer_tells_whoever_writes_through_it_its_frame_size(self) -> None:
         protocol, _sock = self.connect(self.factory(None))
         sizer = protocol.queue_sizer
         self.assertIsNotNone(sizer)
-        sizer.resize(sizes_for(10e6 / 8))
-        self.assertEqual(protocol.wrappedProtocol.frame_limit, FLOOR)
-        self.assertEqual(protocol.transport.bufferSize, FLOOR)
+        frames: list[int] = []
+        sizer.on_frame_size = frames.append
+        sizer.resize(sizes_for(2e6 / 8))
+        self.assertEqual(frames, [FRAME_FLOOR])
+        self.assertEqual(protocol.transport.bufferSize, WRITE_FLOOR)

@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from gateway.net.queues import FASTEST, FRAME_FLOOR, QueueSizer, sizes_for
 from gateway.tunnel.connection import TunnelConnection
 from gateway.tunnel.errors import StreamReset, TunnelClosed
 from gateway.tunnel.h2tuning import STREAM_WINDOW, h2_configuration
@@ -321,6 +322,37 @@ class FlowControlTests(SynchronousTestCase):
         ids = [s.stream_id for s in streams]
         self.assertEqual(order[:6], ids + ids)
         t.close()
+
+
+class PathSizedFrameTests(SynchronousTestCase):
+    """DATA frames follow the size the TLS layer's queue sizer picks for the path."""
+
+    def test_frames_are_no_larger_than_the_frame_limit(self) -> None:
+        t = linked_tunnels()
+        stream = t.client.open_stream("web")
+        stream.attach(Recorder())
+        t.settle()
+        t.client.frame_limit = 16 * 1024  # what a 10 Mbit/s uplink gets
+        stream.write(b"d" * 100_000)
+        t.settle()
+        frames = [len(chunk) for chunk in t.handler.recorders[0].data]
+        self.assertEqual(sum(frames), 100_000)
+        self.assertLessEqual(max(frames), 16 * 1024)
+        self.assertGreaterEqual(len(frames), 7)
+        t.close()
+
+    def test_the_connection_follows_the_sizer_of_the_transport_it_writes_to(self) -> None:
+        class SizedTransport(StringTransport):
+            def __init__(self) -> None:
+                super().__init__()
+                self.queue_sizer = QueueSizer(StringTransport(), Clock().seconds)
+
+        transport = SizedTransport()
+        connection = TunnelConnection(client_side=False, clock=Clock(), ready_timeout=None)
+        connection.makeConnection(transport)
+        self.assertEqual(connection.frame_limit, FASTEST.frame)
+        transport.queue_sizer.resize(sizes_for(2e6 / 8))
+        self.assertEqual(connection.frame_limit, FRAME_FLOOR)
 
 
 class HeartbeatTests(SynchronousTestCase):
