@@ -27,6 +27,7 @@ from gateway.audit import AuditWriteError, IAuditTrail
 from gateway.config import AccessMode
 from gateway.edge.access import AccessRequest
 from gateway.edge.consent import PendingRequest, Session
+from gateway.edge.httpfollow import Exchange
 from gateway.splice import SpliceEnd
 from gateway.wire import Refusal
 
@@ -46,6 +47,8 @@ class ConnectionRecord:
     started: float
     to_target: SpliceEnd = field(repr=False)
     from_target: SpliceEnd = field(repr=False)
+    kind: str = "tcp"
+    """The target's kind (``tcp``, ``http``): ``http`` streams are followed request by request."""
 
     @property
     def bytes_to_target(self) -> int:
@@ -88,6 +91,13 @@ class IStreamEvents(Interface):
 
     def stream_refused(request: AccessRequest, refusal: Refusal, reason: str) -> None:
         """A stream was refused: by the access decision, or its processor could not be reached."""
+
+
+class IRequestEvents(Interface):
+    """Requests on the streams to ``http`` targets, as the follower sees them."""
+
+    def request_seen(connection: ConnectionRecord, exchange: Exchange) -> None:
+        """A request was let through (and its answer's status read, if it came) or refused."""
 
 
 class IByteCounter(Interface):
