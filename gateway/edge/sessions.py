@@ -93,7 +93,7 @@ SWITCHED_OFF = "remote access was switched off"
 class StreamCloser(Protocol):
     """What the consent service needs of the forwarder: end the streams it no longer allows."""
 
-    def abort_session(self, session_id: str) -> None: ...
+    def abort_session(self, session_id: str, kinds: frozenset[str] | None = None) -> None: ...
 
     def abort_all(self) -> None: ...
 
@@ -518,6 +518,39 @@ class ConsentService(Service):
         if ended:
             self._changed()
         return ended
+
+    def set_permission(self, session_id: str, permission: Permission, by: Actor) -> Session:
+        live = self._sessions.get(session_id)
+        if live is None:
+            raise ConsentRefused(
+                "unknown-session",
+                f"no live session {session_id!r} on this gateway (see `gateway sessions`)",
+            )
+        permission = self._permission(permission)
+        previous = live.info.permission
+        if previous is permission:
+            return live.snapshot()
+        self.auditor.record(
+            "session.changed",
+            who=str(by),
+            session=session_id,
+            engineer=live.info.engineer,
+            previous=previous.value,
+            permission=permission.value,
+        )
+        live.info = attrs.evolve(live.info, permission=permission)
+        log.info(
+            "session {id} of {engineer}: {old} -> {new} permission, by {by}",
+            id=session_id,
+            engineer=live.info.engineer,
+            old=previous.value,
+            new=permission.value,
+            by=str(by),
+        )
+        if permission is Permission.VIEW and self.streams is not None:
+            self.streams.abort_session(session_id, frozenset({"tcp"}))
+        self._changed()
+        return live.snapshot()
 
     def when_changed(self) -> Deferred[None]:
         def cancel(d: Deferred[None]) -> None:

@@ -315,6 +315,53 @@ class RequestTests(ControlTestCase):
         self.assertEqual(actor, TESTER)
         self.assertEqual(details["targets"], ("web",))
 
+    def test_approve_view_grants_a_view_only_session(self) -> None:
+        self.consent.ask("r-1a2b3c")
+        result = self.run_command("approve", "r-1a2b3c", "--view")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("(view)", result.stdout)
+        self.assertEqual(self.consent.calls[0][2]["permission"], Permission.VIEW)
+
+    def test_approve_session_switches_a_live_session_in_place(self) -> None:
+        self.consent.open("s-1", permission=Permission.VIEW)
+        result = self.run_command("approve", "--session", "s-1", "--full")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(
+            result.stdout,
+            "session s-1 (erin) now has full access: every request goes through; from the next "
+            "request on every open connection\n",
+        )
+        result = self.run_command("approve", "--session", "s-1", "--view")
+        self.assertIn("now has view-only access: GET, HEAD and OPTIONS only", result.stdout)
+        result = self.run_command("approve", "--session", "s-1", "--view")
+        self.assertEqual(result.stdout, "session s-1 already has view access; nothing changed\n")
+        self.assertEqual(
+            [(name, details["permission"]) for name, _, details in self.consent.calls],
+            [
+                ("set_permission", Permission.FULL),
+                ("set_permission", Permission.VIEW),
+                ("set_permission", Permission.VIEW),
+            ],
+        )
+
+    def test_approve_session_mistakes_send_nothing(self) -> None:
+        self.consent.open("s-1")
+        for args, problem in [
+            (("--session", "s-1"), "approve --session: give --full or --view"),
+            (("--session", "s-1", "--full", "--view"), "approve --session: give --full or --view"),
+            (("r-1", "--session", "s-1", "--full"), "approve: a REQUEST or --session, not both"),
+            (("--session", "s-1", "--full", "--minutes", "5"), "leave out --minutes and --target"),
+            ((), "approve: name a REQUEST, or give --session ID --full|--view"),
+        ]:
+            result = self.run_command("approve", *args)
+            self.assertEqual(result.code, 2, args)
+            self.assertIn(problem, result.stderr)
+        self.assertEqual(self.consent.calls, [])
+        result = self.run_command("approve", "--session", "s-9", "--full")
+        self.assertOneLine(
+            result, 1, "gateway: no live session 's-9' on this gateway (see `gateway sessions`)"
+        )
+
     def test_an_unknown_request_exits_1_with_the_reason(self) -> None:
         result = self.run_command("approve", "r-999999")
         self.assertOneLine(
