@@ -11,9 +11,10 @@ from zope.interface.verify import verifyObject
 from gateway import __version__
 from gateway.config import AccessMode, Address, Target
 from gateway.edge.access import AccessPolicy
+from gateway.edge.consent import Permission, Session
 from gateway.edge.events import ConnectionRecord, FanOut
 from gateway.edge.link import TunnelStatus
-from gateway.edge.status import IStatusView, LiveConnections, StatusView
+from gateway.edge.status import IStatusView, LiveConnections, StatusView, session_report
 from gateway.splice import SpliceEnd
 
 RELAY = "relay.example:443"
@@ -114,3 +115,22 @@ class StatusViewTests(SynchronousTestCase):
         self.events.stream_opened(record("g-1", "bob", 1_700_000_001))
         text = json.dumps(self.view.report().to_json())
         self.assertEqual(json.loads(text)["connections"][0]["id"], "g-1")
+
+
+class SessionRequestsTests(SynchronousTestCase):
+    def test_a_session_lists_its_permission_and_recent_requests(self) -> None:
+        session = Session(
+            id="s-1",
+            engineer="erin",
+            reason="ticket",
+            targets=("web",),
+            permission=Permission.VIEW,
+            started=0.0,
+            expires=None,
+            approved_by="alice",
+        )
+        recent = [{"method": "POST", "path": "/upload", "result": "refused", "status": 403}]
+        report = session_report(session, {"s-1": recent}.get)  # type: ignore[arg-type]
+        self.assertEqual(report.permission, "view")
+        self.assertEqual(report.recent_requests, recent)
+        self.assertEqual(session_report(session).recent_requests, [])
