@@ -193,6 +193,7 @@ class StreamForwarder:
             stream_end = followed = FollowedStreamEnd(
                 session_rules(target, allowed.session, self.policy.sessions),
                 processor_end,
+                target=target,
                 on_bytes=self.counter.bytes_to_target,
                 seen=lambda exchange: self._request_seen(conn, exchange),
             )
@@ -285,12 +286,25 @@ class StreamForwarder:
         for conn in list(self.active.values()):
             conn.to_target.transport.abortConnection()
 
-    def abort_session(self, session_id: str, kinds: frozenset[str] | None = None) -> None:
-        """Cut every connection of a session that ended (the engineer sees the stream reset);
-        ``kinds``: only those to targets of these kinds (``tcp`` ones when it became view-only)."""
+    def abort_session(self, session_id: str) -> None:
+        """Cut every connection of a session that ended (the engineer sees the stream reset)."""
         for conn in list(self.active.values()):
-            if conn.session == session_id and (kinds is None or conn.kind in kinds):
+            if conn.session == session_id:
                 conn.to_target.transport.abortConnection()
+
+    def narrow_to_view(self, session_id: str) -> list[str]:
+        """The session became view-only: cut its connections that view cannot hold, those to
+        ``tcp`` targets and upgraded ones (a WebSocket where ``view_websocket`` is off); the
+        ids cut.  Its other connections carry on, their next request decided under view."""
+        cut = []
+        for conn in list(self.active.values()):
+            if conn.session != session_id:
+                continue
+            end = conn.to_target
+            if conn.kind == "tcp" or (isinstance(end, FollowedStreamEnd) and end.unfit_for_view):
+                cut.append(conn.id)
+                end.transport.abortConnection()
+        return cut
 
 
 _REFUSED = "connection refused (is the processor switched on and its web server running?)"

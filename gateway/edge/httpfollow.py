@@ -160,6 +160,8 @@ class RequestFollower:
         self._upgrade: Exchange | None = None
         self._responses = _ResponsePeek(self)
         self.ended_why: str | None = None
+        self.switched_to: str | None = None
+        """The protocol the connection was upgraded to (``websocket``), once it was."""
 
     def _new_parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
@@ -304,7 +306,7 @@ class RequestFollower:
             if exchange is self._upgrade:
                 self._upgrade = None
                 if status == 101:
-                    self._go_blind()
+                    self._go_blind(exchange)
                     return
         while self._queue and isinstance(self._queue[0], _Answer):
             answer = self._queue.popleft()
@@ -316,7 +318,8 @@ class RequestFollower:
             if held:
                 self._read(held)
 
-    def _go_blind(self) -> None:
+    def _go_blind(self, exchange: Exchange) -> None:
+        self.switched_to = exchange.head.upgrade or exchange.head.method.lower()
         self._mode = _Mode.BLIND
         held, self._held = bytes(self._held), bytearray()
         if held:

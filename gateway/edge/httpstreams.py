@@ -85,14 +85,24 @@ class FollowedStreamEnd(SpliceEnd):
         decide: Decide,
         processor: PeekedProcessorEnd,
         *,
+        target: Target,
         on_bytes: Callable[[int], None] | None = None,
         seen: Callable[[Exchange], None] | None = None,
     ) -> None:
         super().__init__(on_bytes=on_bytes)
+        self.target = target
         self.follower = RequestFollower(
             decide, forward=self._forward, answer=self._answer, close=self._close, seen=seen
         )
         processor.follower = self.follower
+
+    @property
+    def unfit_for_view(self) -> bool:
+        """Upgraded to a protocol a view-only session may not hold (its bytes pass unread)."""
+        switched = self.follower.switched_to
+        if switched is None:
+            return False
+        return not (switched == "websocket" and self.target.view_websocket)
 
     def dataReceived(self, data: bytes) -> None:
         if self.guard is not None:

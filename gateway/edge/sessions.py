@@ -93,7 +93,9 @@ SWITCHED_OFF = "remote access was switched off"
 class StreamCloser(Protocol):
     """What the consent service needs of the forwarder: end the streams it no longer allows."""
 
-    def abort_session(self, session_id: str, kinds: frozenset[str] | None = None) -> None: ...
+    def abort_session(self, session_id: str) -> None: ...
+
+    def narrow_to_view(self, session_id: str) -> list[str]: ...
 
     def abort_all(self) -> None: ...
 
@@ -548,7 +550,7 @@ class ConsentService(Service):
             by=str(by),
         )
         if permission is Permission.VIEW and self.streams is not None:
-            self.streams.abort_session(session_id, frozenset({"tcp"}))
+            self.streams.narrow_to_view(session_id)
         self._changed()
         return live.snapshot()
 

@@ -119,14 +119,15 @@ class StreamAborts:
 
     sessions: list[str] = field(factory=list)
     all: int = 0
-    by_kind: list[tuple[str, frozenset[str]]] = field(factory=list)
-    """Sessions whose streams to targets of some kinds only were aborted."""
+    narrowed: list[str] = field(factory=list)
+    """Sessions that became view-only (their streams view cannot hold were cut)."""
 
-    def abort_session(self, session_id: str, kinds: frozenset[str] | None = None) -> None:
-        if kinds is None:
-            self.sessions.append(session_id)
-        else:
-            self.by_kind.append((session_id, kinds))
+    def abort_session(self, session_id: str) -> None:
+        self.sessions.append(session_id)
+
+    def narrow_to_view(self, session_id: str) -> list[str]:
+        self.narrowed.append(session_id)
+        return []
 
     def abort_all(self) -> None:
         self.all += 1

@@ -347,9 +347,9 @@ class SessionTests(ConsentTestCase):
         self.assertIs(changed.permission, Permission.FULL)
         self.assertIs(self.service.grant(session_id).permission, Permission.FULL)  # type: ignore[union-attr]
         self.assertEqual([s.permission for s in self.service.sessions()], [Permission.FULL])
-        self.assertEqual(self.aborts.by_kind, [])  # more rights: nothing to cut
+        self.assertEqual(self.aborts.narrowed, [])  # more rights: nothing to cut
         self.service.set_permission(session_id, Permission.VIEW, ALICE)
-        self.assertEqual(self.aborts.by_kind, [(session_id, frozenset({"tcp"}))])
+        self.assertEqual(self.aborts.narrowed, [session_id])
         self.assertEqual(self.aborts.sessions, [])
         records = self.audited("session.changed")
         self.assertEqual(

@@ -34,6 +34,7 @@ UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: hmi\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -196,13 +197,26 @@ class ViewPermissionTests(SynchronousTestCase):
         self.assertEqual(processor.value(), b"")
         self.assertIn(b"HTTP/1.1 410 Gone", rec.received)
 
-    def test_only_tcp_streams_are_cut_when_asked_by_kind(self) -> None:
+    def test_a_switch_to_view_cuts_what_view_cannot_hold(self) -> None:
         self.set_permission(Permission.FULL)
-        self.open("hmi")
+        self.open("hmi")  # plain requests: carries on
         self.answer()
-        self.open("plc")
+        self.open("plc")  # tcp: cut
         self.answer()
-        self.assertEqual(sorted(c.kind for c in self.forwarder.active.values()), ["http", "tcp"])
-        self.forwarder.abort_session("s-1", frozenset({"tcp"}))
+        for target in ("hmi", "live"):  # upgraded under full: cut where view_websocket is off
+            _, _, stream = self.open(target)
+            end, _ = self.answer()
+            self.send(stream, UPGRADE)
+            end.dataReceived(SWITCHED)
+            self.t.settle()
+        kinds = sorted((c.target, c.kind) for c in self.forwarder.active.values())
+        self.assertEqual(
+            kinds, [("hmi", "http"), ("hmi", "http"), ("live", "http"), ("plc", "tcp")]
+        )
+        self.set_permission(Permission.VIEW)
+        cut = self.forwarder.narrow_to_view("s-1")
         self.t.settle()
-        self.assertEqual([c.kind for c in self.forwarder.active.values()], ["http"])
+        self.assertEqual(len(cut), 2)
+        left = sorted(c.target for c in self.forwarder.active.values())
+        self.assertEqual(left, ["hmi", "live"])
+        self.assertEqual(self.forwarder.narrow_to_view("s-1"), [])
