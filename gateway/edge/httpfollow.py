@@ -60,6 +60,8 @@ class RequestHead:
     """The protocol asked for (``websocket``), when the request asks to upgrade."""
     accept: str = ""
     """The ``Accept`` header: a refusal is JSON when the client wants JSON."""
+    has_body: bool = False
+    """It says it has a body (``Content-Length`` above 0, or ``Transfer-Encoding``)."""
 
     @property
     def path(self) -> str:
@@ -222,6 +224,8 @@ class RequestFollower:
             target=event.target.decode("latin-1"),
             upgrade=None if upgrade is None else upgrade.decode("latin-1").strip().lower(),
             accept=headers.get(b"accept", b"").decode("latin-1"),
+            has_body=b"transfer-encoding" in headers
+            or headers.get(b"content-length", b"0").strip() not in (b"0", b""),
         )
         exchange = Exchange(head, refused=self._decide(head))
         self._current = exchange

@@ -31,6 +31,13 @@ def view_only_reason(target: Target, session: str, method: str) -> str:
     )
 
 
+def body_reason(target: Target, session: str, method: str) -> str:
+    return (
+        f"the plant granted view-only access to {target.name!r} in session {session}: "
+        f"a {method} request with a body is refused"
+    )
+
+
 def websocket_reason(target: Target, session: str) -> str:
     return (
         f"the plant granted view-only access to {target.name!r} in session {session}, and this "
@@ -58,9 +65,13 @@ def session_rules(target: Target, session: str | None, sessions: ISessionLookup 
             if target.view_websocket and head.method == "GET" and head.upgrade == "websocket":
                 return None
             return Refuse(403, websocket_reason(target, session), "view-only")
-        if head.method in VIEW_METHODS:
-            return None
-        return Refuse(403, view_only_reason(target, session, head.method), "view-only")
+        if head.method not in VIEW_METHODS:
+            return Refuse(403, view_only_reason(target, session, head.method), "view-only")
+        if head.has_body:
+            # A processor that ignores a GET's body would read it as the next request, which
+            # the gateway never decided: under view a read carries no body.
+            return Refuse(403, body_reason(target, session, head.method), "view-only")
+        return None
 
     return decide
 

@@ -189,6 +189,21 @@ class ViewPermissionTests(SynchronousTestCase):
         self.open("plc")
         self.assertEqual(len(self.connector.calls), 1)
 
+    def test_a_read_with_a_body_is_refused_under_view(self) -> None:
+        # The body could be a second request to a processor that ignores a GET's body.
+        _, rec, stream = self.open()
+        _end, processor = self.answer()
+        smuggled = b"POST /admin HTTP/1.1\r\nHost: hmi\r\n\r\n"
+        self.send(
+            stream,
+            b"GET / HTTP/1.1\r\nHost: hmi\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(smuggled), smuggled),
+        )
+        self.assertEqual(processor.value(), b"")
+        self.assertIn(b"a GET request with a body is refused", rec.received)
+        self.send(stream, b"GET / HTTP/1.1\r\nHost: hmi\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"Content-Length: 0", processor.value())
+
     def test_a_session_that_ended_answers_every_further_request(self) -> None:
         _, rec, stream = self.open()
         _end, processor = self.answer()
