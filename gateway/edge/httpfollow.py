@@ -8,20 +8,27 @@ never gathered, each piece goes on as it arrives), and the processor's answers a
 A refused request gets the gateway's own answer (``403`` and a short HTML or JSON page); its body
 is read and dropped, and the keep-alive connection carries on with the next request.
 
-Parsers, measured on this project's machine with a browser-like 300-byte ``GET``:
+Parsers, measured on this project's (shared, 2-core) machine with a browser-like 400-byte
+``GET`` head: ``h11`` 0.16 (pure Python, already installed with ``wsproto``) about 50 µs to read
+it; ``httptools`` 0.9 (C, llhttp) about 0.5 µs.  Both are used, each where it is right:
 
-- ``h11`` 0.16 (pure Python, already installed with ``wsproto``): about 27 µs to read a head.
-- ``httptools`` 0.9 (C, llhttp): about 0.5 µs.
+- ``h11`` reads the request side in general, because it says exactly which bytes each event came
+  from (``Connection.trailing_data``): that is what lets the follower pass a request's bytes on
+  unchanged and cut the stream at request boundaries (a refused request's head and body go
+  nowhere, the next request goes on); ``httptools`` has no such offsets.  Body bytes cost one
+  copy.
+- h11's 50 µs would be the whole per-request budget, so the common case has a fast path: a read
+  that is exactly one request head with no body (a browser's ``GET``, one per read: one
+  ``\r\n\r\n``, at its very end) is read by ``httptools`` alone, and taken only if it saw
+  exactly one complete request in exactly those bytes, without body, upgrade or repeated header.
+  A parser that saw the head end anywhere else would have seen a body or a second request, so
+  the fast path cannot cut a stream where h11 would not; everything else goes to h11.
+- The response side, where every byte of a bulk download passes, is only *peeked at* with
+  ``httptools`` (no Python callback per body chunk): the status of each answer (for the audit),
+  when it is complete (so that the gateway's own answers keep their place among pipelined ones)
+  and whether an upgrade was taken.
 
-``h11`` reads the request side anyway, because it says exactly which bytes each event came from
-(``Connection.trailing_data``): that is what lets the follower pass a request's bytes on
-unchanged and cut the stream at request boundaries (a refused request's head and body go
-nowhere, the next request goes on).  ``httptools`` has no such offsets, and guessing a head's
-end beside the parser is how request smuggling starts.  27 µs per request is small against a
-processor's own time to answer, and body bytes cost one copy.  The response side, where every
-byte of a bulk download passes, is only *peeked at* with ``httptools`` (no Python callback per
-body chunk): the status of each answer (for the audit), when it is complete (so that the
-gateway's own answers keep their place among pipelined ones) and whether an upgrade was taken.
+`bench/http_follow_micro.py` measures what following costs per round trip and per GiB.
 
 Upgrades: a request that asks for one (``Upgrade: websocket``) is let through or refused like
 any other; once let through, the follower holds the engineer's next bytes until the processor
@@ -164,6 +171,8 @@ class RequestFollower:
         self.ended_why: str | None = None
         self.switched_to: str | None = None
         """The protocol the connection was upgraded to (``websocket``), once it was."""
+        self.fast_requests = 0
+        """Requests read by the fast path (`_whole_request`)."""
 
     def _new_parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
@@ -189,6 +198,8 @@ class RequestFollower:
             self._read(data)
 
     def _read(self, data: bytes) -> None:
+        if not self._mirror and self._current is None and self._whole_request(data):
+            return
         conn = self._conn
         conn.receive_data(data)
         self._mirror += data
@@ -214,6 +225,50 @@ class RequestFollower:
                 conn = self._conn
             elif event is h11.PAUSED:  # pragma: no cover - each message gets a fresh parser
                 return
+
+    def _whole_request(self, data: bytes) -> bool:
+        """The common case, read fast: ``data`` is exactly one request head with no body (a
+        browser's ``GET``, one per read).  httptools reads it; anything else (a body, an
+        upgrade, more than one request, a head split across reads, anything httptools or the
+        checks here doubt) is left to h11, so both parsers must agree for this path to count."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 != len(data) or len(data) > self._max_head:
+            return False
+        probe = _HeadProbe()
+        parser = httptools.HttpRequestParser(probe)
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return False
+        if probe.begun != 1 or probe.complete != 1 or probe.url is None or probe.body:
+            return False
+        headers = probe.headers
+        method = parser.get_method()
+        if (
+            parser.should_upgrade()
+            or method == b"CONNECT"
+            or b"upgrade" in headers
+            or b"transfer-encoding" in headers
+            or headers.get(b"content-length", b"0").strip() != b"0"
+            or (parser.get_http_version() == "1.1" and b"host" not in headers)
+        ):
+            return False
+        head = RequestHead(
+            method=method.decode("ascii", "replace"),
+            target=probe.url.decode("latin-1"),
+            accept=headers.get(b"accept", b"").decode("latin-1"),
+        )
+        self.fast_requests += 1
+        exchange = Exchange(head, refused=self._decide(head))
+        if exchange.refused is None:
+            self._forward(data)
+            self._queue.append(exchange)
+            self._unanswered.append(exchange)
+        else:
+            exchange.status = exchange.refused.status
+            self._seen(exchange)
+            self._give(_Answer(refusal_page(exchange.refused, head)))
+        return True
 
     def _request(self, event: h11.Request, chunk: bytes) -> None:
         headers = {name: value for name, value in event.headers}
@@ -339,6 +394,37 @@ class RequestFollower:
         """The stream ended: exchanges still waiting for their answer are told without one."""
         while self._unanswered:
             self._seen(self._unanswered.popleft())
+
+
+class _HeadProbe:
+    """What httptools tells of one request head (callbacks only; it keeps no state of ours)."""
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.complete = 0
+        self.url: bytes | None = None
+        self.body = False
+        self.headers: dict[bytes, bytes] = {}
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url if self.url is None else self.url + url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in self.headers:  # a repeated header: only h11's full reading will do
+            self.headers[name] += b", " + value
+            self.body = True  # not a body, but not the simple case either: back to h11
+        else:
+            self.headers[name] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body = True
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
 
 
 class _ResponsePeek:

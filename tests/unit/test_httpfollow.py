@@ -315,3 +315,53 @@ class MalformedTests(unittest.TestCase):
         self.assertEqual(len(h.closed), 0)  # the 400 waits for the upgrade's answer
         h.processor(ok(b"", b"400 Bad Request"))
         self.assertEqual(len(h.closed), 1)
+
+
+class FastPathTests(unittest.TestCase):
+    """A read that is exactly one bodyless request head is read by httptools; the rest by h11.
+    Whatever the path, what reaches the processor and the engineer must be the same."""
+
+    SAMPLES = (
+        get("/a?x=1"),
+        b"HEAD / HTTP/1.1\r\nHost: plc\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: plc\r\n\r\n",
+        b"DELETE /recipe/7 HTTP/1.1\r\nHost: plc\r\n\r\n",
+        b"POST /start HTTP/1.1\r\nHost: plc\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host: h11 refuses it
+        b"GET / HTTP/1.1\r\nHost: plc\r\nHost: other\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: plc\r\nAccept: text/html\r\nAccept: */*\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: plc\n\n",
+        b"GET / HTTP/1.1\r\nHost: plc\nX: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: plc\r\n\r\nGET /two HTTP/1.1\r\nHost: plc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: plc\r\nContent-Length: 3\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\nHost: plc\r\n\r\n",
+        b"G\xe9T / HTTP/1.1\r\nHost: plc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : plc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: plc\r\n folded\r\n\r\n",
+        UPGRADE,
+    )
+
+    def outcome(self, data: bytes, *, split: bool) -> tuple[bytes, list[bytes], int, int]:
+        h = Harness()
+        if split:
+            h.send(data[:3])
+            h.send(data[3:])
+        else:
+            h.send(data)
+        return h.to_processor, h.answers, len(h.closed), h.follower.fast_requests
+
+    def test_a_plain_get_takes_the_fast_path(self) -> None:
+        h = Harness()
+        h.send(get("/a?x=1"))
+        h.processor(ok())
+        h.send(post("/b", b"12"))
+        self.assertEqual(h.follower.fast_requests, 1)
+        self.assertEqual(h.to_processor, get("/a?x=1"))
+        self.assertEqual(h.results()[0], ("GET", "/a?x=", "forwarded", 200))
+
+    def test_both_paths_agree(self) -> None:
+        for sample in self.SAMPLES:
+            whole = self.outcome(sample, split=True)[:3]
+            fast = self.outcome(sample, split=False)
+            self.assertEqual(fast[:3], whole, sample)
