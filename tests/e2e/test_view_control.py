@@ -21,7 +21,14 @@ import pytest
 from attrs import define
 
 from gateway.cli.control import CONTROL_SOCKET
-from tests.helpers.consent import add_engineer, audit_records, control, control_json, records_of
+from tests.helpers.consent import (
+    add_engineer,
+    audit_records,
+    control,
+    control_json,
+    records_of,
+    told,
+)
 from tests.helpers.processes import Proc, Stack, fresh_stack, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -206,3 +213,34 @@ def test_view_websocket_governs_the_live_view(site: Site) -> None:
             control(stack, "end", session)
         web.stop()
         live.stop()
+
+
+def test_a_tcp_target_under_view_is_refused_with_the_reason(site: Site) -> None:
+    stack = site.stack
+    proc, session = view_session(site, "erin", "stopped", "forward3")
+    try:
+        wait_until("the forward", lambda: port_open(stack.ports["forward3"]), deadline=TIMEOUT)
+        with socket.create_connection(("127.0.0.1", stack.ports["forward3"]), timeout=TIMEOUT):
+            pass
+
+        def refused() -> list[dict[str, Any]]:
+            return records_of(
+                audit_records(stack, "gateway"), "stream.refused", session=session, target="stopped"
+            )
+
+        wait_until("the refusal on record", lambda: bool(refused()), deadline=TIMEOUT)
+        record = refused()[0]
+        assert record["result"] == "permission-denied", record
+        assert (
+            "'stopped' is a tcp target: the gateway cannot tell reading from writing"
+            in (record["reason"])
+        ), record
+        wait_until(
+            "the engineer told why",
+            lambda: any("is a tcp target" in line for line in told(proc)),
+            deadline=TIMEOUT,
+            proc=proc,
+        )
+    finally:
+        control(stack, "end", session)
+        proc.stop()
