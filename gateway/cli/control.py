@@ -447,9 +447,58 @@ def sessions(args: argparse.Namespace, console: Console) -> int:
     headings += ["APPROVED BY", "CONNECTIONS", "REASON"]
     for line in table(headings, rows):
         console.print(line)
+    recent = recent_requests(client)
+    for s in answer:
+        shown = recent.get(s["id"], [])[-RECENT_SHOWN:]
+        if shown:
+            console.print()
+            console.print(f"last requests of {s['id']} (gateway audit --session {s['id']}):")
+            for line in table(["", "TIME", "TARGET", "REQUEST", "RESULT"], request_rows(shown)):
+                console.print(line)
     console.print()
     console.print(f"end one: gateway end SESSION -c {args.config}   end all: gateway end --all")
+    console.print(f"view or full: gateway approve --session SESSION --view|--full -c {args.config}")
     return 0
+
+
+RECENT_SHOWN = 5
+"""Requests shown under each session by ``gateway sessions``."""
+
+
+def recent_requests(client: ControlClient) -> dict[str, list[dict[str, Any]]]:
+    """Each session's recent requests on http targets, from the status JSON ({} if none)."""
+    try:
+        status = client.get("status")
+    except (Refused, UsageError):
+        return {}
+    if not isinstance(status, dict):
+        return {}
+    return {
+        str(s.get("id")): list(s.get("recent_requests") or [])
+        for s in status.get("sessions", [])
+        if isinstance(s, dict)
+    }
+
+
+def request_rows(requests: Sequence[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for r in requests:
+        when = seconds_of(r.get("at"))
+        result = str(r.get("result", ""))
+        if r.get("status") is not None:
+            result += f" {r['status']}"
+        if r.get("result") == "refused" and r.get("why"):
+            result += f": {r['why']}"
+        rows.append(
+            [
+                " ",
+                "" if when is None else datetime.fromtimestamp(when).strftime("%H:%M:%S"),
+                str(r.get("target", "")),
+                f"{r.get('method', '')} {r.get('path', '')}",
+                result,
+            ]
+        )
+    return rows
 
 
 def end(args: argparse.Namespace, console: Console) -> int:
