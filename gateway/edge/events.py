@@ -140,7 +140,7 @@ def _no_bytes(n: int) -> None:
     pass
 
 
-@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents)
+@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents, IRequestEvents)
 class FanOut:
     """Calls every registered consumer of an event; one consumer's failure does not stop the rest.
 
@@ -156,6 +156,7 @@ class FanOut:
             IStreamEvents: [],
             IByteCounter: [],
             IAccessEvents: [],
+            IRequestEvents: [],
         }
         self._bind_byte_counters()
         for consumer in consumers:
@@ -223,6 +224,9 @@ class FanOut:
         self._each(IStreamEvents, "stream_refused", request, refusal, reason)
 
     # IAccessEvents
+    def request_seen(self, connection: ConnectionRecord, exchange: Exchange) -> None:
+        self._each(IRequestEvents, "request_seen", connection, exchange)
+
     def access_mode_changed(self, old: AccessMode, new: AccessMode) -> None:
         self._each(IAccessEvents, "access_mode_changed", old, new)
 

@@ -109,7 +109,7 @@ class EdgeDaemon(MultiService):
         # at the session's end, and its last few shown in the status JSON.
         self.request_audit = RequestAudit(self.consent.auditor, reactor)
         self.events.add(self.request_audit)
-        self.forwarder.requests = self.request_audit
+        self.forwarder.requests = self.events  # the audit and gateway_http_requests_total
         self.control = ControlRoutes(
             [
                 info_route(self.gateway_id, self.policy, lambda: len(self.forwarder.active)),

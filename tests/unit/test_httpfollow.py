@@ -365,3 +365,26 @@ class FastPathTests(unittest.TestCase):
             whole = self.outcome(sample, split=True)[:3]
             fast = self.outcome(sample, split=False)
             self.assertEqual(fast[:3], whole, sample)
+
+
+class HeadAnswerTests(unittest.TestCase):
+    """The answer to a HEAD has no body whatever its Content-Length says."""
+
+    def test_a_head_answer_split_across_reads(self) -> None:
+        h = Harness()
+        h.send(b"HEAD /big HTTP/1.1\r\nHost: plc\r\n\r\n")
+        h.processor(b"HTTP/1.1 200 OK\r\nContent-Le")
+        h.processor(b"ngth: 5000\r\n\r")
+        h.processor(b"\n")
+        h.send(post("/write", b"1") + get("/next"))
+        self.assertEqual(len(h.answers), 1)
+        h.processor(ok(status=b"202 Accepted"))
+        self.assertEqual([r[3] for r in h.results()], [200, 403, 202])
+
+    def test_an_answer_right_after_a_head_answer_in_the_same_read(self) -> None:
+        h = Harness(lambda head: None)
+        h.send(b"HEAD /big HTTP/1.1\r\nHost: plc\r\n\r\n" + get("/next"))
+        h.processor(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + ok(b"abc", b"404 Not Found")
+        )
+        self.assertEqual([r[3] for r in h.results()], [200, 404])
