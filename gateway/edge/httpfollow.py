@@ -315,7 +315,9 @@ class RequestFollower:
             self._read(rest)
 
     def _give(self, answer: _Answer) -> None:
-        if self._queue:
+        if self._responses.lost and self._queue:
+            self._end_lost()
+        elif self._queue:
             self._queue.append(answer)
             self._mode = _Mode.HELD  # nothing more reaches the processor until ours is out
         else:
@@ -385,10 +387,19 @@ class RequestFollower:
             self._forward(held)
 
     def _lost_track(self) -> None:
-        """The processor's answers could not be followed: nothing of ours can be placed."""
+        """The processor's answers could not be followed: nothing of ours can be placed among
+        them, so a stream that waits to place an answer (or on an upgrade) ends now, and one
+        that needs an answer of ours later ends then (`_give`)."""
         self._responses.lost = True
         if self._upgrade is not None or any(isinstance(x, _Answer) for x in self._queue):
-            self._malformed("the processor's answers could not be followed")
+            self._end_lost()
+
+    def _end_lost(self) -> None:
+        self._queue.clear()
+        self._held = bytearray()
+        self._mode = _Mode.ENDED
+        self.ended_why = "the gateway could not follow the processor's answers"
+        self._close(self.ended_why)
 
     def finish(self) -> None:
         """The stream ended: exchanges still waiting for their answer are told without one."""

@@ -388,3 +388,26 @@ class HeadAnswerTests(unittest.TestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + ok(b"abc", b"404 Not Found")
         )
         self.assertEqual([r[3] for r in h.results()], [200, 404])
+
+
+class LostTrackTests(unittest.TestCase):
+    def test_a_processor_answering_no_http_ends_the_stream_when_an_answer_must_be_placed(
+        self,
+    ) -> None:
+        h = Harness()
+        h.send(get("/a"))
+        h.processor(b"\x00\x01 this is no HTTP answer\r\n\r\n")
+        self.assertEqual(h.closed, [])  # passed on unchanged; nothing of ours to place yet
+        h.send(post("/write", b"1"))
+        self.assertEqual(h.closed, ["the gateway could not follow the processor's answers"])
+        self.assertEqual(h.answers, [])
+        self.assertEqual(h.to_processor, get("/a"))
+
+    def test_losing_track_while_an_answer_waits_ends_the_stream_at_once(self) -> None:
+        h = Harness()
+        h.send(get("/a") + post("/write", b"1"))
+        self.assertEqual(h.closed, [])
+        h.processor(b"garbage\r\n\r\n")
+        self.assertEqual(len(h.closed), 1)
+        h.send(get("/b"))
+        self.assertEqual(h.to_processor, get("/a"))
