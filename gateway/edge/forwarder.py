@@ -12,6 +12,11 @@ events.  The session a stream claims (``wire.SESSION_HEADER``) goes to the decis
 allowed, into its ``ConnectionRecord``; ending a session aborts its streams (``abort_session``).
 The decision is taken again when the processor answers: a session that ended, or a mode switched
 to ``disabled``, while the processor was being dialled opens nothing.
+
+A stream to a ``kind = "http"`` target is spliced through `gateway.edge.httpstreams`' ends, which
+follow its requests: each is decided under the session's permission as it is when the request
+comes, refused ones are answered by the gateway, and every one is told to ``requests`` (the
+request audit and metrics).  A ``tcp`` target is spliced byte for byte, as before.
 """
 
 from __future__ import annotations
