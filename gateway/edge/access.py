@@ -118,6 +118,9 @@ class AccessPolicy:
     def target_names(self) -> list[str]:
         return sorted(self._targets)
 
+    def target(self, name: str) -> Target | None:
+        return self._targets.get(name)
+
     def set_mode(self, mode: AccessMode) -> AccessMode:
         """Switch the mode for every stream asked for from now on; returns the old mode.
 
@@ -181,6 +184,16 @@ def _session_problem(grant: Grant | None, request: AccessRequest, target: Target
     if grant.permission is Permission.VIEW and target.kind is TargetKind.TCP:
         return Refused(Refusal.PERMISSION_DENIED, view_on_tcp_reason(grant.session, target.name))
     return None
+
+
+def target_access(permission: Permission, target: Target) -> str:
+    """What a session of ``permission`` may do on ``target``, in a word for the status JSON:
+    ``full``, ``view``, ``view+websocket`` or ``none`` (a view-only session on a tcp target)."""
+    if permission is Permission.FULL:
+        return "full"
+    if target.kind is TargetKind.TCP:
+        return "none"
+    return "view+websocket" if target.view_websocket else "view"
 
 
 def view_on_tcp_reason(session: str, target: str) -> str:

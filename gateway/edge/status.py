@@ -19,7 +19,7 @@ from attrs import field, frozen
 from zope.interface import Interface, implementer
 
 from gateway import __version__
-from gateway.edge.access import AccessPolicy, AccessRequest
+from gateway.edge.access import AccessPolicy, AccessRequest, target_access
 from gateway.edge.consent import IConsent, PendingRequest, Session
 from gateway.edge.events import ConnectionRecord, IStreamEvents
 from gateway.edge.link import TunnelStatus
@@ -71,6 +71,9 @@ class SessionReport:
     approved_by: str
     connections: list[str]
     implicit: bool = False
+    target_access: dict[str, str] = field(factory=dict)
+    """What the session may do on each of its targets: ``full``, ``view``, ``view+websocket``
+    (its WebSockets pass uninspected) or ``none`` (view-only on a tcp target)."""
     recent_requests: list[dict[str, Any]] = field(factory=list)
     """Its last requests on ``http`` targets (at most `gateway.edge.requestaudit.RECENT`):
     ``at``, ``target``, ``method``, ``path`` (no query values), ``result``, ``why``, ``status``."""
@@ -158,8 +161,11 @@ def request_report(request: PendingRequest) -> RequestReport:
 
 
 def session_report(
-    session: Session, recent: Callable[[str], list[dict[str, Any]]] | None = None
+    session: Session,
+    recent: Callable[[str], list[dict[str, Any]]] | None = None,
+    policy: AccessPolicy | None = None,
 ) -> SessionReport:
+    targets = [] if policy is None else [(n, policy.target(n)) for n in session.targets]
     return SessionReport(
         id=session.id,
         engineer=session.engineer,
@@ -171,6 +177,11 @@ def session_report(
         approved_by=session.approved_by,
         connections=list(session.connections),
         implicit=session.implicit,
+        target_access={
+            name: target_access(session.permission, target)
+            for name, target in targets
+            if target is not None
+        },
         recent_requests=[] if recent is None else recent(session.id),
     )
 
@@ -207,7 +218,7 @@ class StatusView:
                 requests=[request_report(r) for r in consent.requests()],
                 code_entry_locked_until=None if locked is None else iso(locked),
             )
-            sessions = [session_report(s, self._recent) for s in consent.sessions()]
+            sessions = [session_report(s, self._recent, self._policy) for s in consent.sessions()]
         return StatusReport(
             id=self._gateway_id,
             version=__version__,
