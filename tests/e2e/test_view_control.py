@@ -166,6 +166,7 @@ def test_view_then_full_on_one_keep_alive_connection(site: Site) -> None:
 
     [live] = [s for s in stack.status()["sessions"] if s["id"] == session]
     assert live["permission"] == "full"
+    assert live["target_access"] == {"web": "full"}, live
     assert [r["method"] for r in live["recent_requests"]] == ["GET", "POST", "GET", "POST"]
 
     shown = control(stack, "audit", "--session", session)
