@@ -532,14 +532,20 @@ class ConsentService(Service):
         previous = live.info.permission
         if previous is permission:
             return live.snapshot()
-        self.auditor.record(
-            "session.changed",
-            who=str(by),
-            session=session_id,
-            engineer=live.info.engineer,
-            previous=previous.value,
-            permission=permission.value,
-        )
+        details: dict[str, Any] = {
+            "session": session_id,
+            "engineer": live.info.engineer,
+            "previous": previous.value,
+            "permission": permission.value,
+        }
+        if permission is Permission.FULL:
+            # More rights are a decision that lets someone in: only once it is on record.
+            try:
+                self.auditor.require("session.changed", who=str(by), **details)
+            except AuditWriteError:
+                raise ConsentRefused("audit-unavailable", AUDIT_UNAVAILABLE) from None
+        else:
+            self.auditor.record("session.changed", who=str(by), **details)  # narrowing: always
         live.info = attrs.evolve(live.info, permission=permission)
         log.info(
             "session {id} of {engineer}: {old} -> {new} permission, by {by}",

@@ -707,6 +707,19 @@ class AuditFailureTests(ConsentTestCase):
         self.ask("trent", reason="new one")
         self.assertEqual(len(self.service.requests()), 1)
 
+    def test_full_access_needs_its_record_while_view_always_applies(self) -> None:
+        _, session_id = self.approved()
+        self.audit.fail = True
+        self.service.set_permission(session_id, Permission.VIEW, ALICE)  # narrowing: always
+        self.assertIs(self.service.grant(session_id).permission, Permission.VIEW)  # type: ignore[union-attr]
+        self.refused(
+            "audit-unavailable", self.service.set_permission, session_id, Permission.FULL, ALICE
+        )
+        self.assertIs(self.service.grant(session_id).permission, Permission.VIEW)  # type: ignore[union-attr]
+        self.audit.fail = False
+        self.service.set_permission(session_id, Permission.FULL, ALICE)
+        self.assertIs(self.service.grant(session_id).permission, Permission.FULL)  # type: ignore[union-attr]
+
     def test_switching_off_works_even_when_it_cannot_be_recorded(self) -> None:
         self.audit.fail = True
         self.service.set_mode(AccessMode.DISABLED, ALICE)
