@@ -458,6 +458,8 @@ class _ResponsePeek:
         except httptools.HttpParserUpgrade:
             pass  # 101: told by on_headers_complete; nothing after it is HTTP
         except httptools.HttpParserError:
+            if self._follower.blind:
+                return  # a CONNECT was taken: what follows is no HTTP
             if not self._head_answered:
                 self._follower._lost_track()
                 return
@@ -478,13 +480,16 @@ class _ResponsePeek:
     def on_headers_complete(self) -> None:
         self._status = status = self._parser.get_status_code()
         follower = self._follower
-        head_request = bool(follower._unanswered and follower._unanswered[0].head.method == "HEAD")
+        method = follower._unanswered[0].head.method if follower._unanswered else ""
         follower._response_head(status)
-        if head_request and status >= 200:
+        if method == "HEAD" and status >= 200:
             self._head_answered = True
             raise _HeadAnswered
         if status == 101:
             follower._response_done(101)
+        elif method == "CONNECT" and 200 <= status < 300:
+            follower._response_done(101)  # a tunnel now, as after an upgrade
+            raise _HeadAnswered  # stop reading: the rest is the tunnel's
 
     def on_message_complete(self) -> None:
         if self._status != 101:

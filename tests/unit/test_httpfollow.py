@@ -271,6 +271,18 @@ class UpgradeTests(unittest.TestCase):
         self.assertIn(b"403", h.answers[0])
         self.assertFalse(h.follower.blind)
 
+    def test_a_connect_the_processor_takes_becomes_a_tunnel(self) -> None:
+        h = Harness(lambda head: None)
+        connect = b"CONNECT plc:502 HTTP/1.1\r\nHost: plc:502\r\n\r\n"
+        h.send(connect + b"\x00\x01modbus")
+        self.assertEqual(h.to_processor, connect)
+        h.processor(b"HTTP/1.1 200 Connection established\r\n\r\n\x00\x01reply")
+        self.assertTrue(h.follower.blind)
+        self.assertEqual(h.follower.switched_to, "connect")
+        self.assertEqual(h.to_processor, connect + b"\x00\x01modbus")
+        h.processor(b"more \xff bytes")
+        self.assertEqual(h.closed, [])
+
 
 class MalformedTests(unittest.TestCase):
     def test_a_malformed_request_ends_the_stream_and_reaches_nothing(self) -> None:
