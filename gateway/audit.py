@@ -50,6 +50,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "stream.closed": (SR_AUDIT, SR_ZONE_BOUNDARY),
     "stream.refused": (SR_AUDIT, SR_AUTHORISATION, SR_ZONE_BOUNDARY),
     "http.request": (SR_AUDIT, SR_AUTHORISATION),
+    "http.summary": (SR_AUDIT,),
     "audit.suppressed": (SR_AUDIT,),
     # Relay: who came in.
     "engineer.login_failed": (SR_AUDIT, SR_LOGIN_FAILURES, SR_AUTHENTICATION),

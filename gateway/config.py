@@ -165,6 +165,16 @@ class ProxyCredentials:
     password: str = field(repr=False)
 
 
+class TargetKind(enum.Enum):
+    """What the gateway knows of a processor's protocol (``[[target]] kind``)."""
+
+    TCP = "tcp"
+    """Bytes only: the gateway cannot tell reading from writing, so view-only sessions cannot
+    use it."""
+    HTTP = "http"
+    """HTTP/1.1 (and WebSocket upgrades): the gateway follows each request's method and path."""
+
+
 @frozen
 class Target:
     """One processor the gateway may forward to: nothing off this list is reachable."""
@@ -172,6 +182,10 @@ class Target:
     name: str
     address: Address
     connect_timeout: float = 5.0
+    kind: TargetKind = TargetKind.TCP
+    view_websocket: bool = False
+    """``http`` only: a view-only session may open WebSocket upgrades (their messages pass both
+    ways uninspected)."""
 
 
 @frozen
@@ -360,6 +374,11 @@ class _Table:
 
     def optional_str(self, name: str) -> str | None:
         return self._get(name, str, "a string", None)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name, bool, "true or false", default)
+        assert value is not None
+        return value
 
     def seconds(self, name: str, default: float, *, low: float = 0.1, high: float = 3600) -> float:
         value = self._get(name, float, "a number of seconds", default)
@@ -643,11 +662,16 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
             raise table.error("name", f"{name!r} is not a target name (letters, digits, . _ -)")
         if any(t.name == name for t in targets):
             raise table.error("name", f"target {name!r} is listed twice")
+        address = _required(table.address("address"))
+        timeout = table.seconds("connect_timeout", 5.0, high=120)
+        kind, view_websocket = _target_kind(table)
         targets.append(
             Target(
                 name=name,
-                address=_required(table.address("address")),
-                connect_timeout=table.seconds("connect_timeout", 5.0, high=120),
+                address=address,
+                connect_timeout=timeout,
+                kind=kind,
+                view_websocket=view_websocket,
             )
         )
         table.finish()
@@ -694,6 +718,23 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         status_allowed_hosts=status_hosts,
         metrics_allowed_hosts=metrics_hosts,
     )
+
+
+def _target_kind(table: _Table) -> tuple[TargetKind, bool]:
+    """``kind`` (default ``tcp``) and ``view_websocket`` (only with ``kind = "http"``)."""
+    text = table.optional_str("kind")
+    try:
+        kind = TargetKind.TCP if text is None else TargetKind(text)
+    except ValueError:
+        choices = ", ".join(f'"{k.value}"' for k in TargetKind)
+        raise table.error("kind", f"{text!r} is not one of {choices}") from None
+    view_websocket = table.flag("view_websocket", False)
+    if "view_websocket" in table.data and kind is not TargetKind.HTTP:
+        raise table.error(
+            "view_websocket",
+            'only applies to kind = "http" targets (the gateway sees no requests on a tcp one)',
+        )
+    return kind, view_websocket
 
 
 def _consent_rules(access: _Table | None) -> ConsentRules:

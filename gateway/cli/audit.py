@@ -33,6 +33,12 @@ def register(commands: Commands) -> None:
         "Reads the files in the state directory; the daemon need not run.",
     )
     parser.add_argument("-c", "--config", required=True, type=Path, help="gateway.toml")
+    parser.add_argument(
+        "--session",
+        metavar="ID",
+        help="only the records of this session (gateway sessions): its approval, connections, "
+        "every request on http targets and its end",
+    )
     add_options(parser)
 
 
@@ -72,6 +78,9 @@ def show_trail(folder: Path, args: argparse.Namespace, console: Console) -> int:
     from gateway.auditlog.reader import AuditReadError, parse_since, read_trail, verify_trail
 
     since: float | None = None
+    session = getattr(args, "session", None)
+    if session is not None and args.verify:
+        raise UsageError("--verify checks the whole trail; leave out --session")
     if getattr(args, "since", None) is not None:
         if args.verify:
             raise UsageError("--verify checks the whole trail; leave out --since")
@@ -94,6 +103,8 @@ def show_trail(folder: Path, args: argparse.Namespace, console: Console) -> int:
             return 0
         shown = 0
         for record in read_trail(folder, since):
+            if session is not None and record.get("session") != session:
+                continue
             console.print(_json_line(record) if args.json else readable(record))
             shown += 1
     except (AuditReadError, OSError) as e:
@@ -101,6 +112,7 @@ def show_trail(folder: Path, args: argparse.Namespace, console: Console) -> int:
         raise UsageError(why) from None
     if not shown:
         when = " yet" if since is None else f" since {args.since}"
+        when += "" if session is None else f" of session {session}"
         _say(console, args, f"no audit records{when} in {folder}")
     return 0
 

@@ -350,6 +350,12 @@ def requests(args: argparse.Namespace, console: Console) -> int:
 
 
 def approve(args: argparse.Namespace, console: Console) -> int:
+    if args.session is not None:
+        return switch_permission(args, console)
+    if args.request is None:
+        raise UsageError("approve: name a REQUEST, or give --session ID --full|--view")
+    if args.full and args.view:
+        raise UsageError("approve: --full or --view, not both")
     request_id = an_id(args.request, "request", "requests")
     body = grant_body(args)
     client = ControlClient(args.config)
@@ -361,6 +367,40 @@ def approve(args: argparse.Namespace, console: Console) -> int:
         f"approved {request_id}: {session['engineer']} may use "
         f"{listed(session.get('targets', []))} ({session.get('permission')}) "
         f"{until(session.get('expires'), client.clock())}; session {session['id']}"
+    )
+    return 0
+
+
+def switch_permission(args: argparse.Namespace, console: Console) -> int:
+    """``approve --session ID --full|--view``: switch a live session in place."""
+    if args.request is not None:
+        raise UsageError("approve: a REQUEST or --session, not both")
+    if args.full == args.view:
+        raise UsageError("approve --session: give --full or --view")
+    if args.minutes is not None or args.target:
+        raise UsageError(
+            "approve --session changes only the permission: leave out --minutes and --target"
+        )
+    session_id = an_id(args.session, "session", "sessions")
+    permission = "full" if args.full else "view"
+    client = ControlClient(args.config)
+    answer = client.post(f"sessions/{quote(session_id)}/permission", {"permission": permission})
+    if args.json:
+        print_json(console, answer)
+        return 0
+    previous = answer.get("previous")
+    if previous == permission:
+        console.print(f"session {session_id} already has {permission} access; nothing changed")
+        return 0
+    words = (
+        "full access: every request goes through"
+        if permission == "full"
+        else "view-only access: GET, HEAD and OPTIONS only; its connections to tcp targets are "
+        "closed"
+    )
+    console.print(
+        f"session {session_id} ({answer.get('engineer')}) now has {words}; from the next request "
+        "on every open connection"
     )
     return 0
 
@@ -407,9 +447,58 @@ def sessions(args: argparse.Namespace, console: Console) -> int:
     headings += ["APPROVED BY", "CONNECTIONS", "REASON"]
     for line in table(headings, rows):
         console.print(line)
+    recent = recent_requests(client)
+    for s in answer:
+        shown = recent.get(s["id"], [])[-RECENT_SHOWN:]
+        if shown:
+            console.print()
+            console.print(f"last requests of {s['id']} (gateway audit --session {s['id']}):")
+            for line in table(["", "TIME", "TARGET", "REQUEST", "RESULT"], request_rows(shown)):
+                console.print(line)
     console.print()
     console.print(f"end one: gateway end SESSION -c {args.config}   end all: gateway end --all")
+    console.print(f"view or full: gateway approve --session SESSION --view|--full -c {args.config}")
     return 0
+
+
+RECENT_SHOWN = 5
+"""Requests shown under each session by ``gateway sessions``."""
+
+
+def recent_requests(client: ControlClient) -> dict[str, list[dict[str, Any]]]:
+    """Each session's recent requests on http targets, from the status JSON ({} if none)."""
+    try:
+        status = client.get("status")
+    except (Refused, UsageError):
+        return {}
+    if not isinstance(status, dict):
+        return {}
+    return {
+        str(s.get("id")): list(s.get("recent_requests") or [])
+        for s in status.get("sessions", [])
+        if isinstance(s, dict)
+    }
+
+
+def request_rows(requests: Sequence[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for r in requests:
+        when = seconds_of(r.get("at"))
+        result = str(r.get("result", ""))
+        if r.get("status") is not None:
+            result += f" {r['status']}"
+        if r.get("result") == "refused" and r.get("why"):
+            result += f": {r['why']}"
+        rows.append(
+            [
+                " ",
+                "" if when is None else datetime.fromtimestamp(when).strftime("%H:%M:%S"),
+                str(r.get("target", "")),
+                f"{r.get('method', '')} {r.get('path', '')}",
+                result,
+            ]
+        )
+    return rows
 
 
 def end(args: argparse.Namespace, console: Console) -> int:
@@ -495,11 +584,20 @@ def register(commands: Commands) -> None:
     parser = add(
         "approve",
         approve,
-        "let an engineer in: approve a waiting request",
-        "gateway approve r-4f2a9c -c /etc/gateway/gateway.toml --minutes 30 --target web",
+        "let an engineer in: approve a waiting request (or switch a live session's permission)",
+        "gateway approve r-4f2a9c -c /etc/gateway/gateway.toml --minutes 30 --target web\n"
+        "  gateway approve --session s-81be07 --full -c /etc/gateway/gateway.toml",
     )
-    parser.add_argument("request", metavar="REQUEST", help="the request's id (gateway requests)")
+    parser.add_argument(
+        "request", metavar="REQUEST", nargs="?", help="the request's id (gateway requests)"
+    )
     grant_options(parser, "session")
+    parser.add_argument(
+        "--session",
+        metavar="ID",
+        help="switch this live session (gateway sessions) to --full or --view, in place",
+    )
+    parser.add_argument("--full", action="store_true", help="full permission (the default)")
 
     parser = add(
         "deny",

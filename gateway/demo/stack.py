@@ -32,7 +32,7 @@ from typing import Final
 
 from attrs import Factory, field, fields, frozen
 
-from gateway.config import Address, Target
+from gateway.config import Address, Target, TargetKind
 from gateway.demo.tomlfile import Section, Table, Value, merged, render
 from gateway.pki import create_ca, issue_gateway_certificate, issue_relay_certificate
 from gateway.promtext import metric_value
@@ -248,6 +248,8 @@ _GATEWAY_NOTES: Final[Mapping[tuple[str, str], str]] = {
     ("relay", "proxy"): "HTTP CONNECT proxy to reach the relay through",
     ("target", ""): "the allowlist: nothing else is reachable through the gateway",
     ("target", "connect_timeout"): "seconds to reach the target (default 5)",
+    ("target", "kind"): "http: the gateway follows requests (view-only: GET, HEAD, OPTIONS)",
+    ("target", "view_websocket"): "view-only sessions may open WebSockets (uninspected)",
     ("access", "mode"): "attended | unattended | disabled",
     ("status", "listen"): "status page, and JSON at /api/status",
     ("metrics", "listen"): "Prometheus text at /metrics",
@@ -338,7 +340,7 @@ def gateway_toml(
     A target's ``connect_timeout`` is written when it is not the default.
     """
     if targets is None:
-        targets = [Target(WEB, loopback(ports.processor))]
+        targets = [Target(WEB, loopback(ports.processor), kind=TargetKind.HTTP)]
         target_notes = {WEB: "the demo processor", **(target_notes or {})}
     default_timeout = fields(Target).connect_timeout.default
     body = [
@@ -356,6 +358,10 @@ def gateway_toml(
         keys: dict[str, Value] = {"name": target.name, "address": target.address}
         if target.connect_timeout != default_timeout:
             keys["connect_timeout"] = target.connect_timeout
+        if target.kind is not TargetKind.TCP:
+            keys["kind"] = target.kind.value
+        if target.view_websocket:
+            keys["view_websocket"] = True
         note = (target_notes or {}).get(target.name, "")
         body.append(Section("target", keys, array=True, key_notes={"address": note}))
     body.append(Section("access", {"mode": mode}))

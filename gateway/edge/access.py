@@ -23,7 +23,7 @@ from collections.abc import Callable
 from attrs import frozen
 from zope.interface import Interface
 
-from gateway.config import AccessMode, Target
+from gateway.config import AccessMode, Target, TargetKind
 from gateway.wire import Refusal
 
 ATTENDED_NEEDS_A_SESSION = (
@@ -118,6 +118,9 @@ class AccessPolicy:
     def target_names(self) -> list[str]:
         return sorted(self._targets)
 
+    def target(self, name: str) -> Target | None:
+        return self._targets.get(name)
+
     def set_mode(self, mode: AccessMode) -> AccessMode:
         """Switch the mode for every stream asked for from now on; returns the old mode.
 
@@ -145,7 +148,7 @@ class AccessPolicy:
             return Allowed(target)
         if request.session is not None:
             grant = sessions.grant(request.session)
-            problem = _session_problem(grant, request)
+            problem = _session_problem(grant, request, target)
             if problem is not None:
                 return problem
             return Allowed(target, request.session)
@@ -157,13 +160,13 @@ class AccessPolicy:
         return Allowed(target, implicit.session)
 
 
-def _session_problem(grant: Grant | None, request: AccessRequest) -> Refused | None:
+def _session_problem(grant: Grant | None, request: AccessRequest, target: Target) -> Refused | None:
     """Why the session a stream names does not let it through (None: it does).
 
     Another engineer's session reads as not live: a session id is not a secret (the status page
     and the relay's support view show it), so it must never work for anyone but its holder, and
-    the refusal says no more than that.  ``view`` is stored and shown; what it enforces comes with
-    the web targets.
+    the refusal says no more than that.  ``view`` lets a session use only ``http`` targets (whose
+    requests the gateway follows, `gateway.edge.httpstreams`): never a ``tcp`` one.
     """
     if grant is None or grant.engineer != request.engineer:
         return Refused(
@@ -178,4 +181,23 @@ def _session_problem(grant: Grant | None, request: AccessRequest) -> Refused | N
             f"session {grant.session} does not cover target {request.target!r} "
             f"(it covers: {granted})",
         )
+    if grant.permission is Permission.VIEW and target.kind is TargetKind.TCP:
+        return Refused(Refusal.PERMISSION_DENIED, view_on_tcp_reason(grant.session, target.name))
     return None
+
+
+def target_access(permission: Permission, target: Target) -> str:
+    """What a session of ``permission`` may do on ``target``, in a word for the status JSON:
+    ``full``, ``view``, ``view+websocket`` or ``none`` (a view-only session on a tcp target)."""
+    if permission is Permission.FULL:
+        return "full"
+    if target.kind is TargetKind.TCP:
+        return "none"
+    return "view+websocket" if target.view_websocket else "view"
+
+
+def view_on_tcp_reason(session: str, target: str) -> str:
+    return (
+        f"session {session} is view-only, and {target!r} is a tcp target: the gateway cannot "
+        "tell reading from writing there, so only a session with full access can use it"
+    )

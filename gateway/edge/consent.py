@@ -174,6 +174,11 @@ class IConsent(Interface):
     def end_all(by: Actor, reason: str = "") -> list[Session]:
         """End every live session."""
 
+    def set_permission(session_id: str, permission: Permission, by: Actor) -> Session:
+        """Switch a live session between ``view`` and ``full``: the next request on each of its
+        open connections is decided under the new permission; a switch to ``view`` ends its
+        connections to ``tcp`` targets (the gateway cannot hold them to it)."""
+
     def when_changed() -> Deferred[None]:
         """Fires at the next change of mode, requests or sessions (for live pages and SSE)."""
 

@@ -27,6 +27,7 @@ from gateway.audit import AuditWriteError, IAuditTrail
 from gateway.config import AccessMode
 from gateway.edge.access import AccessRequest
 from gateway.edge.consent import PendingRequest, Session
+from gateway.edge.httpfollow import Exchange
 from gateway.splice import SpliceEnd
 from gateway.wire import Refusal
 
@@ -46,6 +47,8 @@ class ConnectionRecord:
     started: float
     to_target: SpliceEnd = field(repr=False)
     from_target: SpliceEnd = field(repr=False)
+    kind: str = "tcp"
+    """The target's kind (``tcp``, ``http``): ``http`` streams are followed request by request."""
 
     @property
     def bytes_to_target(self) -> int:
@@ -90,6 +93,13 @@ class IStreamEvents(Interface):
         """A stream was refused: by the access decision, or its processor could not be reached."""
 
 
+class IRequestEvents(Interface):
+    """Requests on the streams to ``http`` targets, as the follower sees them."""
+
+    def request_seen(connection: ConnectionRecord, exchange: Exchange) -> None:
+        """A request was let through (and its answer's status read, if it came) or refused."""
+
+
 class IByteCounter(Interface):
     """Bytes moved, per chunk, on the data path: implementations must be cheap and not raise."""
 
@@ -130,7 +140,7 @@ def _no_bytes(n: int) -> None:
     pass
 
 
-@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents)
+@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents, IRequestEvents)
 class FanOut:
     """Calls every registered consumer of an event; one consumer's failure does not stop the rest.
 
@@ -146,6 +156,7 @@ class FanOut:
             IStreamEvents: [],
             IByteCounter: [],
             IAccessEvents: [],
+            IRequestEvents: [],
         }
         self._bind_byte_counters()
         for consumer in consumers:
@@ -213,6 +224,9 @@ class FanOut:
         self._each(IStreamEvents, "stream_refused", request, refusal, reason)
 
     # IAccessEvents
+    def request_seen(self, connection: ConnectionRecord, exchange: Exchange) -> None:
+        self._each(IRequestEvents, "request_seen", connection, exchange)
+
     def access_mode_changed(self, old: AccessMode, new: AccessMode) -> None:
         self._each(IAccessEvents, "access_mode_changed", old, new)
 

@@ -12,6 +12,11 @@ events.  The session a stream claims (``wire.SESSION_HEADER``) goes to the decis
 allowed, into its ``ConnectionRecord``; ending a session aborts its streams (``abort_session``).
 The decision is taken again when the processor answers: a session that ended, or a mode switched
 to ``disabled``, while the processor was being dialled opens nothing.
+
+A stream to a ``kind = "http"`` target is spliced through `gateway.edge.httpstreams`' ends, which
+follow its requests: each is decided under the session's permission as it is when the request
+comes, refused ones are answered by the gateway, and every one is told to ``requests`` (the
+request audit and metrics).  A ``tcp`` target is spliced byte for byte, as before.
 """
 
 from __future__ import annotations
@@ -36,9 +41,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import Target
+from gateway.config import Target, TargetKind
 from gateway.edge.access import AccessPolicy, AccessRequest, Allowed, Refused
-from gateway.edge.events import ConnectionRecord, FanOut, IByteCounter, IStreamEvents
+from gateway.edge.events import (
+    ConnectionRecord,
+    FanOut,
+    IByteCounter,
+    IRequestEvents,
+    IStreamEvents,
+)
+from gateway.edge.httpfollow import Exchange
+from gateway.edge.httpstreams import FollowedStreamEnd, PeekedProcessorEnd, session_rules
 from gateway.edge.limits import StreamLimiter
 from gateway.net.endpoints import quiet_factory
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
@@ -99,8 +112,11 @@ class StreamForwarder:
         counter: IByteCounter | None = None,
         half_close_timeout: float = 30.0,
         limits: StreamLimiter | None = None,
+        requests: IRequestEvents | None = None,
     ) -> None:
         self.half_close_timeout = half_close_timeout
+        self.requests = requests
+        """Hears every request on an ``http`` target's streams (the request audit)."""
         self.limits = limits  # streams per target, engineer and tunnel (None: unlimited)
         self.policy = policy
         self._connect = connect
@@ -133,7 +149,11 @@ class StreamForwarder:
             self._refuse(stream, asked, slot.refusal, slot.reason)
             return
         # Looked up per stream, not per chunk: the counter's own method when there is one.
-        processor_end = SpliceEnd(on_bytes=self.counter.bytes_from_target)
+        processor_end = (
+            PeekedProcessorEnd(on_bytes=self.counter.bytes_from_target)
+            if target.kind is TargetKind.HTTP
+            else SpliceEnd(on_bytes=self.counter.bytes_from_target)
+        )
         d = self._connect(target, processor_end)
         if slot is not None:
             slot.hold(d, processor_end)  # given back when the processor connection is gone
@@ -169,10 +189,21 @@ class StreamForwarder:
             return
         allowed = again
         target = allowed.target
-        stream_end = SpliceEnd(on_bytes=self.counter.bytes_to_target)
         cid = asked.connection_id
         if cid in self.active:  # the relay sent one id for two streams at once: keep them apart
             cid = self._local_id()
+        stream_end: SpliceEnd
+        followed: FollowedStreamEnd | None = None
+        if isinstance(processor_end, PeekedProcessorEnd):
+            stream_end = followed = FollowedStreamEnd(
+                session_rules(target, allowed.session, self.policy.sessions),
+                processor_end,
+                target=target,
+                on_bytes=self.counter.bytes_to_target,
+                seen=lambda exchange: self._request_seen(conn, exchange),
+            )
+        else:
+            stream_end = SpliceEnd(on_bytes=self.counter.bytes_to_target)
         conn = ConnectionRecord(
             id=cid,
             target=target.name,
@@ -182,6 +213,7 @@ class StreamForwarder:
             started=self._clock.seconds(),
             to_target=stream_end,
             from_target=processor_end,
+            kind=target.kind.value,
         )
         self.active[conn.id] = conn
         self.events.stream_opened(conn)
@@ -192,11 +224,24 @@ class StreamForwarder:
             target=conn.target,
             address=conn.address,
         )
-        stream_end.on_lost = lambda reason: self._closed(conn, reason)
+        if followed is not None:
+            follower = followed.follower
+
+            def lost(reason: Failure) -> None:
+                follower.finish()  # requests still waiting for an answer are recorded without
+                self._closed(conn, reason)
+
+            stream_end.on_lost = lost
+        else:
+            stream_end.on_lost = lambda reason: self._closed(conn, reason)
         stream.accept()
         stream.attach(stream_end)
         HalfCloseGuard(stream_end, processor_end, self._clock, self.half_close_timeout)
         splice(stream_end, processor_end)
+
+    def _request_seen(self, conn: ConnectionRecord, exchange: Exchange) -> None:
+        if self.requests is not None:
+            self.requests.request_seen(conn, exchange)
 
     def _closed(self, conn: ConnectionRecord, reason: Failure) -> None:
         if self.active.get(conn.id) is not conn:
@@ -251,6 +296,20 @@ class StreamForwarder:
         for conn in list(self.active.values()):
             if conn.session == session_id:
                 conn.to_target.transport.abortConnection()
+
+    def narrow_to_view(self, session_id: str) -> list[str]:
+        """The session became view-only: cut its connections that view cannot hold, those to
+        ``tcp`` targets and upgraded ones (a WebSocket where ``view_websocket`` is off); the
+        ids cut.  Its other connections carry on, their next request decided under view."""
+        cut = []
+        for conn in list(self.active.values()):
+            if conn.session != session_id:
+                continue
+            end = conn.to_target
+            if conn.kind == "tcp" or (isinstance(end, FollowedStreamEnd) and end.unfit_for_view):
+                cut.append(conn.id)
+                end.transport.abortConnection()
+        return cut
 
 
 _REFUSED = "connection refused (is the processor switched on and its web server running?)"

@@ -23,15 +23,17 @@ from gateway.edge.events import (
     ConnectionRecord,
     IAccessEvents,
     IByteCounter,
+    IRequestEvents,
     IStreamEvents,
     ITunnelEvents,
 )
+from gateway.edge.httpfollow import Exchange
 from gateway.net.queues import PathReport
 from gateway.procmetrics import process_health
 from gateway.wire import Refusal
 
 
-@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents)
+@implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents, IRequestEvents)
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry, clock: IReactorTime | None = None) -> None:
         self.registry = registry
@@ -86,6 +88,14 @@ class GatewayMetrics:
             "gateway_access_mode", "1 for the access mode in force", ["mode"], registry=registry
         )
         self._modes = {m: mode.labels(mode=m.value) for m in AccessMode}
+        requests = Counter(
+            "gateway_http_requests_total",
+            "Requests on streams to http targets, by result (forwarded, refused)",
+            ["result"],
+            registry=registry,
+        )
+        self._forwarded = requests.labels(result="forwarded")
+        self._refused = requests.labels(result="refused")
         self._audit_failures = Counter(
             "gateway_audit_write_failures_total",
             "Audit records that could not be written",
@@ -143,6 +153,10 @@ class GatewayMetrics:
 
     def stream_refused(self, request: AccessRequest, refusal: Refusal, reason: str) -> None:
         self._streams.labels(result=refusal.token).inc()
+
+    # IRequestEvents
+    def request_seen(self, connection: ConnectionRecord, exchange: Exchange) -> None:
+        (self._forwarded if exchange.forwarded else self._refused).inc()
 
     # IByteCounter: per chunk, on the data path
     def bytes_to_target(self, n: int) -> None:

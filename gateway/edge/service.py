@@ -29,6 +29,7 @@ from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
+from gateway.edge.requestaudit import RequestAudit
 from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
 from gateway.edge.status import LiveConnections, StatusView
@@ -105,6 +106,11 @@ class EdgeDaemon(MultiService):
         self.policy.sessions = self.consent
         self.events.add(self.consent)  # which connections each session has
         self.events.add(StreamAudit(self.consent.auditor, reactor))
+        # Every request on an http target's streams: audited (bounded per session), summed up
+        # at the session's end, and its last few shown in the status JSON.
+        self.request_audit = RequestAudit(self.consent.auditor, reactor)
+        self.events.add(self.request_audit)
+        self.forwarder.requests = self.events  # the audit and gateway_http_requests_total
         self.control = ControlRoutes(
             [
                 info_route(self.gateway_id, self.policy, lambda: len(self.forwarder.active)),
@@ -116,7 +122,12 @@ class EdgeDaemon(MultiService):
         self.observer = TunnelObserver(relay, self.events)
         self.metrics.watch_path(self._tunnel_path)
         self.view = StatusView(
-            self.gateway_id, self.tunnel_status, self.policy, self.connections, self.consent
+            self.gateway_id,
+            self.tunnel_status,
+            self.policy,
+            self.connections,
+            self.consent,
+            recent_requests=self.request_audit.recent,
         )
         # Connectivity checks: at start, on a schedule, after tunnel failures and on demand; their
         # results in the status report and gateway_check_ok (gateway.checks.daemon).

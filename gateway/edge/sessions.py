@@ -95,6 +95,8 @@ class StreamCloser(Protocol):
 
     def abort_session(self, session_id: str) -> None: ...
 
+    def narrow_to_view(self, session_id: str) -> list[str]: ...
+
     def abort_all(self) -> None: ...
 
 
@@ -518,6 +520,45 @@ class ConsentService(Service):
         if ended:
             self._changed()
         return ended
+
+    def set_permission(self, session_id: str, permission: Permission, by: Actor) -> Session:
+        live = self._sessions.get(session_id)
+        if live is None:
+            raise ConsentRefused(
+                "unknown-session",
+                f"no live session {session_id!r} on this gateway (see `gateway sessions`)",
+            )
+        permission = self._permission(permission)
+        previous = live.info.permission
+        if previous is permission:
+            return live.snapshot()
+        details: dict[str, Any] = {
+            "session": session_id,
+            "engineer": live.info.engineer,
+            "previous": previous.value,
+            "permission": permission.value,
+        }
+        if permission is Permission.FULL:
+            # More rights are a decision that lets someone in: only once it is on record.
+            try:
+                self.auditor.require("session.changed", who=str(by), **details)
+            except AuditWriteError:
+                raise ConsentRefused("audit-unavailable", AUDIT_UNAVAILABLE) from None
+        else:
+            self.auditor.record("session.changed", who=str(by), **details)  # narrowing: always
+        live.info = attrs.evolve(live.info, permission=permission)
+        log.info(
+            "session {id} of {engineer}: {old} -> {new} permission, by {by}",
+            id=session_id,
+            engineer=live.info.engineer,
+            old=previous.value,
+            new=permission.value,
+            by=str(by),
+        )
+        if permission is Permission.VIEW and self.streams is not None:
+            self.streams.narrow_to_view(session_id)
+        self._changed()
+        return live.snapshot()
 
     def when_changed(self) -> Deferred[None]:
         def cancel(d: Deferred[None]) -> None:

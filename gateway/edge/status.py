@@ -10,7 +10,7 @@ of a ``StatusReport`` is the JSON that ``/api/status`` serves.  Check results ha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from attrs import field, frozen
 from zope.interface import Interface, implementer
 
 from gateway import __version__
-from gateway.edge.access import AccessPolicy, AccessRequest
+from gateway.edge.access import AccessPolicy, AccessRequest, target_access
 from gateway.edge.consent import IConsent, PendingRequest, Session
 from gateway.edge.events import ConnectionRecord, IStreamEvents
 from gateway.edge.link import TunnelStatus
@@ -71,6 +71,12 @@ class SessionReport:
     approved_by: str
     connections: list[str]
     implicit: bool = False
+    target_access: dict[str, str] = field(factory=dict)
+    """What the session may do on each of its targets: ``full``, ``view``, ``view+websocket``
+    (its WebSockets pass uninspected) or ``none`` (view-only on a tcp target)."""
+    recent_requests: list[dict[str, Any]] = field(factory=list)
+    """Its last requests on ``http`` targets (at most `gateway.edge.requestaudit.RECENT`):
+    ``at``, ``target``, ``method``, ``path`` (no query values), ``result``, ``why``, ``status``."""
 
 
 @frozen
@@ -154,7 +160,12 @@ def request_report(request: PendingRequest) -> RequestReport:
     )
 
 
-def session_report(session: Session) -> SessionReport:
+def session_report(
+    session: Session,
+    recent: Callable[[str], list[dict[str, Any]]] | None = None,
+    policy: AccessPolicy | None = None,
+) -> SessionReport:
+    targets = [] if policy is None else [(n, policy.target(n)) for n in session.targets]
     return SessionReport(
         id=session.id,
         engineer=session.engineer,
@@ -166,6 +177,12 @@ def session_report(session: Session) -> SessionReport:
         approved_by=session.approved_by,
         connections=list(session.connections),
         implicit=session.implicit,
+        target_access={
+            name: target_access(session.permission, target)
+            for name, target in targets
+            if target is not None
+        },
+        recent_requests=[] if recent is None else recent(session.id),
     )
 
 
@@ -178,7 +195,10 @@ class StatusView:
         policy: AccessPolicy,
         connections: LiveConnections,
         consent: IConsent | None = None,
+        *,
+        recent_requests: Callable[[str], list[dict[str, Any]]] | None = None,
     ) -> None:
+        self._recent = recent_requests
         self._gateway_id = gateway_id
         self._tunnel = tunnel
         self._policy = policy
@@ -198,7 +218,7 @@ class StatusView:
                 requests=[request_report(r) for r in consent.requests()],
                 code_entry_locked_until=None if locked is None else iso(locked),
             )
-            sessions = [session_report(s) for s in consent.sessions()]
+            sessions = [session_report(s, self._recent, self._policy) for s in consent.sessions()]
         return StatusReport(
             id=self._gateway_id,
             version=__version__,

@@ -119,9 +119,15 @@ class StreamAborts:
 
     sessions: list[str] = field(factory=list)
     all: int = 0
+    narrowed: list[str] = field(factory=list)
+    """Sessions that became view-only (their streams view cannot hold were cut)."""
 
     def abort_session(self, session_id: str) -> None:
         self.sessions.append(session_id)
+
+    def narrow_to_view(self, session_id: str) -> list[str]:
+        self.narrowed.append(session_id)
+        return []
 
     def abort_all(self) -> None:
         self.all += 1

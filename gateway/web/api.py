@@ -346,6 +346,7 @@ class ConsentAPI(Resource):
             Route("GET", ("sessions",), read=self.sessions),
             Route("POST", ("sessions", "end-all"), act=self.end_all),
             Route("POST", ("sessions", "{id}", "end"), act=self.end),
+            Route("POST", ("sessions", "{id}", "permission"), act=self.set_permission),
         ]
 
     def render(self, request: Request) -> bytes:
@@ -449,6 +450,16 @@ class ConsentAPI(Resource):
     def end(self, session_id: str, body: dict[str, Any], actor: Actor) -> Answer:
         reason = Fields(body, ["reason"]).reason()
         return 200, session_json(self._consent.end(session_id, actor, reason))
+
+    def set_permission(self, session_id: str, body: dict[str, Any], actor: Actor) -> Answer:
+        fields = Fields(body, ["permission"])
+        if "permission" not in body:
+            raise ApiError(400, "bad-value", 'permission: give "view" or "full"')
+        before = next((s for s in self._consent.sessions() if s.id == session_id), None)
+        session = self._consent.set_permission(session_id, fields.permission(), actor)
+        answer = session_json(session)
+        answer["previous"] = None if before is None else before.permission.value
+        return 200, answer
 
     def end_all(self, _: str, body: dict[str, Any], actor: Actor) -> Answer:
         reason = Fields(body, ["reason"]).reason()

@@ -22,7 +22,7 @@ from typing import Any
 
 from attrs import define, field
 
-from gateway.config import Address, Target, parse_address
+from gateway.config import Address, Target, TargetKind, parse_address
 from gateway.demo import stack as shared
 from gateway.demo.stack import Process, free_port, loopback, url
 from gateway.demo.tomlfile import Value
@@ -163,7 +163,7 @@ class Stack:
             )
         )
         targets = [
-            Target("web", loopback(self.ports["processor"])),
+            Target("web", loopback(self.ports["processor"]), kind=TargetKind.HTTP),
             Target("stopped", loopback(self.ports["dead"]), connect_timeout=2),
             *_targets(extra_targets),
         ]
@@ -295,9 +295,13 @@ def _targets(toml: str) -> list[Target]:
         address: Address = parse_address(table["address"])
         timeout = table.get("connect_timeout")
         found.append(
-            Target(table["name"], address)
-            if timeout is None
-            else Target(table["name"], address, connect_timeout=float(timeout))
+            Target(
+                table["name"],
+                address,
+                connect_timeout=5.0 if timeout is None else float(timeout),
+                kind=TargetKind(table.get("kind", "tcp")),
+                view_websocket=bool(table.get("view_websocket", False)),
+            )
         )
     return found
 

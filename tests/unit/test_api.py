@@ -203,6 +203,17 @@ class FakeConsent:
         ended, self.live = self.live, []
         return ended
 
+    def set_permission(self, session_id: str, permission: Permission, by: Actor) -> Session:
+        self._record("set_permission", by, id=session_id, permission=permission)
+        for index, session in enumerate(self.live):
+            if session.id == session_id:
+                self.live[index] = evolve(session, permission=permission)
+                return self.live[index]
+        raise ConsentRefused(
+            "unknown-session",
+            f"no live session {session_id!r} on this gateway (see `gateway sessions`)",
+        )
+
     def when_changed(self) -> Deferred[None]:
         return Deferred()
 
@@ -220,8 +231,11 @@ REPORT = StatusReport(
 
 @implementer(IStatusView)
 class FixedView:
+    def __init__(self, report: StatusReport = REPORT) -> None:
+        self.current = report
+
     def report(self) -> StatusReport:
-        return REPORT
+        return self.current
 
 
 def tree(consent: IConsent, identify: Identify = loopback_operator) -> Resource:
@@ -426,6 +440,43 @@ class ActionTests(ApiTestCase):
             [(name, details) for name, _, details in self.consent.calls],
             [("end", {"id": "s-1", "reason": "shift change"}), ("end_all", {"reason": ""})],
         )
+
+
+class PermissionRouteTests(ApiTestCase):
+    def test_a_live_session_is_switched_between_view_and_full(self) -> None:
+        self.consent.open("s-1", permission=Permission.VIEW)
+        answer = call(self.root, "POST", "/api/sessions/s-1/permission", {"permission": "full"})
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(
+            (answer.json["id"], answer.json["permission"], answer.json["previous"]),
+            ("s-1", "full", "view"),
+        )
+        answer = call(self.root, "POST", "/api/sessions/s-1/permission", {"permission": "view"})
+        self.assertEqual(answer.json["permission"], "view")
+        self.assertEqual(
+            [(name, details) for name, _, details in self.consent.calls],
+            [
+                ("set_permission", {"id": "s-1", "permission": Permission.FULL}),
+                ("set_permission", {"id": "s-1", "permission": Permission.VIEW}),
+            ],
+        )
+
+    def test_a_missing_or_bad_permission_is_400_and_an_unknown_session_404(self) -> None:
+        self.consent.open("s-1")
+        self.assertError(
+            call(self.root, "POST", "/api/sessions/s-1/permission", {}), 400, "bad-value"
+        )
+        self.assertError(
+            call(self.root, "POST", "/api/sessions/s-1/permission", {"permission": "admin"}),
+            400,
+            "bad-value",
+        )
+        self.assertError(
+            call(self.root, "POST", "/api/sessions/s-9/permission", {"permission": "view"}),
+            404,
+            "unknown-session",
+        )
+        self.assertEqual(self.consent.calls[-1][0], "set_permission")
 
 
 class RefusalTests(ApiTestCase):

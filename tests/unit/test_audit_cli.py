@@ -128,6 +128,35 @@ class AuditCommandTests(SynchronousTestCase):
             ["session.requested", "session.approved"],
         )
 
+    def test_session_shows_only_that_sessions_records(self) -> None:
+        trail = FileAuditTrail(self.folder, clock=self.clock)
+        trail.record("session.approved", who="alice", request="r1", session="s-1", minutes=60)
+        trail.record("session.approved", who="alice", request="r2", session="s-2", minutes=60)
+        trail.record(
+            "http.request",
+            who="erin",
+            result="refused",
+            session="s-1",
+            target="web",
+            method="POST",
+            path="/upload",
+            status=403,
+            why="view-only",
+        )
+        trail.record("mode.changed", who="alice", mode="attended")
+        trail.close()
+        code, out, _ = self.gateway("--session", "s-1")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("session.approved", lines[0])
+        self.assertIn("http.request", lines[1])
+        self.assertIn("method=POST path=/upload status=403 why=view-only", lines[1])
+        self.assertIn("refused", lines[1])
+        code, out, _ = self.gateway("--session", "s-9")
+        self.assertEqual(out, f"no audit records yet of session s-9 in {self.folder.resolve()}\n")
+        self.assertEqual(self.gateway("--session", "s-1", "--verify")[0], 2)
+
     def test_an_empty_trail_says_there_are_no_records_yet(self) -> None:
         FileAuditTrail(self.folder, clock=self.clock).close()
         self.assertEqual(self.gateway(), (0, f"no audit records yet in {self.folder}\n", ""))

@@ -19,9 +19,11 @@ import socket
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -32,11 +34,12 @@ from gateway.cli import control, main, unixhttp
 from gateway.cli.control import relative
 from gateway.config import AccessMode
 from gateway.edge.consent import Actor, Permission
+from gateway.edge.status import session_report
 from gateway.web import api
 from gateway.web.api import api_root, api_site
 from gateway.web.status import status_root
 from tests.helpers.pki import make_pki
-from tests.unit.test_api import FakeConsent, FixedView
+from tests.unit.test_api import REPORT, FakeConsent, FixedView
 
 TESTER = Actor("operator", "alice", "control socket")
 
@@ -45,7 +48,7 @@ class ApiOnSocket:
     """The API tree over ``consent``, served on a Unix socket by a thread, one answer each."""
 
     def __init__(self, path: Path, consent: FakeConsent) -> None:
-        view = FixedView()
+        self.view = view = FixedView()
         root = status_root(view, api_root(view, consent, lambda request: TESTER))
         self.site = api_site(root, reactor=Clock(), timeout=None)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -315,6 +318,53 @@ class RequestTests(ControlTestCase):
         self.assertEqual(actor, TESTER)
         self.assertEqual(details["targets"], ("web",))
 
+    def test_approve_view_grants_a_view_only_session(self) -> None:
+        self.consent.ask("r-1a2b3c")
+        result = self.run_command("approve", "r-1a2b3c", "--view")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("(view)", result.stdout)
+        self.assertEqual(self.consent.calls[0][2]["permission"], Permission.VIEW)
+
+    def test_approve_session_switches_a_live_session_in_place(self) -> None:
+        self.consent.open("s-1", permission=Permission.VIEW)
+        result = self.run_command("approve", "--session", "s-1", "--full")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(
+            result.stdout,
+            "session s-1 (erin) now has full access: every request goes through; from the next "
+            "request on every open connection\n",
+        )
+        result = self.run_command("approve", "--session", "s-1", "--view")
+        self.assertIn("now has view-only access: GET, HEAD and OPTIONS only", result.stdout)
+        result = self.run_command("approve", "--session", "s-1", "--view")
+        self.assertEqual(result.stdout, "session s-1 already has view access; nothing changed\n")
+        self.assertEqual(
+            [(name, details["permission"]) for name, _, details in self.consent.calls],
+            [
+                ("set_permission", Permission.FULL),
+                ("set_permission", Permission.VIEW),
+                ("set_permission", Permission.VIEW),
+            ],
+        )
+
+    def test_approve_session_mistakes_send_nothing(self) -> None:
+        self.consent.open("s-1")
+        for args, problem in [
+            (("--session", "s-1"), "approve --session: give --full or --view"),
+            (("--session", "s-1", "--full", "--view"), "approve --session: give --full or --view"),
+            (("r-1", "--session", "s-1", "--full"), "approve: a REQUEST or --session, not both"),
+            (("--session", "s-1", "--full", "--minutes", "5"), "leave out --minutes and --target"),
+            ((), "approve: name a REQUEST, or give --session ID --full|--view"),
+        ]:
+            result = self.run_command("approve", *args)
+            self.assertEqual(result.code, 2, args)
+            self.assertIn(problem, result.stderr)
+        self.assertEqual(self.consent.calls, [])
+        result = self.run_command("approve", "--session", "s-9", "--full")
+        self.assertOneLine(
+            result, 1, "gateway: no live session 's-9' on this gateway (see `gateway sessions`)"
+        )
+
     def test_an_unknown_request_exits_1_with_the_reason(self) -> None:
         result = self.run_command("approve", "r-999999")
         self.assertOneLine(
@@ -391,6 +441,44 @@ class SessionTests(ControlTestCase):
         )
         self.assertIn("no end", lines[2])
         self.assertIn("unattended mode", lines[2])
+
+    def test_sessions_show_their_last_requests(self) -> None:
+        session = self.consent.open("s-1", permission=Permission.VIEW)
+        at = datetime.fromtimestamp(self.consent.now).astimezone()
+        recent = [
+            {
+                "at": at.isoformat(),
+                "target": "web",
+                "method": "GET",
+                "path": f"/page{n}",
+                "result": "forwarded",
+                "why": None,
+                "status": 200,
+            }
+            for n in range(6)
+        ]
+        recent.append(
+            {
+                "at": at.isoformat(),
+                "target": "web",
+                "method": "POST",
+                "path": "/upload",
+                "result": "refused",
+                "why": "view-only",
+                "status": 403,
+            }
+        )
+        self.server.view.current = attrs.evolve(
+            REPORT, sessions=[attrs.evolve(session_report(session), recent_requests=recent)]
+        )
+        lines = self.run_command("sessions").stdout.splitlines()
+        start = lines.index("last requests of s-1 (gateway audit --session s-1):")
+        shown = [columns(line) for line in lines[start + 2 : start + 7]]
+        clock = at.strftime("%H:%M:%S")
+        self.assertEqual(shown[0], [clock, "web", "GET /page2", "forwarded 200"])
+        self.assertEqual(shown[-1], [clock, "web", "POST /upload", "refused 403: view-only"])
+        self.assertEqual(len(lines), start + 10)  # and the hints after a blank line
+        self.assertIn("gateway approve --session SESSION --view|--full", lines[-1])
 
     def test_end_one_or_all(self) -> None:
         self.consent.open("s-1")

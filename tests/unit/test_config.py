@@ -27,6 +27,7 @@ from gateway.config import (
     Heartbeat,
     RelayConfig,
     Target,
+    TargetKind,
     load_gateway_config,
     load_relay_config,
     parse_address,
@@ -176,6 +177,7 @@ class ExampleConfigTests(ConfigTestCase):
         self.assertEqual(config.relay.key, self.directory / "gateway.key")
         self.assertIsNone(config.relay.proxy)
         self.assertEqual([t.name for t in config.targets], ["web", "line2-web"])
+        self.assertEqual([t.kind for t in config.targets], [TargetKind.HTTP, TargetKind.TCP])
         self.assertEqual(config.access_mode, AccessMode.ATTENDED)
         self.assertEqual(config.status_listen, Address("127.0.0.1", 8081))
         self.assertEqual(config.metrics_listen, Address("127.0.0.1", 9108))
@@ -246,6 +248,8 @@ class ExampleConfigTests(ConfigTestCase):
                 "target.name",
                 "target.address",
                 "target.connect_timeout",
+                "target.kind",
+                "target.view_websocket",
                 "access.mode",
                 "access.request_timeout",
                 "access.session_minutes",
@@ -726,6 +730,37 @@ class TargetTests(ConfigTestCase):
         text = gateway_toml(rest='[[target]]\nname = "web\\n"\naddress = "10.0.0.2:80"\n')
         error = self.gateway_refused(text)
         self.assertProblem(error, "target[0].name", "'web\\n' is not a target name")
+
+    def test_a_target_is_tcp_unless_it_says_http(self) -> None:
+        http = '\n[[target]]\nname = "hmi"\naddress = "10.0.0.3:80"\nkind = "http"\n'
+        config = self.load_gateway(gateway_toml(rest=ONE_TARGET + http))
+        web, hmi = config.targets
+        self.assertEqual((web.kind, web.view_websocket), (TargetKind.TCP, False))
+        self.assertEqual((hmi.kind, hmi.view_websocket), (TargetKind.HTTP, False))
+
+    def test_an_http_target_may_let_view_sessions_open_websockets(self) -> None:
+        text = '[[target]]\nname = "hmi"\naddress = "10.0.0.3:80"\nkind = "http"\n'
+        config = self.load_gateway(gateway_toml(rest=text + "view_websocket = true\n"))
+        self.assertTrue(config.targets[0].view_websocket)
+
+    def test_an_unknown_target_kind_is_refused(self) -> None:
+        text = '[[target]]\nname = "hmi"\naddress = "10.0.0.3:80"\nkind = "https"\n'
+        error = self.gateway_refused(gateway_toml(rest=text))
+        self.assertProblem(error, "target[0].kind", '\'https\' is not one of "tcp", "http"')
+
+    def test_view_websocket_on_a_tcp_target_is_refused(self) -> None:
+        for kind in ("", 'kind = "tcp"\n'):
+            for value in ("true", "false"):
+                text = f'[[target]]\nname = "plc"\naddress = "10.0.0.3:502"\n{kind}'
+                error = self.gateway_refused(gateway_toml(rest=f"{text}view_websocket = {value}\n"))
+                self.assertProblem(
+                    error, "target[0].view_websocket", 'only applies to kind = "http" targets'
+                )
+
+    def test_view_websocket_must_be_true_or_false(self) -> None:
+        text = '[[target]]\nname = "hmi"\naddress = "10.0.0.3:80"\nkind = "http"\n'
+        error = self.gateway_refused(gateway_toml(rest=text + 'view_websocket = "yes"\n'))
+        self.assertProblem(error, "target[0].view_websocket", "must be true or false, not")
 
     def test_good_target_names_are_accepted(self) -> None:
         for name in ("web", "Line2.hmi_1-a", "7", "a" * 64):

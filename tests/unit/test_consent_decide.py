@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.audit import MemoryAuditTrail
-from gateway.config import AccessMode, Address, Target
+from gateway.config import AccessMode, Address, Target, TargetKind
 from gateway.edge.access import AccessPolicy, AccessRequest, Allowed, Permission, Refused
 from gateway.edge.consent import Actor
 from gateway.edge.sessions import ConsentService
@@ -24,7 +24,7 @@ from gateway.edge.testing import RecordingChannel, RecordingEvents, StreamAborts
 from gateway.wire import Refusal, SessionAsk, clean_reason
 
 WEB = Target("web", Address("192.168.10.2", 80))
-HMI = Target("hmi", Address("192.168.10.3", 80))
+HMI = Target("hmi", Address("192.168.10.3", 80), kind=TargetKind.HTTP)
 ALICE = Actor("operator", "alice")
 
 
@@ -114,10 +114,19 @@ class AttendedDecideTests(DecideTestCase):
         reason = self.refused(asking("plc", session=session), Refusal.TARGET_NOT_ALLOWED)
         self.assertEqual(reason, "target 'plc' is not in this gateway's allowlist")
 
-    def test_view_permission_is_stored_but_does_not_block_streams_yet(self) -> None:
+    def test_a_view_session_may_use_http_targets_but_no_tcp_one(self) -> None:
         session = self.session(permission=Permission.VIEW)
-        self.allowed(asking(session=session))
-        self.allowed(asking(session=session, permission=Permission.FULL))
+        self.allowed(asking("hmi", session=session))  # its requests are then held to view
+        reason = self.refused(asking(session=session), Refusal.PERMISSION_DENIED)
+        self.assertEqual(
+            reason,
+            f"session {session} is view-only, and 'web' is a tcp target: the gateway cannot "
+            "tell reading from writing there, so only a session with full access can use it",
+        )
+        # What the stream claims is not what the plant granted.
+        self.refused(asking(session=session, permission=Permission.FULL), Refusal.PERMISSION_DENIED)
+        full = self.session("bob", permission=Permission.FULL)
+        self.allowed(attrs.evolve(asking(session=full), engineer="bob"))
 
 
 class DisabledDecideTests(DecideTestCase):

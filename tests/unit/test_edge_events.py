@@ -18,10 +18,12 @@ from gateway.edge.events import (
     FanOut,
     IAccessEvents,
     IByteCounter,
+    IRequestEvents,
     IStreamEvents,
     ITunnelEvents,
     StreamAudit,
 )
+from gateway.edge.httpfollow import Exchange, Refuse, RequestHead
 from gateway.edge.link import TunnelStatus
 from gateway.edge.metrics import GatewayMetrics
 from gateway.edge.status import LiveConnections
@@ -69,7 +71,13 @@ class BrokenCounter:
 class InterfaceTests(SynchronousTestCase):
     def test_the_fan_out_provides_every_event_interface(self) -> None:
         for fan in (FanOut(), FanOut(ByteTally()), FanOut(ByteTally(), ByteTally())):
-            for interface in (ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents):
+            for interface in (
+                ITunnelEvents,
+                IStreamEvents,
+                IByteCounter,
+                IAccessEvents,
+                IRequestEvents,
+            ):
                 self.assertTrue(verifyObject(interface, fan))
 
     def test_metrics_consume_tunnel_stream_and_byte_events(self) -> None:
@@ -230,6 +238,22 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("gateway_streams_active"), 0)
         self.assertEqual(self.value("gateway_streams_total", result="opened"), 1)
         self.assertEqual(self.value("gateway_streams_total", result="target-not-allowed"), 1)
+
+
+class RequestMetricsTests(SynchronousTestCase):
+    def test_requests_on_http_targets_are_counted_by_result_through_the_fan_out(self) -> None:
+        registry = CollectorRegistry()
+        metrics = GatewayMetrics(registry)
+        self.assertTrue(verifyObject(IRequestEvents, metrics))
+        fan = FanOut(metrics)
+        fan.request_seen(record(), Exchange(RequestHead("GET", "/"), status=200))
+        fan.request_seen(record(), Exchange(RequestHead("POST", "/"), refused=Refuse(403, "v")))
+        fan.request_seen(record(), Exchange(RequestHead("GET", "/a")))
+
+        def count(result: str) -> float | None:
+            return registry.get_sample_value("gateway_http_requests_total", {"result": result})
+
+        self.assertEqual((count("forwarded"), count("refused")), (2, 1))
 
 
 REQUEST = PendingRequest(

@@ -340,6 +340,37 @@ class SessionTests(ConsentTestCase):
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_the_plant_switches_a_live_session_between_view_and_full(self) -> None:
+        channel, session_id = self.approved(permission=Permission.VIEW)
+        self.assertIs(self.service.grant(session_id).permission, Permission.VIEW)  # type: ignore[union-attr]
+        changed = self.service.set_permission(session_id, Permission.FULL, BOB)
+        self.assertIs(changed.permission, Permission.FULL)
+        self.assertIs(self.service.grant(session_id).permission, Permission.FULL)  # type: ignore[union-attr]
+        self.assertEqual([s.permission for s in self.service.sessions()], [Permission.FULL])
+        self.assertEqual(self.aborts.narrowed, [])  # more rights: nothing to cut
+        self.service.set_permission(session_id, Permission.VIEW, ALICE)
+        self.assertEqual(self.aborts.narrowed, [session_id])
+        self.assertEqual(self.aborts.sessions, [])
+        records = self.audited("session.changed")
+        self.assertEqual(
+            [(r["who"], r["session"], r["previous"], r["permission"]) for r in records],
+            [("bob", session_id, "view", "full"), ("alice", session_id, "full", "view")],
+        )
+        self.assertFalse(channel.closed)
+
+    def test_a_switch_to_the_same_permission_changes_and_records_nothing(self) -> None:
+        _, session_id = self.approved()
+        self.service.set_permission(session_id, Permission.FULL, BOB)
+        self.assertEqual(self.audited("session.changed"), [])
+
+    def test_switching_an_unknown_session_is_refused(self) -> None:
+        self.refused(
+            "unknown-session", self.service.set_permission, "s-000000", Permission.FULL, BOB
+        )
+        self.refused(
+            "bad-permission", self.service.set_permission, self.approved()[1], "admin", BOB
+        )
+
     def test_end_all_ends_every_session(self) -> None:
         first, _ = self.approved()
         second = self.ask("mallory", reason="other ticket")
@@ -675,6 +706,19 @@ class AuditFailureTests(ConsentTestCase):
         self.audit.fail = False
         self.ask("trent", reason="new one")
         self.assertEqual(len(self.service.requests()), 1)
+
+    def test_full_access_needs_its_record_while_view_always_applies(self) -> None:
+        _, session_id = self.approved()
+        self.audit.fail = True
+        self.service.set_permission(session_id, Permission.VIEW, ALICE)  # narrowing: always
+        self.assertIs(self.service.grant(session_id).permission, Permission.VIEW)  # type: ignore[union-attr]
+        self.refused(
+            "audit-unavailable", self.service.set_permission, session_id, Permission.FULL, ALICE
+        )
+        self.assertIs(self.service.grant(session_id).permission, Permission.VIEW)  # type: ignore[union-attr]
+        self.audit.fail = False
+        self.service.set_permission(session_id, Permission.FULL, ALICE)
+        self.assertIs(self.service.grant(session_id).permission, Permission.FULL)  # type: ignore[union-attr]
 
     def test_switching_off_works_even_when_it_cannot_be_recorded(self) -> None:
         self.audit.fail = True

@@ -16,7 +16,14 @@ from pathlib import Path
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import AccessMode, Address, Target, load_gateway_config, load_relay_config
+from gateway.config import (
+    AccessMode,
+    Address,
+    Target,
+    TargetKind,
+    load_gateway_config,
+    load_relay_config,
+)
 from gateway.demo.stack import (
     LOOPBACK,
     Layout,
@@ -129,14 +136,18 @@ class GatewayConfigTests(StackCase):
             self.assertEqual(config.relay.address, Address(LOOPBACK, 8443))
             self.assertEqual(config.status_listen, Address(LOOPBACK, 8081))
             self.assertEqual(config.metrics_listen, Address(LOOPBACK, 9108))
-            self.assertEqual(config.targets, (Target("web", Address(LOOPBACK, 8000)),))
+            web = Target("web", Address(LOOPBACK, 8000), kind=TargetKind.HTTP)
+            self.assertEqual(config.targets, (web,))
             self.assertEqual(config.relay.cert, layout.gateway_cert.resolve())
 
-    def test_targets_keep_a_connect_timeout_that_is_not_the_default(self) -> None:
+    def test_targets_keep_a_connect_timeout_kind_and_view_websocket_that_are_not_defaults(
+        self,
+    ) -> None:
         layout = self.layout()
         targets = [
             Target("web", Address(LOOPBACK, 8000)),
             Target("stopped", Address(LOOPBACK, 1), connect_timeout=2),
+            Target("hmi", Address(LOOPBACK, 81), kind=TargetKind.HTTP, view_websocket=True),
             Target("v6", Address("::1", 80)),
         ]
         text = gateway_toml(layout, PORTS, gateway_id="g", targets=targets)

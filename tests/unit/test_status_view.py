@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway import __version__
-from gateway.config import AccessMode, Address, Target
+from gateway.config import AccessMode, Address, Target, TargetKind
 from gateway.edge.access import AccessPolicy
+from gateway.edge.consent import Permission, Session
 from gateway.edge.events import ConnectionRecord, FanOut
 from gateway.edge.link import TunnelStatus
-from gateway.edge.status import IStatusView, LiveConnections, StatusView
+from gateway.edge.status import IStatusView, LiveConnections, StatusView, session_report
 from gateway.splice import SpliceEnd
 
 RELAY = "relay.example:443"
@@ -114,3 +116,46 @@ class StatusViewTests(SynchronousTestCase):
         self.events.stream_opened(record("g-1", "bob", 1_700_000_001))
         text = json.dumps(self.view.report().to_json())
         self.assertEqual(json.loads(text)["connections"][0]["id"], "g-1")
+
+
+class SessionRequestsTests(SynchronousTestCase):
+    def test_a_session_lists_its_permission_and_recent_requests(self) -> None:
+        session = Session(
+            id="s-1",
+            engineer="erin",
+            reason="ticket",
+            targets=("web",),
+            permission=Permission.VIEW,
+            started=0.0,
+            expires=None,
+            approved_by="alice",
+        )
+        recent = [{"method": "POST", "path": "/upload", "result": "refused", "status": 403}]
+        report = session_report(session, {"s-1": recent}.get)  # type: ignore[arg-type]
+        self.assertEqual(report.permission, "view")
+        self.assertEqual(report.recent_requests, recent)
+        self.assertEqual(session_report(session).recent_requests, [])
+
+    def test_a_session_says_what_it_may_do_on_each_target(self) -> None:
+        targets = (
+            Target("plc", Address("10.0.0.1", 502)),
+            Target("hmi", Address("10.0.0.2", 80), kind=TargetKind.HTTP),
+            Target("live", Address("10.0.0.3", 80), kind=TargetKind.HTTP, view_websocket=True),
+        )
+        policy = AccessPolicy(targets, AccessMode.ATTENDED)
+        session = Session(
+            id="s-1",
+            engineer="erin",
+            reason="ticket",
+            targets=("hmi", "live", "plc"),
+            permission=Permission.VIEW,
+            started=0.0,
+            expires=None,
+            approved_by="alice",
+        )
+        report = session_report(session, policy=policy)
+        self.assertEqual(
+            report.target_access, {"hmi": "view", "live": "view+websocket", "plc": "none"}
+        )
+        full = session_report(attrs.evolve(session, permission=Permission.FULL), policy=policy)
+        self.assertEqual(set(full.target_access.values()), {"full"})
