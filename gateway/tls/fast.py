@@ -74,14 +74,12 @@ class TunedTLSProtocol(TLSMemoryBIOProtocol):
             _choose_congestion_control(self.factory, transport, congestion)
         clock = getattr(self.factory, "_clock", None)
         if clock is not None and hasattr(transport, "bufferSize"):
-            self.queue_sizer = QueueSizer(transport, clock.seconds, self._frame_size_changed)
+            # The tunnel above finds it here (``TunnelConnection.connectionMade``) and follows
+            # its frame size; a protocol wrapper in between (Twisted's ClientService adds one)
+            # would swallow anything set on it from below.
+            self.queue_sizer = QueueSizer(transport, clock.seconds)
         super().makeConnection(transport)
         _tune_openssl(self.getHandle())
-
-    def _frame_size_changed(self, size: int) -> None:
-        """Tell the tunnel above (``TunnelConnection.frame_limit``) its new largest frame."""
-        if hasattr(self.wrappedProtocol, "frame_limit"):
-            self.wrappedProtocol.frame_limit = size
 
     def write(self, data: bytes) -> None:
         if self.queue_sizer is not None:

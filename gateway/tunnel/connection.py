@@ -168,8 +168,15 @@ class TunnelConnection(Protocol):
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        sizer = getattr(self.transport, "queue_sizer", None)  # gateway.net.queues, via TLS
+        if sizer is not None:
+            self.frame_limit = sizer.sizes.frame
+            sizer.on_frame_size = self._frame_size_changed
         self.transport.registerProducer(self, True)
         self._write_out()
+
+    def _frame_size_changed(self, size: int) -> None:
+        self.frame_limit = size
 
     def _warn(self, format: str, **kw: Any) -> None:
         """A warning a peer can cause at will: rate-limited when the program shares ``lines``."""
