@@ -99,7 +99,9 @@ class SessionEventKind(enum.Enum):
     WAITING = "waiting"
     """The request is with the plant: ``request``, ``asked``, ``expires``."""
     APPROVED = "approved"
-    """The session is live: ``session``, ``targets``, ``permission``, ``expires``, who approved."""
+    """The session is live: ``session``, ``targets``, ``permission``, ``expires``, who approved,
+    and ``http_targets``: which of its targets speak HTTP (the client answers a browser with a
+    page, not a cut connection, when a stream to one is refused)."""
     DENIED = "denied"
     """The plant said no (or nobody answered in time): ``reason``.  The stream ends."""
     ENDED = "ended"
@@ -122,6 +124,7 @@ class SessionEvent:
     approved_by: str | None = None
     reason: str | None = None
     why: str | None = None
+    http_targets: list[str] = attrs.field(factory=list)
 
     def to_line(self) -> bytes:
         body = {k: v for k, v in attrs.asdict(self).items() if v not in (None, [])}

@@ -35,13 +35,14 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.connect.options import ConnectOptions
 from gateway.connect.session import Phase, SessionKeeper
 from gateway.connect.verdicts import Verdict, dial_is_fatal, refusal_verdict
+from gateway.httppage import error_page, http_request_line, wants_json
 from gateway.logsafe import peer_text
 from gateway.net.endpoints import listen_endpoint, quiet_factory
 from gateway.reactor import IGatewayReactor
@@ -51,12 +52,22 @@ from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import NullObserver, TunnelConnection
 from gateway.tunnel.errors import TunnelClosed
-from gateway.wire import AUTHORIZATION_HEADER, GATEWAY_HEADER, SESSION_HEADER, StreamRefused
+from gateway.wire import (
+    AUTHORIZATION_HEADER,
+    GATEWAY_HEADER,
+    SESSION_HEADER,
+    Refusal,
+    StreamRefused,
+)
 
 __all__ = ["MAX_HELD", "EngineerClient", "LocalConnection", "Report"]
 
 log = Logger()
 
+SNIFF_SECONDS = 1.0
+"""How long a refused connection that has sent nothing yet may take to send its request line."""
+FIRST_BYTES_KEPT = 2048
+"""Bytes of a browser connection's start kept to see whether it speaks HTTP (and wants JSON)."""
 HALF_CLOSE_TIMEOUT = 300.0
 """Seconds a half-closed local connection may stay quiet before it is ended.  A backstop: the
 gateway ends a quiet half-closed stream after its plant's own limit (default 30 s)."""
@@ -103,6 +114,20 @@ class LocalConnection(SpliceEnd):
         super().__init__()
         self.client = client
         self.forwarding = False
+        self._first = b""  # the browser's first bytes: is it speaking HTTP?
+        self._stream_end: SpliceEnd | None = None
+        self._unanswered: tuple[int, str, str] | None = None
+        """A refusal waiting for the first request line, to be told in a page or not."""
+        self._sniffing: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self._first) < FIRST_BYTES_KEPT:
+            self._first += data[: FIRST_BYTES_KEPT - len(self._first)]
+        if self._unanswered is not None:
+            if self._http_verdict() is not None:
+                self._answer_now()
+            return  # the stream is gone: what the browser sends now goes nowhere
+        super().dataReceived(data)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -111,6 +136,9 @@ class LocalConnection(SpliceEnd):
         self.client.local_arrived(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._sniffing is not None and self._sniffing.active():
+            self._sniffing.cancel()
+        self._sniffing = self._unanswered = None
         if reason is None:
             super().connectionLost()
         else:
@@ -130,8 +158,79 @@ class LocalConnection(SpliceEnd):
         if not self.lost:
             self.transport.abortConnection()
 
+    def _http_verdict(self) -> bool | None:
+        """Does the local application speak HTTP?  None: it has not said enough yet.
+
+        The gateway said so for ``http`` targets; otherwise the first request line tells.  A
+        target the gateway called ``tcp`` that has sent nothing is taken at its word (its
+        protocol may wait for the server to speak first).
+        """
+        known = self.client.keeper.http_targets
+        if known is not None and self.client.options.target in known:
+            return True
+        verdict = http_request_line(self._first)
+        if verdict is None and known is not None:
+            return False
+        return verdict
+
+    def answer_refusal(self, status: int, token: str, reason: str) -> None:
+        """Tell a browser why in a page (the line the engineer is told), else cut as before.
+
+        A connection held before its stream opened has sent nothing we read yet: it is given a
+        moment (``SNIFF_SECONDS``) to send its request line.
+        """
+        if self.lost:
+            return
+        end, self._stream_end = self._stream_end, None
+        if end is not None:
+            # Unsplice first: the stream's end would otherwise abort the page on its way.
+            end.peer = self.peer = None
+            end.finish_writing()
+            self.finish_writing()
+        self._unanswered = (status, token, reason)
+        if self._http_verdict() is None:
+            self.transport.resumeProducing()
+            self._sniffing = self.client.reactor.callLater(SNIFF_SECONDS, self._answer_now)
+            return
+        self._answer_now()
+
+    def answer_at_once(self) -> None:
+        """Decide now whether a refusal waiting for the request line is told in a page."""
+        if self._unanswered is not None:
+            self._answer_now()
+
+    def _answer_now(self) -> None:
+        if self._sniffing is not None and self._sniffing.active():
+            self._sniffing.cancel()
+        self._sniffing = None
+        unanswered, self._unanswered = self._unanswered, None
+        if unanswered is None or self.lost:
+            return
+        if not self._http_verdict():
+            self.close()
+            return
+        status, token, reason = unanswered
+        self.transport.write(
+            error_page(
+                403 if status == 401 else status,
+                token,
+                reason,
+                wants_json=wants_json(self._first),
+                head_only=self._first.startswith(b"HEAD "),
+                close=True,
+            )
+        )
+        self.transport.resumeProducing()  # read (and drop) what follows until it closes
+        self.transport.loseConnection()
+
     def _relay_unreachable(self, failure: Failure) -> None:
-        self.close()  # the client told the engineer why, once per outage
+        # The client told the engineer why, once per outage; the browser gets the same words.
+        self.answer_refusal(
+            Refusal.GATEWAY_OFFLINE.status,
+            "relay-unreachable",
+            f"gateway connect cannot reach relay {self.client.options.relay} right now; it "
+            "keeps trying: reload the page in a moment",
+        )
 
     def _open(self, connection: TunnelConnection) -> None:
         if self.lost:
@@ -142,10 +241,14 @@ class LocalConnection(SpliceEnd):
             )
         except TunnelClosed as e:
             self.client.tell(f"relay connection is closing ({e}); try again")
-            self.close()
+            self.answer_refusal(
+                Refusal.SHUTTING_DOWN.status,
+                Refusal.SHUTTING_DOWN.token,
+                f"the relay connection is closing ({e}); reload the page in a moment",
+            )
             return
         stream.response.addErrback(self._refused)
-        stream_end = SpliceEnd()
+        stream_end = self._stream_end = SpliceEnd()
         stream.attach(stream_end)
         HalfCloseGuard(self, stream_end, self.client.reactor, HALF_CLOSE_TIMEOUT)
         splice(self, stream_end)
@@ -156,7 +259,9 @@ class LocalConnection(SpliceEnd):
             refused = failure.value
             assert isinstance(refused, StreamRefused)
             self.client.stream_refused(refused)
-        elif not self.lost and not self.client.stopping:
+            self.answer_refusal(refused.status, refused.token, str(refused))
+            return
+        if not self.lost and not self.client.stopping:
             self.client.tell(f"the stream was cut: {failure.value}")
         self.close()
 
@@ -198,6 +303,7 @@ class EngineerClient(MultiService):
         self._connecting: Deferred[IProtocol] | None = None
         self._dialled: TunnelConnection | None = None
         self._waiters: list[Deferred[TunnelConnection]] = []
+        self._locals: set[LocalConnection] = set()
         if endpoint is None:
             endpoint = TLSClientEndpoint(
                 HostnameEndpoint(reactor, options.relay.host, options.relay.port, timeout=10),
@@ -234,6 +340,8 @@ class EngineerClient(MultiService):
         for held in list(self._held):
             held.close()
         self._held.clear()
+        for local in list(self._locals):
+            local.answer_at_once()  # one waiting for its request line to be told why
         if self._connecting is not None:
             self._connecting.cancel()
         for connection in (self.current, self._dialled):
@@ -401,6 +509,7 @@ class EngineerClient(MultiService):
     # -- local connections ------------------------------------------------------------------------
 
     def local_arrived(self, connection: LocalConnection) -> None:
+        self._locals.add(connection)
         if self.stopping or self.done:
             connection.close()
         elif self.admitted_now:
@@ -418,6 +527,7 @@ class EngineerClient(MultiService):
                 )
 
     def local_gone(self, connection: LocalConnection) -> None:
+        self._locals.discard(connection)
         if connection in self._held:
             self._held.remove(connection)
 

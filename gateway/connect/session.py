@@ -148,6 +148,8 @@ class SessionKeeper:
         self.engineer: str | None = None
         """As the relay authenticated us (its answer names us), for the waiting lines."""
         self.known_gateway = False
+        self.http_targets: list[str] | None = None
+        """The session's targets that speak HTTP, as the gateway said (None: not said yet)."""
         """The relay has seen our gateway (see `gateway.connect.verdicts`)."""
         self._stream: TunnelStream | None = None
         self._asked_at: float | None = None
@@ -359,6 +361,7 @@ class SessionKeeper:
     def _approved(self, event: SessionEvent) -> None:
         self._stop_ticking()
         self.phase = Phase.LIVE
+        self.http_targets = list(event.http_targets)
         before, self.session = self.session, event.session or self.session
         self.request = None
         self._told_away = False

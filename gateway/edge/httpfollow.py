@@ -39,8 +39,6 @@ pass both ways unread; any other answer and the follower reads HTTP requests aga
 from __future__ import annotations
 
 import enum
-import html
-import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +46,8 @@ from typing import Any
 import h11
 import httptools
 from attrs import define, frozen
+
+from gateway.httppage import error_page
 
 MAX_HEAD = 32 * 1024
 """Bytes of a request head (request line and headers): a longer one ends the stream."""
@@ -509,42 +509,14 @@ def _protocol_error(error: h11.RemoteProtocolError, max_head: int) -> str:
 
 def refusal_page(refused: Refuse, head: RequestHead | None, *, close: bool = False) -> bytes:
     """The gateway's own answer: a short page (JSON when the client asked for JSON)."""
-    reason = refused.reason
-    wants_json = head is not None and "json" in head.accept.lower()
-    if wants_json:
-        body = json.dumps({"error": refused.token, "reason": reason}).encode() + b"\n"
-        kind = b"application/json"
-    else:
-        title = f"{refused.status} {_PHRASES.get(refused.status, 'Refused')}"
-        body = (
-            f"<!doctype html>\n<html><head><meta charset=utf-8><title>{title}</title></head>"
-            f"<body><h1>{title}</h1><p>{html.escape(reason)}</p>"
-            "<p>(answered by the remote service gateway)</p></body></html>\n"
-        ).encode()
-        kind = b"text/html; charset=utf-8"
-    lines = [
-        b"HTTP/1.1 %d %s" % (refused.status, _PHRASES.get(refused.status, "Refused").encode()),
-        b"content-type: " + kind,
-        b"content-length: %d" % len(body),
-        b"cache-control: no-store",
-        b"x-gateway-refused: " + refused.token.encode("ascii", "replace"),
-    ]
-    if close:
-        lines.append(b"connection: close")
-    head_only = head is not None and head.method == "HEAD"
-    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else body)
-
-
-_PHRASES: dict[int, str] = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    410: "Gone",
-    429: "Too Many Requests",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+    return error_page(
+        refused.status,
+        refused.token,
+        refused.reason,
+        wants_json=head is not None and "json" in head.accept.lower(),
+        head_only=head is not None and head.method == "HEAD",
+        close=close,
+    )
 
 
 def describe(exchange: Exchange) -> dict[str, Any]:

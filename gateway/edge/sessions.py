@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.audit import AuditWriteError, IAuditTrail
-from gateway.config import AccessMode, ConsentRules
+from gateway.config import AccessMode, ConsentRules, TargetKind
 from gateway.edge.access import (
     ATTENDED_NEEDS_A_SESSION,
     AccessPolicy,
@@ -953,8 +953,14 @@ class ConsentService(Service):
                 permission=info.permission.value,
                 expires=None if info.expires is None else iso(info.expires),
                 approved_by=info.approved_by,
+                http_targets=self._http_targets(info.targets),
             )
         )
+
+    def _http_targets(self, names: Iterable[str]) -> list[str]:
+        """Which of ``names`` speak HTTP (``kind = "http"``)."""
+        kinds = ((name, self._policy.target(name)) for name in names)
+        return [name for name, t in kinds if t is not None and t.kind is TargetKind.HTTP]
 
     def _resume(self, engineer: str, session_id: str, channel: ISessionChannel) -> None:
         live = self._sessions.get(session_id)

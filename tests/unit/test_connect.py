@@ -58,9 +58,14 @@ class BrowserTransport(StringTransport):
     """A browser's TCP connection: half-closeable, like the real one."""
 
     write_closed = False
+    aborted = False
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
 
 
 SessionAnswer = str | tuple[Refusal, str]
@@ -107,6 +112,8 @@ class FakeRelay:
         self.session_default: SessionAnswer = "implicit"
         self.implicit = "s-1"
         """The id of the implicit session the fake gateway gives (``"implicit"``)."""
+        self.http_targets: list[str] = []
+        """What the fake gateway says of its targets' kinds in the approval."""
         self.asks: list[tuple[TunnelStream, dict[str, object], AskReader]] = []
 
     @property
@@ -138,7 +145,12 @@ class FakeRelay:
         stream.respond(200, [(b"content-type", NDJSON), (b"engineer", b"erin")])
         if answer == "implicit":
             self.send(
-                SessionEvent(SessionEventKind.APPROVED, session=self.implicit, targets=["web"])
+                SessionEvent(
+                    SessionEventKind.APPROVED,
+                    session=self.implicit,
+                    targets=["web"],
+                    http_targets=self.http_targets,
+                )
             )
 
     def send(self, event: SessionEvent, *, end: bool = False) -> None:
@@ -355,6 +367,63 @@ class RefusalTests(EngineerClientTestCase):
         self.assertEqual(self.exit_code(), 1)
 
 
+class BrowserPageTests(EngineerClientTestCase):
+    """A refused stream reaches a browser as a small page with the engineer's one line."""
+
+    def refused_page(self, first: bytes, *, http_target: bool = False) -> BrowserTransport:
+        reason = "target 'web' is not in this gateway's allowlist"
+        self.relay.http_targets = ["web"] if http_target else []
+        self.relay.answers = [(Refusal.TARGET_NOT_ALLOWED, reason)]
+        self.start()
+        browser, transport = self.browser(settle=False)
+        if first:
+            browser.dataReceived(first)
+        self.endpoint.settle()
+        self.assertEqual(self.reports, [ONLINE, reason])
+        return transport
+
+    def test_a_browser_gets_the_reason_in_a_page_and_a_clean_close(self) -> None:
+        transport = self.refused_page(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 403 Forbidden\r\n"), head)
+        self.assertIn(b"x-gateway-refused: target-not-allowed", head)
+        self.assertIn(b"connection: close", head)
+        self.assertIn(b"target &#x27;web&#x27; is not in this gateway&#x27;s allowlist", body)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted, "the page was cut off by an abort")
+
+    def test_a_client_that_asks_for_json_gets_json(self) -> None:
+        transport = self.refused_page(b"GET /api HTTP/1.1\r\nAccept: application/json\r\n\r\n")
+        _, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertEqual(
+            json.loads(body),
+            {
+                "error": "target-not-allowed",
+                "reason": "target 'web' is not in this gateway's allowlist",
+            },
+        )
+
+    def test_an_http_target_gets_a_page_before_the_browser_said_anything(self) -> None:
+        transport = self.refused_page(b"", http_target=True)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "))
+
+    def test_bytes_that_are_not_http_on_a_tcp_target_are_cut_as_before(self) -> None:
+        transport = self.refused_page(b"\x16\x03\x01 a TLS hello")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.aborted)
+
+    def test_a_dead_processor_is_a_502_page(self) -> None:
+        reason = "processor 'web' at 192.168.10.2:80 refused the connection"
+        self.relay.answers = [(Refusal.TARGET_UNREACHABLE, reason)]
+        self.start()
+        browser, transport = self.browser(settle=False)
+        browser.dataReceived(b"HEAD / HTTP/1.1\r\n\r\n")
+        self.endpoint.settle()
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 502 Bad Gateway"), head)
+        self.assertEqual(body, b"")  # a HEAD's answer has no body
+
+
 class UnreachableRelayTests(EngineerClientTestCase):
     def test_an_unreachable_relay_is_one_line_however_many_connections_wait(self) -> None:
         self.endpoint.refuse = ConnectionRefusedError()
@@ -364,6 +433,19 @@ class UnreachableRelayTests(EngineerClientTestCase):
         self.assertEqual(self.reports, [UNREACHABLE])
         self.assertTrue(all(transport.disconnecting for transport in browsers))
         self.assertNoResult(self.client.finished)
+
+    def test_a_browser_waiting_for_an_unreachable_relay_is_told_in_a_page(self) -> None:
+        self.endpoint.refuse = ConnectionRefusedError()
+        self.start()
+        browser, transport = self.browser(settle=False)
+        browser.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.advance(80, step=16)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        if not head:
+            self.fail(f"no page; transport closed: {transport.disconnecting}")
+        self.assertTrue(head.startswith(b"HTTP/1.1 503 Service Unavailable"), head)
+        self.assertIn(b"cannot reach relay", body)
+        self.assertFalse(transport.aborted)
 
     def test_a_relay_reached_again_is_news_after_the_next_outage(self) -> None:
         self.endpoint.refuse = ConnectionRefusedError()

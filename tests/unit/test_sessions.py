@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.audit import MemoryAuditTrail
-from gateway.config import AccessMode, Address, ConsentRules, Target
+from gateway.config import AccessMode, Address, ConsentRules, Target, TargetKind
 from gateway.edge.access import AccessPolicy, ISessionLookup
 from gateway.edge.consent import (
     Actor,
@@ -32,7 +32,10 @@ from gateway.edge.state import StateDirectory
 from gateway.edge.testing import RecordingChannel, RecordingEvents, StreamAborts
 from gateway.wire import Refusal, SessionAsk, SessionEventKind
 
-TARGETS = (Target("web", Address("192.168.10.2", 80)), Target("hmi", Address("192.168.10.3", 80)))
+TARGETS = (
+    Target("web", Address("192.168.10.2", 80), kind=TargetKind.HTTP),
+    Target("hmi", Address("192.168.10.3", 80)),
+)
 ALICE = Actor("operator", "alice")
 BOB = Actor("operator", "bob")
 START = 1_700_000_000.0
@@ -185,6 +188,7 @@ class RequestTests(ConsentTestCase):
         self.assertEqual(approved.event, SessionEventKind.APPROVED)
         self.assertEqual(approved.session, session.id)
         self.assertEqual(approved.targets, ["hmi", "web"])
+        self.assertEqual(approved.http_targets, ["web"])  # the client answers browsers there
         self.assertEqual((approved.permission, approved.approved_by), ("full", "alice"))
         self.assertEqual(approved.expires, "2023-11-14T23:13:20+00:00")
         self.assertFalse(channel.closed)
