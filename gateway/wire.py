@@ -104,6 +104,9 @@ class SessionEventKind(enum.Enum):
     page, not a cut connection, when a stream to one is refused)."""
     DENIED = "denied"
     """The plant said no (or nobody answered in time): ``reason``.  The stream ends."""
+    CHANGED = "changed"
+    """The plant changed what the live session allows: ``session``, ``permission``, ``targets``,
+    ``approved_by`` (who changed it).  The session goes on."""
     ENDED = "ended"
     """The session ended: ``why`` ("ended by the plant: ...", "expired", "remote access was
     switched off", ...).  The stream ends."""

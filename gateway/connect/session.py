@@ -316,6 +316,8 @@ class SessionKeeper:
             self._over(f"{what} was not approved{why}", 1)
         elif event.event is SessionEventKind.ENDED:
             self._ended(event)
+        elif event.event is SessionEventKind.CHANGED:
+            self._permission_changed(event)
 
     def _waiting(self, event: SessionEvent) -> None:
         self.phase = Phase.WAITING
@@ -382,6 +384,14 @@ class SessionKeeper:
         else:
             self.host.tell(self._approved_line(event))
         self.host.admitted(self.session)
+
+    def _permission_changed(self, event: SessionEvent) -> None:
+        by = f" ({event.approved_by})" if event.approved_by else ""
+        if event.permission == "view":
+            what = "view only: pages load, anything that would change the processor is refused"
+        else:
+            what = f"{event.permission or 'full'} control"
+        self.host.tell(f"the plant changed session {event.session or self.session}{by}: {what}")
 
     def _approved_line(self, event: SessionEvent) -> str:
         targets = ", ".join(event.targets) or "all"

@@ -557,6 +557,16 @@ class ConsentService(Service):
         )
         if permission is Permission.VIEW and self.streams is not None:
             self.streams.narrow_to_view(session_id)
+        for channel in live.channels:  # the engineer hears it from the plant, not from a 403
+            channel.send(
+                SessionEvent(
+                    SessionEventKind.CHANGED,
+                    session=session_id,
+                    targets=list(live.info.targets),
+                    permission=permission.value,
+                    approved_by=str(by),
+                )
+            )
         self._changed()
         return live.snapshot()
 

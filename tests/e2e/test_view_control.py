@@ -145,6 +145,13 @@ def test_view_then_full_on_one_keep_alive_connection(site: Site) -> None:
         assert status == 200, (status, answer)
         assert json.loads(answer)["bytes"] == len(body), answer
         assert browser.sock is first_socket, "the switch needed a new connection"
+        wait_until(
+            "the engineer told of the switch",
+            lambda: any(f"changed session {session}" in line for line in told(proc)),
+            deadline=TIMEOUT,
+        )
+        [line] = [line for line in told(proc) if f"changed session {session}" in line]
+        assert line.endswith(": full control"), line
     finally:
         browser.close()
 

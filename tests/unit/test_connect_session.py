@@ -113,6 +113,27 @@ class RequestTests(AttendedTestCase):
         self.assertEqual(self.reports[-1], LET_IN)  # no more waiting lines
         self.assertNoResult(self.client.finished)
 
+    def test_the_engineer_is_told_when_the_plant_switches_view_and_full(self) -> None:
+        self.waiting()
+        self.relay.send(APPROVED)
+        self.endpoint.settle()
+        for permission, by in (("view", "alice (status page)"), ("full", "bob (loopback)")):
+            self.relay.send(
+                SessionEvent(
+                    SessionEventKind.CHANGED, session="s-9", permission=permission, approved_by=by
+                )
+            )
+            self.endpoint.settle()
+        self.assertEqual(
+            self.reports[-2:],
+            [
+                "the plant changed session s-9 (alice (status page)): view only: pages load, "
+                "anything that would change the processor is refused",
+                "the plant changed session s-9 (bob (loopback)): full control",
+            ],
+        )
+        self.assertNoResult(self.client.finished)
+
     def test_a_held_connection_that_goes_away_is_forgotten(self) -> None:
         self.waiting()
         browser, _ = self.browser()

@@ -361,6 +361,11 @@ class SessionTests(ConsentTestCase):
             [("bob", session_id, "view", "full"), ("alice", session_id, "full", "view")],
         )
         self.assertFalse(channel.closed)
+        told = [e for e in channel.events if e.event is SessionEventKind.CHANGED]
+        self.assertEqual(
+            [(e.session, e.permission, e.approved_by) for e in told],
+            [(session_id, "full", "bob"), (session_id, "view", "alice")],
+        )
 
     def test_a_switch_to_the_same_permission_changes_and_records_nothing(self) -> None:
         _, session_id = self.approved()
