@@ -39,7 +39,8 @@ VENDOR_IP, ROUTER_VENDOR_IP = "10.211.2.2", "10.211.2.1"
 PLANT_DEV, VENDOR_DEV = "wan0", "wan0"  # inside plant and vendor
 TO_PLANT_DEV, TO_VENDOR_DEV = "plant0", "vendor0"  # inside the router: egress toward each side
 TBF_BURST = "32kbit"
-ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")  # the host's, global
+DEFAULT_CC = Path("/proc/sys/net/ipv4/tcp_congestion_control")  # the opening thread's namespace
 
 
 class NetnsError(Exception):
@@ -296,25 +297,20 @@ class Topology:
                 run(["modprobe", f"tcp_{cc}"])
             if cc not in available.read_text().split():
                 raise NetnsError(f"congestion control {cc} is not available in this kernel")
-        allowed = ALLOWED_CC.read_text().split()
-        try:
-            if cc not in allowed:
-                ALLOWED_CC.write_text(" ".join([*allowed, cc]))
-            for ns in (self.plant, self.router, self.vendor):
-                run(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        ns,
-                        "sysctl",
-                        "-qw",
-                        f"net.ipv4.tcp_congestion_control={cc}",
-                    ]
-                )
-        finally:
-            if cc not in allowed:
-                ALLOWED_CC.write_text(" ".join(allowed))
+        for attempt in range(5):
+            allowed = ALLOWED_CC.read_text().split()
+            try:
+                if cc not in allowed:
+                    ALLOWED_CC.write_text(" ".join([*allowed, cc]))
+                for ns in (self.plant, self.router, self.vendor):
+                    in_netns(ns, lambda: DEFAULT_CC.write_text(cc))
+                break
+            except PermissionError as e:  # another run restored the list in between: again
+                if attempt == 4:
+                    raise NetnsError(f"cannot make {cc} the namespaces' default: {e}") from e
+            finally:
+                if cc not in allowed:
+                    ALLOWED_CC.write_text(" ".join(allowed))
         for ns in (self.plant, self.vendor):
             got = self.exec_out(ns, ["sysctl", "-n", "net.ipv4.tcp_congestion_control"]).strip()
             if got != cc:
