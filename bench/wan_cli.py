@@ -10,6 +10,7 @@ import datetime
 import json
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -191,6 +192,7 @@ class Bench:
         target = sup.start(
             "target", topo.exec_argv(topo.plant, [str(target_bin), "0.0.0.0"]), stdout_pipe=True
         )
+        stage = "setup"
         try:
             assert target.popen.stdout is not None
             target_port = int(read_line(target.popen.stdout, timeout=10, what="target"))
@@ -198,9 +200,10 @@ class Bench:
             host, port = path.wan_start(sup, target_port)
             out.raw["setup_seconds"] = round(time.monotonic() - t, 2)
             sup.remember(path.roots())
+            stage = "measure"
             self._measure(topo, path, link, direction, loadgen, host, port, out)
         except (BenchError, NetnsError) as e:
-            out.errors.setdefault("setup" if "bulk" not in out.raw else "run", str(e))
+            out.errors[stage] = str(e)
         finally:
             path.stop(sup)
             sup.stop(target)
@@ -209,8 +212,6 @@ class Bench:
     def _loadgen(self, topo: Topology, loadgen: Loadgen, args: list[str], timeout: float) -> Any:
         argv = topo.exec_argv(topo.vendor, [str(loadgen.binary), *args])
         try:
-            import subprocess
-
             done = subprocess.run(
                 argv, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
             )
