@@ -35,6 +35,7 @@ ROWS = (
     Row("queue_ms_max", "the same, max, ms"),
     Row("notsent_kib_p50", "sender's unsent bytes in the kernel (WAN socket), p50, KiB"),
     Row("sendq_kib_p50", "sender's Send-Q (unsent + in flight, WAN socket), p50, KiB"),
+    Row("held_s", "last byte written to its arrival: what the path held, s"),
 )
 
 
@@ -84,6 +85,8 @@ def run_metrics(
         )
     if ttfb["n"]:
         out.update(ttfb_p50_ms=float(ttfb["p50_ms"]), ttfb_max_ms=float(ttfb["max_ms"]))
+    if loadgen.get("direction") == "up" and "t_written" in loadgen:
+        out["held_s"] = end - float(loadgen["t_written"])  # type: ignore[arg-type]
     queued = in_window(backlog, start, end)
     if queued:
         to_ms = 8000 / link.rate_bit

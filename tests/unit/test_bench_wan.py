@@ -95,6 +95,13 @@ class RunMetricsTests(SynchronousTestCase):
         self.assertEqual((m["notsent_kib_p50"], m["notsent_kib_max"]), (10, 30))
         self.assertEqual(m["sendq_kib_p50"], 100)
 
+    def test_an_upload_reports_how_long_its_last_byte_was_held(self) -> None:
+        up = loadgen_result(direction="up", t_written=110.5)
+        m = run_metrics(up, IDLE, LINKS["10mbit"], [], [])
+        self.assertEqual(m["held_s"], 118.0 - 110.5)
+        down = loadgen_result(direction="down", t_written=100.0)
+        self.assertNotIn("held_s", run_metrics(down, IDLE, LINKS["10mbit"], [], []))
+
     def test_no_probe_samples_no_probe_metrics(self) -> None:
         none = {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
         m = run_metrics(loadgen_result(echo=none, ttfb=none), IDLE, LINKS["2mbit"], [], [])
