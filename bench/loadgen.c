@@ -16,6 +16,16 @@
  *                                         hold them until stdin closes
  *   loadgen fair HOST PORT SECONDS SIZE   SIZE-byte echoes on one connection for SECONDS while a
  *                                         second connection downloads as fast as it can
+ *   loadgen wan  HOST PORT DIR BYTES WARMUP RATE SIZE TTFB_EVERY
+ *                                         one bulk transfer of BYTES, DIR "down" (GET: the target
+ *                                         sends) or "up" (PUT: we send, the target verifies and
+ *                                         answers OK); WARMUP seconds (decimal) after it starts,
+ *                                         and until it ends: SIZE-byte echoes on a second
+ *                                         connection, open loop at RATE per second (latency from
+ *                                         each one's scheduled send time), and a new connection
+ *                                         to first byte of "GET 64" every TTFB_EVERY seconds.
+ *                                         Times in the JSON ("t_*") are CLOCK_MONOTONIC seconds;
+ *                                         t_written: when an upload's last byte was written.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -421,6 +431,188 @@ static int mode_fair(double seconds, size_t size) {
     return 0;
 }
 
+/* ---- wan: one bulk transfer, open-loop echoes and new connections while it runs ---------- */
+
+typedef struct {
+    int up;
+    unsigned long long bytes;
+    double t_start, t_written, t_end; /* t_written: an upload's last byte handed to the kernel */
+    atomic_int done;
+} wan_bulk_t;
+
+static void *wan_bulk_thread(void *arg) {
+    wan_bulk_t *job = arg;
+    int fd = dial();
+    job->t_start = now();
+    if (!job->up) {
+        unsigned char *buf = malloc(CHUNK);
+        send_line(fd, "GET %llu\n", job->bytes);
+        download(fd, job->bytes, buf, NULL, NULL);
+        free(buf);
+    } else {
+        send_line(fd, "PUT %llu\n", job->bytes);
+        unsigned long long sent = 0;
+        while (sent < job->bytes) {
+            unsigned long long left = job->bytes - sent;
+            size_t len = left < CHUNK ? (size_t)left : CHUNK;
+            send_all(fd, pattern + sent % PATTERN_PERIOD, len);
+            sent += len;
+        }
+        /* What the path took in without delivering it yet is still on its way: wait for the
+         * answer as long as the rest could take at 50 kB/s (the harness bounds the whole run). */
+        job->t_written = now();
+        struct timeval tv = {.tv_sec = IO_TIMEOUT_S + (time_t)(job->bytes / 50000)};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char answer[64] = {0}, expect[64];
+        size_t have = 0;
+        while (have < sizeof answer - 1 && memchr(answer, '\n', have) == NULL) {
+            ssize_t n = recv(fd, answer + have, sizeof answer - 1 - have, 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                die("upload: %s before the target's answer",
+                    n == 0 ? "connection closed" : (errno == EAGAIN ? "timed out" : strerror(errno)));
+            have += (size_t)n;
+        }
+        snprintf(expect, sizeof expect, "OK %llu\n", job->bytes);
+        if (strcmp(answer, expect) != 0)
+            die("upload: the target answered %.40s", answer);
+    }
+    job->t_end = now();
+    close(fd);
+    atomic_store(&job->done, 1);
+    return NULL;
+}
+
+typedef struct {
+    int fd;
+    size_t size;
+    double t0, rate;
+    wan_bulk_t *bulk;
+    double *scheduled;
+    size_t cap;
+    atomic_size_t sent;
+} wan_echo_t;
+
+static void sleep_until(double t) {
+    struct timespec ts = {.tv_sec = (time_t)t, .tv_nsec = (long)((t - (double)(time_t)t) * 1e9)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static void *wan_echo_sender(void *arg) {
+    wan_echo_t *e = arg;
+    unsigned char *msg = malloc(e->size);
+    for (size_t i = 0; i < e->cap; i++) {
+        double at = e->t0 + (double)i / e->rate;
+        sleep_until(at);
+        if (atomic_load(&e->bulk->done))
+            break;
+        e->scheduled[i] = at;
+        fill_message(msg, e->size, WARMUP + i, 0);
+        atomic_store(&e->sent, i + 1);
+        send_all(e->fd, msg, e->size);
+    }
+    free(msg);
+    atomic_store(&e->sent, atomic_load(&e->sent) | ((size_t)1 << 62)); /* finished flag */
+    return NULL;
+}
+
+typedef struct {
+    double t0, every;
+    wan_bulk_t *bulk;
+    samples_t s;
+} wan_ttfb_t;
+
+static void *wan_ttfb_thread(void *arg) {
+    wan_ttfb_t *t = arg;
+    unsigned char buf[TTFB_BYTES];
+    for (unsigned long i = 0;; i++) {
+        sleep_until(t->t0 + (double)i * t->every);
+        if (atomic_load(&t->bulk->done))
+            break;
+        double t0 = now();
+        int fd = dial();
+        send_line(fd, "GET %u\n", TTFB_BYTES);
+        ssize_t n;
+        do
+            n = recv(fd, buf, sizeof buf, 0);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            die("wan ttfb: connection %lu: %s", i,
+                n == 0 ? "closed" : (errno == EAGAIN ? "timed out" : strerror(errno)));
+        add_sample(&t->s, now() - t0);
+        if ((size_t)n < sizeof buf)
+            recv_exact(fd, buf + n, sizeof buf - (size_t)n);
+        if (memcmp(buf, pattern, sizeof buf) != 0)
+            die("wan ttfb: connection %lu: wrong bytes", i);
+        close(fd);
+    }
+    return NULL;
+}
+
+static int mode_wan(const char *dir, unsigned long long bytes, double warmup, double rate,
+                    size_t size, double ttfb_every) {
+    if (strcmp(dir, "down") != 0 && strcmp(dir, "up") != 0)
+        die("wan: direction must be down or up, not %s", dir);
+    if (rate <= 0 || ttfb_every <= 0 || size == 0)
+        die("wan: rate, size and ttfb interval must be positive");
+    unsigned char *msg = malloc(size), *reply = malloc(size), *expect = malloc(size);
+    int efd = dial();
+    send_line(efd, "ECHO\n");
+    for (unsigned long i = 0; i < 5; i++) /* the echo path works before the bulk starts */
+        echo_round_trip(efd, msg, reply, size, i);
+
+    wan_bulk_t bulk = {.up = strcmp(dir, "up") == 0, .bytes = bytes};
+    pthread_t bulk_th, echo_th, ttfb_th;
+    if (pthread_create(&bulk_th, NULL, wan_bulk_thread, &bulk) != 0)
+        die("pthread_create failed");
+    double probe_t0 = now() + warmup;
+    wan_echo_t echo = {.fd = efd, .size = size, .t0 = probe_t0, .rate = rate, .bulk = &bulk};
+    echo.cap = (size_t)(rate * 7200) + 16;
+    echo.scheduled = calloc(echo.cap, sizeof *echo.scheduled);
+    wan_ttfb_t ttfb = {.t0 = probe_t0 + 0.5 / rate, .every = ttfb_every, .bulk = &bulk};
+    if (pthread_create(&echo_th, NULL, wan_echo_sender, &echo) != 0 ||
+        pthread_create(&ttfb_th, NULL, wan_ttfb_thread, &ttfb) != 0)
+        die("pthread_create failed");
+
+    samples_t lat = {0};
+    size_t received = 0;
+    for (;;) {
+        size_t sent = atomic_load(&echo.sent);
+        int finished = (sent >> 62) & 1;
+        sent &= ~((size_t)1 << 62);
+        if (received < sent) {
+            recv_exact(efd, reply, size); /* SO_RCVTIMEO bounds every wait */
+            double t = now();
+            fill_message(expect, size, WARMUP + received, 0);
+            if (memcmp(expect, reply, size) != 0)
+                die("wan echo: reply %zu differs from what was sent", received);
+            add_sample(&lat, t - echo.scheduled[received]);
+            received++;
+        } else if (finished) {
+            break;
+        } else {
+            usleep(1000);
+        }
+    }
+    pthread_join(echo_th, NULL);
+    pthread_join(ttfb_th, NULL);
+    pthread_join(bulk_th, NULL);
+    close(efd);
+    double seconds = bulk.t_end - bulk.t_start;
+    printf("{\"mode\": \"wan\", \"direction\": \"%s\", \"bytes\": %llu, \"seconds\": %.6f, "
+           "\"mb_per_s\": %.4f, \"t_start\": %.6f, \"t_end\": %.6f, \"t_probe\": %.6f, "
+           "\"t_written\": %.6f, \"rate\": %.3f, \"size\": %zu, ",
+           dir, bytes, seconds, (double)bytes / seconds / 1e6, bulk.t_start, bulk.t_end,
+           probe_t0, bulk.up ? bulk.t_written : bulk.t_start, rate, size);
+    print_latency("echo", &lat);
+    printf(", ");
+    print_latency("ttfb", &ttfb.s);
+    printf("}\n");
+    return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------------- */
 
 static unsigned long long number(const char *text, const char *what) {
@@ -432,10 +624,20 @@ static unsigned long long number(const char *text, const char *what) {
     return value;
 }
 
+static double decimal(const char *text, const char *what) {
+    char *end = NULL;
+    errno = 0;
+    double value = strtod(text, &end);
+    if (errno != 0 || end == text || *end != '\0' || value < 0)
+        die("bad %s: %s", what, text);
+    return value;
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: loadgen bulk HOST PORT BYTES | rtt HOST PORT COUNT SIZE |\n"
                     "       conc HOST PORT CONNS SECONDS SIZE | ttfb HOST PORT COUNT |\n"
-                    "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE\n");
+                    "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE |\n"
+                    "       wan HOST PORT down|up BYTES WARMUP RATE SIZE TTFB_EVERY\n");
     exit(2);
 }
 
@@ -466,6 +668,10 @@ int main(int argc, char **argv) {
         return mode_idle((unsigned)number(argv[4], "conns"));
     if (strcmp(mode, "fair") == 0 && argc == 6)
         return mode_fair((double)number(argv[4], "seconds"), (size_t)number(argv[5], "size"));
+    if (strcmp(mode, "wan") == 0 && argc == 10)
+        return mode_wan(argv[4], number(argv[5], "bytes"), decimal(argv[6], "warmup"),
+                        decimal(argv[7], "rate"), (size_t)number(argv[8], "size"),
+                        decimal(argv[9], "ttfb interval"));
     usage();
     return 2;
 }

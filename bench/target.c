@@ -8,6 +8,9 @@
  * Each connection starts with one request line:
  *   "ECHO\n"    echo every following byte until the peer closes
  *   "GET <n>\n" send n bytes where byte i is (i % 251), then wait for the peer to close
+ *   "PUT <n>\n" receive n bytes and check that byte i is (i % 251) (an upload, verified here),
+ *               then answer "OK <n>\n", or "BAD <offset>\n" at the first wrong byte or an early
+ *               end, and wait for the peer to close
  *
  * One thread per connection: the kernel schedules the blocking reads and writes, bulk writes go
  * out in ~1 MiB system calls from a precomputed pattern buffer, and a thousand idle connections
@@ -70,6 +73,38 @@ static void serve_get(int fd, unsigned long long n) {
     drain_until_close(fd);
 }
 
+static void serve_put(int fd, unsigned long long n, const unsigned char *early, size_t early_len) {
+    unsigned char *buf = malloc(CHUNK);
+    char answer[64];
+    unsigned long long got = 0;
+    if (buf == NULL)
+        return;
+    if (early_len > n)
+        early_len = (size_t)n;
+    if (early_len > 0 && memcmp(early, pattern, early_len) != 0)
+        goto bad;
+    got = early_len;
+    while (got < n) {
+        unsigned long long left = n - got;
+        ssize_t r = recv(fd, buf, left < CHUNK ? (size_t)left : CHUNK, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            goto bad;
+        if (memcmp(buf, pattern + got % PATTERN_PERIOD, (size_t)r) != 0)
+            goto bad;
+        got += (unsigned long long)r;
+    }
+    snprintf(answer, sizeof answer, "OK %llu\n", n);
+    goto reply;
+bad:
+    snprintf(answer, sizeof answer, "BAD %llu\n", got);
+reply:
+    free(buf);
+    if (write_all(fd, (const unsigned char *)answer, strlen(answer)) == 0)
+        drain_until_close(fd);
+}
+
 static void serve_echo(int fd, const unsigned char *early, size_t early_len) {
     unsigned char *buf = malloc(ECHO_BUF);
     if (buf == NULL)
@@ -115,6 +150,12 @@ static void *serve(void *arg) {
         unsigned long long n = strtoull((char *)header + 4, &end, 10);
         if (errno == 0 && end != (char *)header + 4 && *end == '\0')
             serve_get(fd, n);
+    } else if (strncmp((char *)header, "PUT ", 4) == 0) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long n = strtoull((char *)header + 4, &end, 10);
+        if (errno == 0 && end != (char *)header + 4 && *end == '\0')
+            serve_put(fd, n, header + used, have - used);
     }
 done:
     close(fd);
