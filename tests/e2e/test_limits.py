@@ -57,10 +57,17 @@ def processor_connections(stack: Stack) -> int:
     return len(listing.splitlines())
 
 
+ANSWERS: dict[socket.socket, bytes] = {}
+"""What each local connection was told before it was closed (a refusal's page)."""
+
+
 def closed_by_peer(sock: socket.socket) -> bool:
+    """Closed by ``gateway connect``, after whatever page it was given (kept in ANSWERS)."""
     sock.setblocking(False)
     try:
-        return sock.recv(1) == b""
+        while chunk := sock.recv(65536):
+            ANSWERS[sock] = ANSWERS.get(sock, b"") + chunk
+        return True
     except BlockingIOError:
         return False
     except OSError:
@@ -99,6 +106,9 @@ def test_40_connections_to_a_target_limited_to_10(stack: Stack) -> None:
         )
         admitted = [s for s in socks if not closed_by_peer(s)]
         assert len(admitted) == LIMIT
+        # web is an http target: the refused ones were told why in a page, not just cut.
+        told = [ANSWERS.get(s, b"") for s in socks if s not in admitted]
+        assert all(t.startswith(b"HTTP/1.1 429 Too Many Requests") for t in told), told[:2]
         for sock in admitted:
             answer = ask(sock)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
