@@ -227,29 +227,41 @@ class RequestFollower:
                 return
 
     def _whole_request(self, data: bytes) -> bool:
-        """The common case, read fast: ``data`` is exactly one request head with no body (a
-        browser's ``GET``, one per read).  httptools reads it; anything else (a body, an
-        upgrade, more than one request, a head split across reads, anything httptools or the
-        checks here doubt) is left to h11, so both parsers must agree for this path to count."""
+        """The common case, read fast: ``data`` is exactly one request, its head and its whole
+        ``Content-Length`` body if it has one (a browser's ``GET``, a form's or an API's small
+        ``POST``, one per read).  httptools reads it; anything else (a chunked body, a body split
+        across reads, an upgrade, more than one request, a head split across reads, anything
+        httptools or the checks here doubt) is left to h11, so both parsers must agree for this
+        path to count."""
         end = data.find(b"\r\n\r\n")
-        if end < 0 or end + 4 != len(data) or len(data) > self._max_head:
+        if end < 0 or end + 4 > self._max_head:
             return False
+        body_size = len(data) - end - 4
         probe = _HeadProbe()
         parser = httptools.HttpRequestParser(probe)
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return False
-        if probe.begun != 1 or probe.complete != 1 or probe.url is None or probe.body:
+        if (
+            probe.begun != 1
+            or probe.complete != 1
+            or probe.url is None
+            or probe.repeated
+            or probe.body_bytes != body_size
+        ):
             return False
         headers = probe.headers
         method = parser.get_method()
+        length = headers.get(b"content-length", b"0").strip()
         if (
             parser.should_upgrade()
             or method == b"CONNECT"
             or b"upgrade" in headers
             or b"transfer-encoding" in headers
-            or headers.get(b"content-length", b"0").strip() != b"0"
+            or not length.isdigit()
+            or len(length) > 12
+            or int(length) != body_size
             or (parser.get_http_version() == "1.1" and b"host" not in headers)
         ):
             return False
@@ -257,6 +269,7 @@ class RequestFollower:
             method=method.decode("ascii", "replace"),
             target=probe.url.decode("latin-1"),
             accept=headers.get(b"accept", b"").decode("latin-1"),
+            has_body=body_size > 0,
         )
         self.fast_requests += 1
         exchange = Exchange(head, refused=self._decide(head))
@@ -414,7 +427,8 @@ class _HeadProbe:
         self.begun = 0
         self.complete = 0
         self.url: bytes | None = None
-        self.body = False
+        self.body_bytes = 0
+        self.repeated = False
         self.headers: dict[bytes, bytes] = {}
 
     def on_message_begin(self) -> None:
@@ -427,12 +441,12 @@ class _HeadProbe:
         name = name.lower()
         if name in self.headers:  # a repeated header: only h11's full reading will do
             self.headers[name] += b", " + value
-            self.body = True  # not a body, but not the simple case either: back to h11
+            self.repeated = True
         else:
             self.headers[name] = value
 
     def on_body(self, body: bytes) -> None:
-        self.body = True
+        self.body_bytes += len(body)
 
     def on_message_complete(self) -> None:
         self.complete += 1

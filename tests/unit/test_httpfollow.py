@@ -330,7 +330,8 @@ class MalformedTests(unittest.TestCase):
 
 
 class FastPathTests(unittest.TestCase):
-    """A read that is exactly one bodyless request head is read by httptools; the rest by h11.
+    """A read that is exactly one request (its head and any Content-Length body) is read by
+    httptools; the rest by h11.
     Whatever the path, what reaches the processor and the engineer must be the same."""
 
     SAMPLES = (
@@ -352,6 +353,15 @@ class FastPathTests(unittest.TestCase):
         b"GET / HTTP/1.1\r\nHost : plc\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: plc\r\n folded\r\n\r\n",
         UPGRADE,
+        b"POST /echo HTTP/1.1\r\nHost: plc\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /q HTTP/1.1\r\nHost: plc\r\nContent-Length: 2\r\n\r\nhi",  # view refuses it
+        b"POST /e HTTP/1.1\r\nHost: plc\r\nContent-Length: 3\r\n\r\nhello",  # more
+        b"POST /e HTTP/1.1\r\nHost: plc\r\nContent-Length: 9\r\n\r\nhello",  # less
+        b"POST /e HTTP/1.1\r\nHost: plc\r\nContent-Length: +5\r\n\r\nhello",
+        b"POST /e HTTP/1.1\r\nHost: plc\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /e HTTP/1.1\r\nHost: plc\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"POST /e HTTP/1.1\r\nHost: plc\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n",
     )
 
     def outcome(self, data: bytes, *, split: bool) -> tuple[bytes, list[bytes], int, int]:
@@ -368,9 +378,24 @@ class FastPathTests(unittest.TestCase):
         h.send(get("/a?x=1"))
         h.processor(ok())
         h.send(post("/b", b"12"))
-        self.assertEqual(h.follower.fast_requests, 1)
+        self.assertEqual(h.follower.fast_requests, 2)  # a body in the same read: fast too
         self.assertEqual(h.to_processor, get("/a?x=1"))
         self.assertEqual(h.results()[0], ("GET", "/a?x=", "forwarded", 200))
+
+    def test_a_small_post_read_in_one_piece_takes_the_fast_path(self) -> None:
+        h = Harness(lambda head: None)  # full control
+        request = post("/echo", b"x" * 1024)
+        h.send(request)
+        self.assertEqual((h.follower.fast_requests, h.to_processor), (1, request))
+        h.processor(ok())
+        self.assertEqual(h.results()[0], ("POST", "/echo", "forwarded", 200))
+
+    def test_a_body_split_across_reads_goes_to_h11(self) -> None:
+        h = Harness(lambda head: None)
+        request = post("/echo", b"x" * 1024)
+        h.send(request[:-10])
+        h.send(request[-10:])
+        self.assertEqual((h.follower.fast_requests, h.to_processor), (0, request))
 
     def test_both_paths_agree(self) -> None:
         for sample in self.SAMPLES:
