@@ -34,7 +34,6 @@
  *   loadgen http-rtt  HOST PORT COUNT SIZE COUNT sequential "POST /echo" with SIZE-byte bodies,
  *                                          each timed from sending the request to the last byte
  *                                          of its answer (after 50 warm-up ones)
- *   loadgen http-probe HOST PORT           one "POST /echo" and one "GET /bytes/64" (readiness)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -788,17 +787,6 @@ static int mode_http_rtt(unsigned long count, size_t size) {
     return 0;
 }
 
-static int mode_http_probe(void) {
-    unsigned char req[256 + 16], reply[16];
-    size_t head_len = http_echo_head(req, 16);
-    http_conn_t *c = http_dial();
-    http_echo(c, req, head_len, 16, reply, 0);
-    http_get_bytes(c, TTFB_BYTES);
-    close(c->fd);
-    printf("{\"mode\": \"http-probe\"}\n");
-    return 0;
-}
-
 /* ---- main ------------------------------------------------------------------------------- */
 
 static unsigned long long number(const char *text, const char *what) {
@@ -824,8 +812,7 @@ static void usage(void) {
                     "       conc HOST PORT CONNS SECONDS SIZE | ttfb HOST PORT COUNT |\n"
                     "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE |\n"
                     "       wan HOST PORT down|up BYTES WARMUP RATE SIZE TTFB_EVERY |\n"
-                    "       http-bulk HOST PORT BYTES | http-rtt HOST PORT COUNT SIZE |\n"
-                    "       http-probe HOST PORT\n");
+                    "       http-bulk HOST PORT BYTES | http-rtt HOST PORT COUNT SIZE\n");
     exit(2);
 }
 
@@ -847,8 +834,6 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "http-rtt") == 0 && argc == 6)
         return mode_http_rtt((unsigned long)number(argv[4], "count"),
                              (size_t)number(argv[5], "size"));
-    if (strcmp(mode, "http-probe") == 0 && argc == 4)
-        return mode_http_probe();
     if (strcmp(mode, "bulk") == 0 && argc == 5)
         return mode_bulk(number(argv[4], "bytes"));
     if (strcmp(mode, "rtt") == 0 && argc == 6)
