@@ -34,6 +34,8 @@
  *   loadgen http-rtt  HOST PORT COUNT SIZE COUNT sequential "POST /echo" with SIZE-byte bodies,
  *                                          each timed from sending the request to the last byte
  *                                          of its answer (after 50 warm-up ones)
+ *   loadgen http-get  HOST PORT COUNT SIZE COUNT sequential "GET /bytes/SIZE" (no request body:
+ *                                          a browser's GET), timed likewise
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -769,6 +771,24 @@ static int mode_http_bulk(unsigned long long bytes) {
     return 0;
 }
 
+static int mode_http_get(unsigned long count, size_t size) {
+    samples_t s = {0};
+    http_conn_t *c = http_dial();
+    for (unsigned long i = 0; i < WARMUP + count; i++) {
+        double t0 = now();
+        http_get_bytes(c, size);
+        if (c->have != 0)
+            die("http GET: %zu bytes past answer %lu", c->have, i);
+        if (i >= WARMUP)
+            add_sample(&s, now() - t0);
+    }
+    close(c->fd);
+    printf("{\"mode\": \"http-get\", \"size\": %zu, ", size);
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
 static int mode_http_rtt(unsigned long count, size_t size) {
     unsigned char *req = malloc(256 + size), *reply = malloc(size ? size : 1);
     size_t head_len = http_echo_head(req, size);
@@ -812,7 +832,8 @@ static void usage(void) {
                     "       conc HOST PORT CONNS SECONDS SIZE | ttfb HOST PORT COUNT |\n"
                     "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE |\n"
                     "       wan HOST PORT down|up BYTES WARMUP RATE SIZE TTFB_EVERY |\n"
-                    "       http-bulk HOST PORT BYTES | http-rtt HOST PORT COUNT SIZE\n");
+                    "       http-bulk HOST PORT BYTES | http-rtt HOST PORT COUNT SIZE |\n"
+                    "       http-get HOST PORT COUNT SIZE\n");
     exit(2);
 }
 
@@ -831,6 +852,9 @@ int main(int argc, char **argv) {
 
     if (strcmp(mode, "http-bulk") == 0 && argc == 5)
         return mode_http_bulk(number(argv[4], "bytes"));
+    if (strcmp(mode, "http-get") == 0 && argc == 6)
+        return mode_http_get((unsigned long)number(argv[4], "count"),
+                             (size_t)number(argv[5], "size"));
     if (strcmp(mode, "http-rtt") == 0 && argc == 6)
         return mode_http_rtt((unsigned long)number(argv[4], "count"),
                              (size_t)number(argv[5], "size"));

@@ -21,8 +21,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-MEASURES = ("idle", "ttfb", "rtt", "conc", "bulk", "fair")
-"""The measurements, in the order each run takes them (a path may name a subset)."""
+MEASURES = ("idle", "ttfb", "rtt", "getrtt", "conc", "bulk", "fair")
+"""The measurements, in the order each run takes them (a path names those it takes)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ class Loadgen:
 def measure_path(
     path: TunnelPath, port: int, loadgen: Loadgen, plan: Plan, sup: Supervisor
 ) -> PathRun:
-    """The path's measurements (all, or those it names), each on its own: one failing does not
-    hide the others. An HTTP path's round trips are `POST /echo` and its bulk `GET /bytes/<n>`."""
+    """The measurements the path names, each on its own: one failing does not
+    hide the others. An HTTP path's round trips are `POST /echo` (and `GET /bytes/1024`), its bulk
+    `GET /bytes/<n>`."""
     out = PathRun()
     tunnel = path.name != "direct"
     prefix = "http-" if path.http else ""  # the load generator's HTTP/1.1 round trip and bulk
@@ -138,6 +139,13 @@ def measure_path(
         out.metrics["rtt_p50_ms"] = r["latency"]["p50_ms"]
         out.metrics["rtt_p99_ms"] = r["latency"]["p99_ms"]
 
+    def getrtt() -> None:  # HTTP paths only: a GET's round trip, no request body
+        n, size = plan.rtt_count, plan.message_size
+        r = loadgen.run("http-get", port, n, size, timeout=30 + n * 0.02)
+        out.raw["getrtt"] = r
+        out.metrics["getrtt_p50_ms"] = r["latency"]["p50_ms"]
+        out.metrics["getrtt_p99_ms"] = r["latency"]["p99_ms"]
+
     def conc() -> None:
         args = (plan.conc_conns, plan.conc_seconds, plan.message_size)
         r = loadgen.run("conc", port, *args, timeout=60 + plan.conc_seconds)
@@ -162,9 +170,17 @@ def measure_path(
         out.raw["fair"] = r
         out.metrics["fair_p99_ms"] = r["latency"]["p99_ms"]
 
-    actions = {"idle": idle, "ttfb": ttfb, "rtt": rtt, "conc": conc, "bulk": bulk, "fair": fair}
+    actions = {
+        "idle": idle,
+        "ttfb": ttfb,
+        "rtt": rtt,
+        "getrtt": getrtt,
+        "conc": conc,
+        "bulk": bulk,
+        "fair": fair,
+    }
     assert tuple(actions) == MEASURES
     for name, action in actions.items():
-        if path.measures is None or name in path.measures:
+        if name in path.measures:
             step(name, action)
     return out

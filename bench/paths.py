@@ -104,7 +104,7 @@ class TunnelPath(ABC):
     name: str  # key in the JSON
     title: str  # column heading
     http = False  # the load generator speaks HTTP/1.1 (target.c's HTTP mode) on this path
-    measures: tuple[str, ...] | None = None  # the measurements it takes (None: all)
+    measures: tuple[str, ...] = ("idle", "ttfb", "rtt", "conc", "bulk", "fair")  # measure.py
 
     def __init__(self) -> None:
         self.procs: list[Proc] = []
@@ -411,7 +411,7 @@ class OursTcpHttp(Ours):
 
     name, title = "ours-tcp-http", "ours, tcp target, HTTP load"
     http = True
-    measures = ("rtt", "bulk")
+    measures = ("rtt", "getrtt", "bulk")
 
 
 class OursHttp(Ours):
@@ -421,7 +421,7 @@ class OursHttp(Ours):
     name, title = "ours-http", "ours, http target, HTTP load"
     kind = TargetKind.HTTP
     http = True
-    measures = ("rtt", "bulk")
+    measures = ("rtt", "getrtt", "bulk")
 
 
 def tls_summary(port: int, ca: Path, extra: list[str]) -> str:

@@ -32,6 +32,8 @@ METRICS = (
     Metric("bulk_cpu_s_per_gib", "CPU-seconds per GiB, tunnel processes", "CPU-s/GiB", False, True),
     Metric("rtt_p50_ms", "1 KiB round trip p50, ms", "rtt p50 ms", False),
     Metric("rtt_p99_ms", "1 KiB round trip p99, ms", "rtt p99 ms", False),
+    Metric("getrtt_p50_ms", "1 KiB GET round trip p50, ms (HTTP paths)", "GET p50 ms", False),
+    Metric("getrtt_p99_ms", "1 KiB GET round trip p99, ms (HTTP paths)", "GET p99 ms", False),
     Metric("conc_per_s", "Round trips/s, 50 connections (higher is better)", "rt/s x50", True),
     Metric("ttfb_p50_ms", "New connection, time to first byte p50, ms", "ttfb p50 ms", False),
     Metric("ttfb_p99_ms", "New connection, time to first byte p99, ms", "ttfb p99 ms", False),
@@ -249,13 +251,16 @@ class FollowCost:
     cost_unit: str
     limit: float | None  # None: reported, no limit
     met: bool | None  # None: not measured, or no limit
+    per_run: tuple[float, ...] = ()  # the same cost in each run (when both sides have every run)
 
 
 FOLLOW_ROWS = (
     # what, key, unit, cost unit, limit (issue 16)
     ("One-stream bulk", "bulk_mb_s", "MB/s", "%", 10.0),
-    ("1 KiB round trip p50", "rtt_p50_ms", "ms", "µs", 50.0),
-    ("1 KiB round trip p99", "rtt_p99_ms", "ms", "µs", None),
+    ("1 KiB round trip p50 (POST /echo)", "rtt_p50_ms", "ms", "µs", 50.0),
+    ("1 KiB round trip p99 (POST /echo)", "rtt_p99_ms", "ms", "µs", None),
+    ("1 KiB GET round trip p50", "getrtt_p50_ms", "ms", "µs", 50.0),
+    ("1 KiB GET round trip p99", "getrtt_p99_ms", "ms", "µs", None),
     ("CPU-seconds per GiB, tunnel processes", "bulk_cpu_s_per_gib", "s", "s", None),
 )
 
@@ -268,13 +273,15 @@ def evaluate_follow(summary: Mapping[str, Mapping[str, Summary]]) -> list[Follow
         tcp = summary.get(FOLLOW_TCP, {}).get(key)
         http = summary.get(FOLLOW_HTTP, {}).get(key)
         cost: float | None = None
+        per_run: tuple[float, ...] = ()
         if tcp is not None and http is not None:
-            if key == "bulk_mb_s":
-                cost = (1 - http.median / tcp.median) * 100 if tcp.median else None
-            elif cost_unit == "µs":
-                cost = (http.median - tcp.median) * 1000
-            else:
-                cost = http.median - tcp.median
+            cost = _follow_cost(key, cost_unit, tcp.median, http.median)
+            if len(tcp.samples) == len(http.samples) > 1:
+                costs = [
+                    _follow_cost(key, cost_unit, t, h)
+                    for t, h in zip(tcp.samples, http.samples, strict=True)
+                ]
+                per_run = tuple(c for c in costs if c is not None)
         # Rounded: the medians carry 0.1 µs at best, and 1.05 - 1.0 is not exactly 0.05.
         met = None if cost is None or limit is None else round(cost, 6) <= limit
         rows.append(
@@ -288,9 +295,22 @@ def evaluate_follow(summary: Mapping[str, Mapping[str, Summary]]) -> list[Follow
                 cost_unit,
                 limit,
                 met,
+                per_run,
             )
         )
     return rows
+
+
+def _follow_cost(key: str, cost_unit: str, tcp: float, http: float) -> float | None:
+    if key == "bulk_mb_s":
+        return (1 - http / tcp) * 100 if tcp else None
+    return (http - tcp) * (1000 if cost_unit == "µs" else 1)
+
+
+def _cost_text(cost: float, unit: str) -> str:
+    if unit == "%":
+        return f"{cost:.1f} % less" if cost >= 0 else f"{-cost:.1f} % more"
+    return f"{cost:+.0f} µs" if unit == "µs" else f"{cost:+.2f} s"
 
 
 def render_follow(rows: Sequence[FollowCost]) -> str:
@@ -304,10 +324,10 @@ def render_follow(rows: Sequence[FollowCost]) -> str:
         http = "-" if r.http is None else f"{fmt(r.http)} {r.unit}"
         if r.cost is None:
             cost = "not measured"
-        elif r.cost_unit == "%":
-            cost = f"{r.cost:.1f} % less" if r.cost >= 0 else f"{-r.cost:.1f} % more"
         else:
-            cost = f"{r.cost:+.0f} {r.cost_unit}" if r.cost_unit == "µs" else f"{r.cost:+.2f} s"
+            cost = _cost_text(r.cost, r.cost_unit)
+            if r.per_run:
+                cost += " (runs: " + ", ".join(_cost_text(c, r.cost_unit) for c in r.per_run) + ")"
         if r.limit is None:
             limit, met = "-", "-"
         else:

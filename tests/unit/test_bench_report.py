@@ -225,11 +225,13 @@ class FollowCostTests(SynchronousTestCase):
             text,
         )
         self.assertIn(
-            "| 1 KiB round trip p50 | 1.00 ms | 1.14 ms | +141 µs | <= 50 µs "
+            "| 1 KiB round trip p50 (POST /echo) | 1.00 ms | 1.14 ms | +141 µs | <= 50 µs "
             "| no (2.82x the limit) |",
             text,
         )
-        self.assertIn("| 1 KiB round trip p99 | 3.00 ms | 3.50 ms | +500 µs | - | - |", text)
+        self.assertIn(
+            "| 1 KiB round trip p99 (POST /echo) | 3.00 ms | 3.50 ms | +500 µs | - | - |", text
+        )
         self.assertIn("| CPU-seconds per GiB, tunnel processes | 7.00 s | 7.25 s | +0.25 s |", text)
 
     def test_faster_with_following_is_no_cost(self) -> None:
@@ -244,6 +246,25 @@ class FollowCostTests(SynchronousTestCase):
         self.assertIsNone(rows["rtt_p50_ms"].cost)
         self.assertIsNone(rows["rtt_p50_ms"].met)
         self.assertIn(
-            "| 1 KiB round trip p50 | 1.00 ms | - | not measured | <= 50 µs | not measured |",
+            "| 1 KiB round trip p50 (POST /echo) | 1.00 ms | - | not measured | <= 50 µs "
+            "| not measured |",
             render_follow(list(rows.values())),
         )
+
+    def test_each_runs_cost_when_both_sides_have_every_run(self) -> None:
+        summary: dict[str, dict[str, Summary]] = {
+            "ours-tcp-http": {"getrtt_p50_ms": summarize([1.0, 1.2, 1.1])},  # type: ignore[dict-item]
+            "ours-http": {"getrtt_p50_ms": summarize([1.01, 1.3, 1.12])},  # type: ignore[dict-item]
+        }
+        rows = {r.key: r for r in evaluate_follow(summary)}
+        get = rows["getrtt_p50_ms"]
+        self.assertAlmostEqual(get.cost or 0, 20.0)  # the medians: 1.12 - 1.1
+        self.assertEqual([round(c) for c in get.per_run], [10, 100, 20])
+        self.assertIn(
+            "| 1 KiB GET round trip p50 | 1.10 ms | 1.12 ms | +20 µs (runs: +10 µs, +100 µs, "
+            "+20 µs) | <= 50 µs | yes |",
+            render_follow(list(rows.values())),
+        )
+        # A run missing on one side: which run is which is not known, so no per-run costs.
+        summary["ours-http"]["getrtt_p50_ms"] = summarize([1.01, 1.3])  # type: ignore[assignment]
+        self.assertEqual(evaluate_follow(summary)[3].per_run, ())
