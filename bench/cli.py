@@ -19,8 +19,8 @@ from types import FrameType
 from typing import Any
 
 from bench import machine
-from bench.measure import FULL, QUICK, Loadgen, PathRun, Plan, measure_path
-from bench.paths import Direct, OpenSSH, Ours, Stunnel, TunnelPath
+from bench.measure import FULL, MEASURES, QUICK, Loadgen, PathRun, Plan, measure_path
+from bench.paths import Direct, OpenSSH, Ours, OursHttp, OursTcpHttp, Stunnel, TunnelPath
 from bench.procs import (
     BenchError,
     Proc,
@@ -31,20 +31,24 @@ from bench.procs import (
     run_quiet,
 )
 from bench.report import (
+    FOLLOW_HTTP,
+    FOLLOW_TCP,
     METRICS,
     Column,
     Summary,
     aggregate,
+    evaluate_follow,
     evaluate_targets,
     fmt,
     render_breakdown,
+    render_follow,
     render_table,
     render_targets,
 )
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-PATH_NAMES = ("direct", "stunnel", "openssh", "ours")
+PATH_NAMES = ("direct", "stunnel", "openssh", "ours", "ours-tcp-http", "ours-http")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -129,6 +133,8 @@ def make_paths(names: Sequence[str], ours_env: dict[str, str]) -> list[TunnelPat
         "stunnel": Stunnel(),
         "openssh": OpenSSH(),
         "ours": Ours(REPO, ours_env),
+        "ours-tcp-http": OursTcpHttp(REPO, ours_env),
+        "ours-http": OursHttp(REPO, ours_env),
     }
     return [every[n] for n in PATH_NAMES if n in names]
 
@@ -176,8 +182,13 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
         runs.append(results)
 
     summary = aggregate([{name: r.metrics for name, r in run.items()} for run in runs])
-    columns = [Column(p.name, p.title, status[p.name]) for p in paths]
+    columns = [Column(p.name, p.title, status[p.name], p.measures) for p in paths]
     verdicts = evaluate_targets(summary) if status.get("ours") == "ok" else []
+    follow = (
+        evaluate_follow(summary)
+        if status.get(FOLLOW_TCP) == "ok" and status.get(FOLLOW_HTTP) == "ok"
+        else []
+    )
     info = machine.describe(REPO)
     details = {p.name: p.details for p in paths if p.details and status[p.name] == "ok"}
     errors = [
@@ -196,6 +207,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
         columns,
         render_targets(verdicts) if verdicts else "",
         errors,
+        render_follow(follow) if follow else "",
     )
     print(markdown)
 
@@ -213,6 +225,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
             for path, metrics in summary.items()
         },
         "targets": [dataclasses.asdict(v) for v in verdicts],
+        "follow": [dataclasses.asdict(f) for f in follow],
         "errors": errors,
         "markdown": markdown,
     }
@@ -233,14 +246,23 @@ def render_markdown(
     columns: list[Column],
     targets: str,
     errors: list[str],
+    follow: str = "",
 ) -> str:
     mib = plan.bulk_bytes / (1 << 20)
+    taken = {m for c in columns for m in (c.measures or MEASURES)}
+    what = {
+        "bulk": f"bulk {mib:.0f} MiB",
+        "rtt": f"{plan.rtt_count} round trips",
+        "conc": f"{plan.conc_conns} connections for {plan.conc_seconds} s",
+        "ttfb": f"{plan.ttfb_count} new connections",
+        "idle": f"{plan.idle_conns} idle connections",
+        "fair": f"fairness for {plan.fair_seconds} s",
+    }
     lines = [
         f"Benchmark of {started:%Y-%m-%d %H:%M} UTC, commit {info['commit']}: "
-        f"{plan.runs} fresh run(s) per path; bulk {mib:.0f} MiB; {plan.rtt_count} round trips; "
-        f"{plan.conc_conns} connections for {plan.conc_seconds} s; "
-        f"{plan.ttfb_count} new connections; {plan.idle_conns} idle connections; "
-        f"fairness for {plan.fair_seconds} s.",
+        f"{plan.runs} fresh run(s) per path; "
+        + "; ".join(text for m, text in what.items() if m in taken)
+        + ".",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
         f"{info['os']}, kernel {info['kernel']}. Python {info['python']}, "
@@ -256,6 +278,8 @@ def render_markdown(
         lines += [*breakdown, ""]
     if targets:
         lines += [targets, ""]
+    if follow:
+        lines += [follow, ""]
     for name, s in status.items():
         if s != "ok":
             lines.append(f"- {name}: {s}")

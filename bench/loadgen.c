@@ -26,6 +26,16 @@
  *                                         to first byte of "GET 64" every TTFB_EVERY seconds.
  *                                         Times in the JSON ("t_*") are CLOCK_MONOTONIC seconds;
  *                                         t_written: when an upload's last byte was written.
+ *
+ * HTTP/1.1 modes (target.c answers them when a connection starts with an HTTP request line),
+ * each on one keep-alive connection; every answer's status line must be "HTTP/1.1 200 OK" with
+ * a Content-Length of exactly what was asked for, and every body byte is checked:
+ *   loadgen http-bulk HOST PORT BYTES      "GET /bytes/BYTES": request to last byte
+ *   loadgen http-rtt  HOST PORT COUNT SIZE COUNT sequential "POST /echo" with SIZE-byte bodies,
+ *                                          each timed from sending the request to the last byte
+ *                                          of its answer (after 50 warm-up ones)
+ *   loadgen http-get  HOST PORT COUNT SIZE COUNT sequential "GET /bytes/SIZE" (no request body:
+ *                                          a browser's GET), timed likewise
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -40,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -613,6 +624,189 @@ static int mode_wan(const char *dir, unsigned long long bytes, double warmup, do
     return 0;
 }
 
+/* ---- HTTP/1.1 ----------------------------------------------------------------------------- */
+
+#define HTTP_HEAD_MAX 8192
+
+typedef struct {
+    int fd;
+    unsigned char buf[HTTP_HEAD_MAX + CHUNK]; /* bytes read past an answer's head */
+    size_t have;                              /* of which this many are not yet consumed */
+} http_conn_t;
+
+static http_conn_t *http_dial(void) {
+    http_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        die("out of memory");
+    c->fd = dial();
+    return c;
+}
+
+/* Read one answer's head; check its status line and Content-Length; leave body bytes in buf. */
+static void http_read_head(http_conn_t *c, unsigned long long expect_length, const char *what) {
+    char *end = NULL;
+    for (;;) {
+        if (c->have >= 4) {
+            c->buf[c->have] = '\0';
+            end = memmem(c->buf, c->have, "\r\n\r\n", 4);
+            if (end != NULL)
+                break;
+        }
+        if (c->have >= HTTP_HEAD_MAX)
+            die("%s: answer head longer than %d bytes", what, HTTP_HEAD_MAX);
+        ssize_t n = recv(c->fd, c->buf + c->have, HTTP_HEAD_MAX - c->have, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("%s: recv: %s", what, errno == EAGAIN ? "timed out" : strerror(errno));
+        if (n == 0)
+            die("%s: connection closed %s", what, c->have ? "within the answer's head" : "before an answer");
+        c->have += (size_t)n;
+    }
+    size_t head_len = (size_t)(end - (char *)c->buf) + 4;
+    char head[HTTP_HEAD_MAX + 1];
+    memcpy(head, c->buf, head_len);
+    head[head_len] = '\0';
+    const char *status = "HTTP/1.1 200 OK\r\n";
+    if (strncmp(head, status, strlen(status)) != 0) {
+        char *eol = strstr(head, "\r\n");
+        if (eol != NULL)
+            *eol = '\0';
+        die("%s: status line %.80s, not HTTP/1.1 200 OK", what, head);
+    }
+    unsigned long long length = 0;
+    int found = 0;
+    for (char *line = strstr(head, "\r\n") + 2; *line != '\0' && strncmp(line, "\r\n", 2) != 0;) {
+        char *eol = strstr(line, "\r\n");
+        if (strncasecmp(line, "Content-Length:", 15) == 0) {
+            char *v = line + 15, *stop = NULL;
+            while (*v == ' ')
+                v++;
+            errno = 0;
+            length = strtoull(v, &stop, 10);
+            if (errno != 0 || stop == v || (*stop != '\r' && *stop != ' ') || found)
+                die("%s: bad or repeated Content-Length", what);
+            found = 1;
+        } else if (strncasecmp(line, "Transfer-Encoding:", 18) == 0) {
+            die("%s: unexpected Transfer-Encoding in the answer", what);
+        }
+        line = eol + 2;
+    }
+    if (!found)
+        die("%s: answer without Content-Length", what);
+    if (length != expect_length)
+        die("%s: Content-Length %llu, expected %llu", what, length, expect_length);
+    c->have -= head_len;
+    memmove(c->buf, c->buf + head_len, c->have);
+}
+
+/* Receive exactly len body bytes (what was read past the head first) into out, or when out is
+ * NULL check them against the download pattern. */
+static void http_body(http_conn_t *c, unsigned char *out, unsigned long long len,
+                      const char *what) {
+    unsigned long long got = 0;
+    while (got < len) {
+        size_t take;
+        if (c->have > 0) {
+            take = c->have < len - got ? c->have : (size_t)(len - got);
+        } else {
+            unsigned long long left = len - got;
+            size_t room = left < CHUNK ? (size_t)left : CHUNK;
+            ssize_t n = recv(c->fd, c->buf, room, 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                die("%s: %s after %llu of %llu body bytes", what,
+                    n == 0 ? "connection closed"
+                           : (errno == EAGAIN ? "timed out" : strerror(errno)),
+                    got, len);
+            c->have = (size_t)n;
+            take = c->have;
+        }
+        if (out != NULL)
+            memcpy(out + got, c->buf, take);
+        else if (memcmp(c->buf, pattern + got % PATTERN_PERIOD, take) != 0)
+            die("%s: wrong byte in [%llu, %llu)", what, got, got + take);
+        got += take;
+        c->have -= take;
+        memmove(c->buf, c->buf + take, c->have);
+    }
+}
+
+static void http_get_bytes(http_conn_t *c, unsigned long long bytes) {
+    send_line(c->fd, "GET /bytes/%llu HTTP/1.1\r\nHost: bench\r\n\r\n", bytes);
+    http_read_head(c, bytes, "http GET");
+    http_body(c, NULL, bytes, "http GET");
+}
+
+static void http_echo(http_conn_t *c, unsigned char *req, size_t head_len, size_t size,
+                      unsigned char *reply, unsigned long seq) {
+    fill_message(req + head_len, size, seq, 0);
+    send_all(c->fd, req, head_len + size);
+    http_read_head(c, size, "http echo");
+    http_body(c, reply, size, "http echo");
+    if (memcmp(req + head_len, reply, size) != 0)
+        die("http echo: answer %lu differs from what was sent", seq);
+    if (c->have != 0)
+        die("http echo: %zu bytes past answer %lu", c->have, seq);
+}
+
+static size_t http_echo_head(unsigned char *req, size_t size) {
+    return (size_t)sprintf((char *)req,
+                           "POST /echo HTTP/1.1\r\nHost: bench\r\n"
+                           "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\n\r\n",
+                           size);
+}
+
+static int mode_http_bulk(unsigned long long bytes) {
+    http_conn_t *c = http_dial();
+    double t0 = now();
+    http_get_bytes(c, bytes);
+    double seconds = now() - t0;
+    if (c->have != 0)
+        die("http GET: %zu bytes past the answer", c->have);
+    close(c->fd);
+    printf("{\"mode\": \"http-bulk\", \"bytes\": %llu, \"seconds\": %.6f, \"mb_per_s\": %.3f}\n",
+           bytes, seconds, (double)bytes / seconds / 1e6);
+    return 0;
+}
+
+static int mode_http_get(unsigned long count, size_t size) {
+    samples_t s = {0};
+    http_conn_t *c = http_dial();
+    for (unsigned long i = 0; i < WARMUP + count; i++) {
+        double t0 = now();
+        http_get_bytes(c, size);
+        if (c->have != 0)
+            die("http GET: %zu bytes past answer %lu", c->have, i);
+        if (i >= WARMUP)
+            add_sample(&s, now() - t0);
+    }
+    close(c->fd);
+    printf("{\"mode\": \"http-get\", \"size\": %zu, ", size);
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
+static int mode_http_rtt(unsigned long count, size_t size) {
+    unsigned char *req = malloc(256 + size), *reply = malloc(size ? size : 1);
+    size_t head_len = http_echo_head(req, size);
+    samples_t s = {0};
+    http_conn_t *c = http_dial();
+    for (unsigned long i = 0; i < WARMUP + count; i++) {
+        double t0 = now();
+        http_echo(c, req, head_len, size, reply, i);
+        if (i >= WARMUP)
+            add_sample(&s, now() - t0);
+    }
+    close(c->fd);
+    printf("{\"mode\": \"http-rtt\", \"size\": %zu, ", size);
+    print_latency("latency", &s);
+    printf("}\n");
+    return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------------- */
 
 static unsigned long long number(const char *text, const char *what) {
@@ -637,7 +831,9 @@ static void usage(void) {
     fprintf(stderr, "usage: loadgen bulk HOST PORT BYTES | rtt HOST PORT COUNT SIZE |\n"
                     "       conc HOST PORT CONNS SECONDS SIZE | ttfb HOST PORT COUNT |\n"
                     "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE |\n"
-                    "       wan HOST PORT down|up BYTES WARMUP RATE SIZE TTFB_EVERY\n");
+                    "       wan HOST PORT down|up BYTES WARMUP RATE SIZE TTFB_EVERY |\n"
+                    "       http-bulk HOST PORT BYTES | http-rtt HOST PORT COUNT SIZE |\n"
+                    "       http-get HOST PORT COUNT SIZE\n");
     exit(2);
 }
 
@@ -654,6 +850,14 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < PATTERN_LEN; i++)
         pattern[i] = (unsigned char)(i % PATTERN_PERIOD);
 
+    if (strcmp(mode, "http-bulk") == 0 && argc == 5)
+        return mode_http_bulk(number(argv[4], "bytes"));
+    if (strcmp(mode, "http-get") == 0 && argc == 6)
+        return mode_http_get((unsigned long)number(argv[4], "count"),
+                             (size_t)number(argv[5], "size"));
+    if (strcmp(mode, "http-rtt") == 0 && argc == 6)
+        return mode_http_rtt((unsigned long)number(argv[4], "count"),
+                             (size_t)number(argv[5], "size"));
     if (strcmp(mode, "bulk") == 0 && argc == 5)
         return mode_bulk(number(argv[4], "bytes"));
     if (strcmp(mode, "rtt") == 0 && argc == 6)

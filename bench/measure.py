@@ -21,6 +21,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
+MEASURES = ("idle", "ttfb", "rtt", "getrtt", "conc", "bulk", "fair")
+"""The measurements, in the order each run takes them (a path names those it takes)."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """How much of each measurement one run does."""
@@ -75,9 +79,12 @@ class Loadgen:
 def measure_path(
     path: TunnelPath, port: int, loadgen: Loadgen, plan: Plan, sup: Supervisor
 ) -> PathRun:
-    """All measurements of one path, each on its own: one failing does not hide the others."""
+    """The measurements the path names, each on its own: one failing does not
+    hide the others. An HTTP path's round trips are `POST /echo` (and `GET /bytes/1024`), its bulk
+    `GET /bytes/<n>`."""
     out = PathRun()
     tunnel = path.name != "direct"
+    prefix = "http-" if path.http else ""  # the load generator's HTTP/1.1 round trip and bulk
 
     def step(name: str, action: Callable[[], None]) -> None:
         try:
@@ -127,10 +134,17 @@ def measure_path(
 
     def rtt() -> None:
         n, size = plan.rtt_count, plan.message_size
-        r = loadgen.run("rtt", port, n, size, timeout=30 + n * 0.02)
+        r = loadgen.run(prefix + "rtt", port, n, size, timeout=30 + n * 0.02)
         out.raw["rtt"] = r
         out.metrics["rtt_p50_ms"] = r["latency"]["p50_ms"]
         out.metrics["rtt_p99_ms"] = r["latency"]["p99_ms"]
+
+    def getrtt() -> None:  # HTTP paths only: a GET's round trip, no request body
+        n, size = plan.rtt_count, plan.message_size
+        r = loadgen.run("http-get", port, n, size, timeout=30 + n * 0.02)
+        out.raw["getrtt"] = r
+        out.metrics["getrtt_p50_ms"] = r["latency"]["p50_ms"]
+        out.metrics["getrtt_p99_ms"] = r["latency"]["p99_ms"]
 
     def conc() -> None:
         args = (plan.conc_conns, plan.conc_seconds, plan.message_size)
@@ -140,7 +154,7 @@ def measure_path(
 
     def bulk() -> None:
         before = snapshot()
-        r = loadgen.run("bulk", port, plan.bulk_bytes, timeout=60 + plan.bulk_bytes / 5e6)
+        r = loadgen.run(prefix + "bulk", port, plan.bulk_bytes, timeout=60 + plan.bulk_bytes / 5e6)
         after = snapshot()
         cpu = {name: after[name].cpu_seconds_since(u) for name, u in before.items()}
         out.raw["bulk"] = {**r, "tunnel_cpu_seconds": cpu}
@@ -156,13 +170,17 @@ def measure_path(
         out.raw["fair"] = r
         out.metrics["fair_p99_ms"] = r["latency"]["p99_ms"]
 
-    for name, action in (
-        ("idle", idle),
-        ("ttfb", ttfb),
-        ("rtt", rtt),
-        ("conc", conc),
-        ("bulk", bulk),
-        ("fair", fair),
-    ):
-        step(name, action)
+    actions = {
+        "idle": idle,
+        "ttfb": ttfb,
+        "rtt": rtt,
+        "getrtt": getrtt,
+        "conc": conc,
+        "bulk": bulk,
+        "fair": fair,
+    }
+    assert tuple(actions) == MEASURES
+    for name, action in actions.items():
+        if name in path.measures:
+            step(name, action)
     return out

@@ -1,8 +1,10 @@
-"""The four ways from the load client to the target that the benchmark compares.
+"""The ways from the load client to the target that the benchmark compares.
 
 Each path is set up fresh for every run as separate processes on loopback and torn down after it.
 `start` returns the port the load client dials once a real echo has made it through end to end;
 `roots` are the pids whose process trees are the tunnel (their CPU and memory are measured).
+A path with `http` set is measured with the load generator's HTTP/1.1 modes, and only in the
+`measures` it names (`measure.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from bench import keys
 from bench.procs import BenchError, Proc, Supervisor, free_ports, wait_until
-from gateway.config import Target
+from gateway.config import Target, TargetKind
 from gateway.demo import stack
 from gateway.demo.stack import PROBE_ERRORS, loopback
 from gateway.demo.tomlfile import Table
@@ -61,6 +63,32 @@ def echo_probe(port: int) -> bool:
         return False
 
 
+HTTP_PROBE_BODY = b"probe"
+HTTP_PROBE_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 5\r\n\r\n"
+    + HTTP_PROBE_BODY
+)
+
+
+def http_probe(port: int) -> bool:
+    """One verified HTTP/1.1 echo (`POST /echo`) through the path: an http target's follower
+    would end a stream that starts with `ECHO`."""
+    request = b"POST /echo HTTP/1.1\r\nHost: bench\r\nContent-Length: 5\r\n\r\n" + HTTP_PROBE_BODY
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            s.sendall(request)
+            got = b""
+            while len(got) < len(HTTP_PROBE_ANSWER):
+                chunk = s.recv(len(HTTP_PROBE_ANSWER) - len(got))
+                if not chunk:
+                    return False
+                got += chunk
+            return got == HTTP_PROBE_ANSWER
+    except OSError:
+        return False
+
+
 def find_program(*names: str) -> str | None:
     extra = os.pathsep.join(["/usr/sbin", "/usr/bin", "/sbin"])
     for name in names:
@@ -75,6 +103,8 @@ class TunnelPath(ABC):
 
     name: str  # key in the JSON
     title: str  # column heading
+    http = False  # the load generator speaks HTTP/1.1 (target.c's HTTP mode) on this path
+    measures: tuple[str, ...] = ("idle", "ttfb", "rtt", "conc", "bulk", "fair")  # measure.py
 
     def __init__(self) -> None:
         self.procs: list[Proc] = []
@@ -104,7 +134,8 @@ class TunnelPath(ABC):
 
     def _ready(self, port: int) -> None:
         wait_until(lambda: listening(port), self.procs, READY_TIMEOUT, f"{self.name} listener")
-        wait_until(lambda: echo_probe(port), self.procs, READY_TIMEOUT, f"{self.name} echo")
+        probe = http_probe if self.http else echo_probe
+        wait_until(lambda: probe(port), self.procs, READY_TIMEOUT, f"{self.name} echo")
 
 
 class Direct(TunnelPath):
@@ -284,6 +315,7 @@ class Ours(TunnelPath):
     product's defaults: nothing tuned for the benchmark."""
 
     name, title = "ours", "ours"
+    kind = TargetKind.TCP
 
     def __init__(self, repo: Path, extra_env: Mapping[str, str]) -> None:
         super().__init__()
@@ -342,7 +374,7 @@ class Ours(TunnelPath):
                 layout,
                 ports,
                 gateway_id=GATEWAY_ID,
-                targets=[Target("web", loopback(target_port))],
+                targets=[Target("web", loopback(target_port), kind=self.kind)],
                 written_by="the benchmark",
                 # One engineer, one target, 1000 idle connections: above the default limits.
                 limits=BENCH_STREAM_LIMITS,
@@ -372,6 +404,24 @@ class Ours(TunnelPath):
                 tls_summary(ports.relay_engineers, layout.ca, []) + " (engineer listener)"
             )
         return ports.forward
+
+
+class OursTcpHttp(Ours):
+    """Ours with a `tcp` target, driven with HTTP/1.1 requests: the reference for `OursHttp`."""
+
+    name, title = "ours-tcp-http", "ours, tcp target, HTTP load"
+    http = True
+    measures = ("rtt", "getrtt", "bulk")
+
+
+class OursHttp(Ours):
+    """Ours with the target allowlisted as `kind = "http"`: the gateway follows every request
+    (`gateway.edge.httpfollow`). Compared with `OursTcpHttp` in the same run."""
+
+    name, title = "ours-http", "ours, http target, HTTP load"
+    kind = TargetKind.HTTP
+    http = True
+    measures = ("rtt", "getrtt", "bulk")
 
 
 def tls_summary(port: int, ca: Path, extra: list[str]) -> str:

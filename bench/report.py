@@ -21,12 +21,19 @@ class Metric:
     higher_is_better: bool
     tunnel_only: bool = False  # no tunnel processes on the direct path: nothing to measure
 
+    @property
+    def measure(self) -> str:
+        """The measurement (measure.py's step) that yields it: the key's first word."""
+        return self.key.split("_", 1)[0]
+
 
 METRICS = (
     Metric("bulk_mb_s", "One-stream bulk, MB/s (higher is better)", "bulk MB/s", True),
     Metric("bulk_cpu_s_per_gib", "CPU-seconds per GiB, tunnel processes", "CPU-s/GiB", False, True),
     Metric("rtt_p50_ms", "1 KiB round trip p50, ms", "rtt p50 ms", False),
     Metric("rtt_p99_ms", "1 KiB round trip p99, ms", "rtt p99 ms", False),
+    Metric("getrtt_p50_ms", "1 KiB GET round trip p50, ms (HTTP paths)", "GET p50 ms", False),
+    Metric("getrtt_p99_ms", "1 KiB GET round trip p99, ms (HTTP paths)", "GET p99 ms", False),
     Metric("conc_per_s", "Round trips/s, 50 connections (higher is better)", "rt/s x50", True),
     Metric("ttfb_p50_ms", "New connection, time to first byte p50, ms", "ttfb p50 ms", False),
     Metric("ttfb_p99_ms", "New connection, time to first byte p99, ms", "ttfb p99 ms", False),
@@ -100,6 +107,14 @@ class Column:
     name: str  # path key
     title: str
     status: str  # "ok", or why there is no data ("unavailable: ...")
+    measures: tuple[str, ...] | None = None  # the measurements the path takes (None: all)
+
+
+def measured(metric: Metric, column: Column) -> bool:
+    """Whether the path in the column takes this metric at all (else "-", not "error")."""
+    if metric.tunnel_only and column.name == "direct":
+        return False  # no tunnel processes on the direct path: nothing to measure
+    return column.measures is None or metric.measure in column.measures
 
 
 def render_table(summary: Mapping[str, Mapping[str, Summary]], columns: Sequence[Column]) -> str:
@@ -112,11 +127,13 @@ def render_table(summary: Mapping[str, Mapping[str, Summary]], columns: Sequence
     head += [f"ours/{by_name[p].title}" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in METRICS:
+        if not any(c.measures is None or m.measure in c.measures for c in columns):
+            continue  # no path takes it in this run (a --paths subset of HTTP paths)
         row = [m.label]
         for c in columns:
             if c.status != "ok":
                 row.append("n/a")
-            elif m.tunnel_only and c.name == "direct":
+            elif not measured(m, c):
                 row.append("-")
             else:
                 row.append(cell(summary.get(c.name, {}).get(m.key)))
@@ -213,4 +230,114 @@ def render_targets(verdicts: Sequence[Verdict]) -> str:
             assert v.ours is not None and v.limit is not None
             met = f"no ({v.ours / v.limit:.2f}x the limit)" if v.limit else "no"
         lines.append(f"| {v.target} | {ours} | {limit} | {met} |")
+    return "\n".join(lines)
+
+
+FOLLOW_TCP, FOLLOW_HTTP = "ours-tcp-http", "ours-http"
+"""The two paths whose difference is what following requests costs (issue 16): the same
+processes and HTTP load, the target allowlisted as `tcp` or as `http`."""
+
+
+@dataclass(frozen=True)
+class FollowCost:
+    """One row of what following costs: ours-http against ours-tcp-http in the same run."""
+
+    what: str
+    key: str
+    unit: str  # of the two medians
+    tcp: float | None
+    http: float | None
+    cost: float | None  # bulk: % of the tcp target's throughput lost; others: added, in `cost_unit`
+    cost_unit: str
+    limit: float | None  # None: reported, no limit
+    met: bool | None  # None: not measured, or no limit
+    per_run: tuple[float, ...] = ()  # the same cost in each run (when both sides have every run)
+
+
+FOLLOW_ROWS = (
+    # what, key, unit, cost unit, limit (issue 16)
+    ("One-stream bulk", "bulk_mb_s", "MB/s", "%", 10.0),
+    ("1 KiB round trip p50 (POST /echo)", "rtt_p50_ms", "ms", "µs", 50.0),
+    ("1 KiB round trip p99 (POST /echo)", "rtt_p99_ms", "ms", "µs", None),
+    ("1 KiB GET round trip p50", "getrtt_p50_ms", "ms", "µs", 50.0),
+    ("1 KiB GET round trip p99", "getrtt_p99_ms", "ms", "µs", None),
+    ("CPU-seconds per GiB, tunnel processes", "bulk_cpu_s_per_gib", "s", "s", None),
+)
+
+
+def evaluate_follow(summary: Mapping[str, Mapping[str, Summary]]) -> list[FollowCost]:
+    """Bulk: the share of throughput lost, (1 - http/tcp) x 100 %; the round trips: the p50
+    (p99) added, (http - tcp) x 1000 µs; CPU: seconds per GiB added. Medians of the same runs."""
+    rows = []
+    for what, key, unit, cost_unit, limit in FOLLOW_ROWS:
+        tcp = summary.get(FOLLOW_TCP, {}).get(key)
+        http = summary.get(FOLLOW_HTTP, {}).get(key)
+        cost: float | None = None
+        per_run: tuple[float, ...] = ()
+        if tcp is not None and http is not None:
+            cost = _follow_cost(key, cost_unit, tcp.median, http.median)
+            if len(tcp.samples) == len(http.samples) > 1:
+                costs = [
+                    _follow_cost(key, cost_unit, t, h)
+                    for t, h in zip(tcp.samples, http.samples, strict=True)
+                ]
+                per_run = tuple(c for c in costs if c is not None)
+        # Rounded: the medians carry 0.1 µs at best, and 1.05 - 1.0 is not exactly 0.05.
+        met = None if cost is None or limit is None else round(cost, 6) <= limit
+        rows.append(
+            FollowCost(
+                what,
+                key,
+                unit,
+                None if tcp is None else tcp.median,
+                None if http is None else http.median,
+                cost,
+                cost_unit,
+                limit,
+                met,
+                per_run,
+            )
+        )
+    return rows
+
+
+def _follow_cost(key: str, cost_unit: str, tcp: float, http: float) -> float | None:
+    if key == "bulk_mb_s":
+        return (1 - http / tcp) * 100 if tcp else None
+    return (http - tcp) * (1000 if cost_unit == "µs" else 1)
+
+
+def _cost_text(cost: float, unit: str) -> str:
+    if unit == "%":
+        return f"{cost:.1f} % less" if cost >= 0 else f"{-cost:.1f} % more"
+    return f"{cost:+.0f} µs" if unit == "µs" else f"{cost:+.2f} s"
+
+
+def render_follow(rows: Sequence[FollowCost]) -> str:
+    head = (
+        "| Following requests (issue 16): ours, same run | tcp target | http target "
+        "| cost of following | limit | met |"
+    )
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        tcp = "-" if r.tcp is None else f"{fmt(r.tcp)} {r.unit}"
+        http = "-" if r.http is None else f"{fmt(r.http)} {r.unit}"
+        if r.cost is None:
+            cost = "not measured"
+        else:
+            cost = _cost_text(r.cost, r.cost_unit)
+            if r.per_run:
+                cost += " (runs: " + ", ".join(_cost_text(c, r.cost_unit) for c in r.per_run) + ")"
+        if r.limit is None:
+            limit, met = "-", "-"
+        else:
+            limit = f"<= {r.limit:.0f} {r.cost_unit}"
+            if r.met is None:
+                met = "not measured"
+            elif r.met:
+                met = "yes"
+            else:
+                assert r.cost is not None
+                met = f"no ({r.cost / r.limit:.2f}x the limit)"
+        lines.append(f"| {r.what} | {tcp} | {http} | {cost} | {limit} | {met} |")
     return "\n".join(lines)

@@ -76,6 +76,10 @@ class ParsingTests(SynchronousTestCase):
 
     def test_paths_option_is_validated(self) -> None:
         self.assertEqual(parse_args(["--paths", "ours, stunnel"]).paths, ["ours", "stunnel"])
+        self.assertEqual(
+            parse_args(["--paths", "ours-tcp-http,ours-http"]).paths,
+            ["ours-tcp-http", "ours-http"],
+        )
         with self.assertRaises(SystemExit):
             parse_args(["--paths", "wireguard"])
         with self.assertRaises(SystemExit):
