@@ -287,14 +287,17 @@ def test_processor_that_resets_ends_the_engineer_connection_with_an_error(
     try:
         for _ in range(3):
             accepted = resetter.accepted
-            with (
-                socket.create_connection(("127.0.0.1", s.ports["forward3"]), timeout=10) as sock,
-                pytest.raises(ConnectionError),
-            ):
+            with socket.create_connection(("127.0.0.1", s.ports["forward3"]), timeout=10) as sock:
                 sock.sendall(GET)
-                while sock.recv(65536):
-                    pass
-                raise AssertionError("the reset became a clean end of the connection")
+                received, ended = b"", "clean"
+                try:
+                    while chunk := sock.recv(65536):
+                        received += chunk
+                except ConnectionError:
+                    ended = "reset"
+            # Either the reset travels as one, or (the stream refused before it opened) the
+            # browser is told in a 502 page: never a clean end that looks like an answer.
+            assert ended == "reset" or received.startswith(b"HTTP/1.1 502 "), (ended, received)
             assert resetter.accepted > accepted
         assert download_and_verify(s.ports["forward"], 4 * MiB) == 4 * MiB
         wait_streams(s, IDLE, "the reset connections ended")
