@@ -6,12 +6,10 @@ client's connection to the relay the roles are the usual ones.  This class does 
 frames, schedules and flow-controls streams for either role, and hands requests that arrive to an
 ``IStreamHandler``.  It knows Twisted and h2, not configuration, policy or metrics.
 
-What makes it fast (TUNNEL-NOTES.md): stream windows that grow to 16 MiB (from 256 KiB, as fast
-as the path uses them: stream.py) and a 64 MiB connection window, frames up to 1 MiB (sized to
-the path below: gateway.net.queues), all output of a reactor turn written in one call, and a
-round-robin scheduler (scheduler.py) that sends at most one frame per stream per round and stops
-as soon as the TLS transport pushes back, so a bulk download cannot make a WebSocket message
-wait behind megabytes.  Streams own their
+What makes it fast (TUNNEL-NOTES.md): 16 MiB stream and 64 MiB connection windows, 1 MiB frames,
+all output of a reactor turn written in one call, and a round-robin scheduler (scheduler.py) that
+sends at most one frame per stream per round and stops as soon as the TLS transport pushes back,
+so a bulk download cannot make a WebSocket message wait behind megabytes.  Streams own their
 queues (stream.py); the connection takes frames from them and owns only the h2 state.
 """
 
@@ -48,7 +46,7 @@ from gateway.tunnel.h2tuning import (
 from gateway.tunnel.heartbeat import Heartbeat
 from gateway.tunnel.scheduler import RoundRobin
 from gateway.tunnel.stream import (
-    HIGH_WATER,
+    LOW_WATER,
     StreamRequest,
     TunnelStream,
     response_from_h2,
@@ -58,9 +56,6 @@ from gateway.wire import Refusal
 log = Logger()
 
 CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
-DEFAULT_RTT = 0.05
-"""A round-trip time to assume before the first heartbeat measured one."""
-STREAM_HIGH_WATER_FLOOR = 64 * 1024
 LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
 GOAWAY_REASON_LIMIT = 200
@@ -139,9 +134,6 @@ class TunnelConnection(Protocol):
         lean_settings(self.h2, LOCAL_SETTINGS)
         self.streams: dict[int, TunnelStream] = {}
         self.frame_limit = MAX_FRAME_SIZE
-        self.stream_high_water = HIGH_WATER
-        """Queued bytes at which a stream pauses its producer: sixteen frames, at most 1 MiB,
-        at least 64 KiB (a slow uplink's download waits in the processor's socket, not here)."""
         """The largest DATA frame we write: sized to the path by the TLS layer below
         (`gateway.net.queues`), so that a frame of a download is a few milliseconds of the
         uplink and a small message never waits long behind one."""
@@ -178,19 +170,13 @@ class TunnelConnection(Protocol):
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
         sizer = getattr(self.transport, "queue_sizer", None)  # gateway.net.queues, via TLS
         if sizer is not None:
-            self._frame_size_changed(sizer.sizes.frame)
+            self.frame_limit = sizer.sizes.frame
             sizer.on_frame_size = self._frame_size_changed
         self.transport.registerProducer(self, True)
         self._write_out()
 
     def _frame_size_changed(self, size: int) -> None:
         self.frame_limit = size
-        self.stream_high_water = min(HIGH_WATER, max(STREAM_HIGH_WATER_FLOOR, 16 * size))
-
-    @property
-    def rtt(self) -> float:
-        """The last heartbeat's round-trip time (``DEFAULT_RTT`` before the first)."""
-        return self.heartbeat.last_rtt or DEFAULT_RTT
 
     def _warn(self, format: str, **kw: Any) -> None:
         """A warning a peer can cause at will: rate-limited when the program shares ``lines``."""
@@ -531,7 +517,7 @@ class TunnelConnection(Protocol):
                 chunk = stream.take(size)
                 end = stream.end_requested and not stream.queued
                 self.h2.send_data(sid, chunk, end_stream=end)
-                if stream.queued < self.stream_high_water >> 2:
+                if stream.queued < LOW_WATER:
                     stream.drained_below_low_water()
                 if end:
                     stream.sent_everything()

@@ -21,12 +21,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame
 
 STREAM_WINDOW = 16 * 1024 * 1024
-"""The largest per-stream receive window a stream grows to (the loopback tuning of
-TUNNEL-NOTES.md): also the bound on bytes buffered for one stalled stream."""
-INITIAL_STREAM_WINDOW = 256 * 1024
-"""Where every stream's receive window starts; it doubles while the sender uses it up within a
-round trip (``TunnelStream``), so a fast path reaches ``STREAM_WINDOW`` within milliseconds and
-a slow one never lets a sender park megabytes in the relay."""
+"""Per-stream receive window: also the bound on bytes buffered for one stalled stream."""
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 65_536
@@ -117,7 +112,7 @@ def h2_configuration(*, client_side: bool) -> H2Configuration:
 
 
 LOCAL_SETTINGS = {
-    SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_STREAM_WINDOW,
+    SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
     SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
     SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
     SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,

@@ -18,18 +18,6 @@ class StreamOwner(Protocol[StreamT_contra]):
     def transport(self) -> Any:
         """The connection's own transport (for ``getPeer``/``getHost``), or None."""
 
-    @property
-    def rtt(self) -> float:
-        """The connection's round-trip time as last measured (a guess before the first)."""
-
-    @property
-    def clock(self) -> Any:
-        """The connection's clock (``IReactorTime``)."""
-
-    @property
-    def stream_high_water(self) -> int:
-        """Queued outbound bytes at which a stream pauses its producer (sized to the path)."""
-
     def send_response(
         self, stream: StreamT_contra, status: int, headers: list[tuple[bytes, bytes]], end: bool
     ) -> None:

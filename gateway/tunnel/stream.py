@@ -36,20 +36,17 @@ from zope.interface import implementer
 
 from gateway.logsafe import peer_text
 from gateway.tunnel.errors import StreamReset
-from gateway.tunnel.h2tuning import INITIAL_STREAM_WINDOW, STREAM_WINDOW
+from gateway.tunnel.h2tuning import STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
 
 log = Logger()
 
 HIGH_WATER = 1024 * 1024
-"""Queued outbound bytes at which the stream's producer is paused on the fastest path: one
-maximum-size frame.  A slower path pauses sooner (``StreamOwner.stream_high_water``)."""
+"""Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
 LOW_WATER = 256 * 1024
-"""Below this (a quarter of the high water mark) a paused producer is resumed."""
 STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
-"""Consumed bytes a stream at its largest window collects before it sends a WINDOW_UPDATE for
-them (fewer frames); a smaller window credits a quarter of itself at a time."""
+"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames)."""
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -114,7 +111,6 @@ class TunnelStream:
     """
 
     __slots__ = (
-        "_credited_at",
         "_owed",
         "_pending",
         "_producer",
@@ -123,7 +119,6 @@ class TunnelStream:
         "_response",
         "_sink_paused",
         "_uncredited",
-        "_window",
         "bytes_received",
         "bytes_sent",
         "connection",
@@ -169,8 +164,6 @@ class TunnelStream:
         self._sink_paused = False
         self._owed = 0  # consumed while our consumer paused us: credited on resumeProducing()
         self._uncredited = 0  # consumed and not credited yet (see STREAM_CREDIT_BATCH)
-        self._window = INITIAL_STREAM_WINDOW  # our receive window; it grows, see _send_credit
-        self._credited_at = connection.clock.seconds()
         # Our producer (e.g. the processor's TCP transport), paused while the queue is full.
         self._producer: IPushProducer | None = None
         self._producer_paused = False
@@ -284,11 +277,7 @@ class TunnelStream:
         self._queue.append(data)
         self.queued += len(data)
         self.bytes_sent += len(data)
-        if (
-            self._producer is not None
-            and not self._producer_paused
-            and self.queued >= self.connection.stream_high_water
-        ):
+        if self.queued >= HIGH_WATER and self._producer is not None and not self._producer_paused:
             self._producer_paused = True
             self._producer.pauseProducing()
         self.connection.schedule(self)
@@ -335,7 +324,7 @@ class TunnelStream:
             raise ValueError("tunnel streams take push producers only")
         self._producer = producer
         self._producer_paused = False
-        if self.queued >= self.connection.stream_high_water:
+        if self.queued >= HIGH_WATER:
             self._producer_paused = True
             producer.pauseProducing()
 
@@ -408,33 +397,16 @@ class TunnelStream:
         elif flow:
             # self._credit(flow), inline: this runs for every DATA frame.
             self._uncredited += flow
-            if self._uncredited >= self._window >> 2:
-                self._send_credit()
+            if self._uncredited >= STREAM_CREDIT_BATCH:
+                amount, self._uncredited = self._uncredited, 0
+                self.connection.credit_stream(self, amount)
 
     def _credit(self, flow: int) -> None:
         """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
         self._uncredited += flow
-        if self._uncredited >= self._window >> 2:
-            self._send_credit()
-
-    def _send_credit(self) -> None:
-        """Credit what was consumed; and grow the window while the path carries more than it.
-
-        A quarter of the window consumed within one round trip means the sender could have sent
-        faster than the window let it: the window is doubled (up to ``STREAM_WINDOW``) by
-        crediting that much more, as gRPC's and QUIC's receivers auto-tune theirs.  A consumer
-        that pauses us (a slow processor, the relay's queue toward a slow uplink) takes its
-        bytes slowly, so the window stays small and the bytes parked for it stay few.
-        """
-        amount, self._uncredited = self._uncredited, 0
-        window = self._window
-        if window < STREAM_WINDOW:
-            now = self.connection.clock.seconds()
-            if now - self._credited_at < self.connection.rtt:
-                amount += window
-                self._window = window * 2
-            self._credited_at = now
-        self.connection.credit_stream(self, amount)
+        if self._uncredited >= STREAM_CREDIT_BATCH:
+            amount, self._uncredited = self._uncredited, 0
+            self.connection.credit_stream(self, amount)
 
     def ended_by_peer(self) -> None:
         self.remote_closed = True

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from gateway.net.queues import FASTEST, FRAME_FLOOR, QueueSizer, sizes_for
 from gateway.tunnel.connection import TunnelConnection
 from gateway.tunnel.errors import StreamReset, TunnelClosed
-from gateway.tunnel.h2tuning import INITIAL_STREAM_WINDOW, STREAM_WINDOW, h2_configuration
+from gateway.tunnel.h2tuning import STREAM_WINDOW, h2_configuration
 from gateway.tunnel.stream import HIGH_WATER, TunnelStream
 from gateway.wire import Refusal, StreamRefused
 from tests.helpers.tunnel import AcceptAll, Recorder, linked_tunnels
@@ -185,7 +185,7 @@ class ErrorContainmentTests(SynchronousTestCase):
         # The answering side resets; the opener keeps sending in flight before it hears.
         t.server.h2.reset_stream(answered.stream_id, ErrorCodes.CANCEL)
         for _ in range(4):
-            t.client.h2.send_data(stream.stream_id, b"x" * (INITIAL_STREAM_WINDOW // 4))
+            t.client.h2.send_data(stream.stream_id, b"x" * (1 << 20))
         t.client_io.write(t.client.h2.data_to_send())
         t.settle()
         # Another stream can still move a large amount afterwards.
@@ -258,9 +258,8 @@ class FlowControlTests(SynchronousTestCase):
             stream.write(chunk)
         t.settle()
         received = len(t.handler.recorders[0].received)
-        # The receiver got exactly one window (the first: a paused consumer never grew it); the
-        # sender holds the rest and paused its source.
-        self.assertEqual(received, INITIAL_STREAM_WINDOW)
+        # The receiver got exactly one window; the sender holds the rest and paused its source.
+        self.assertEqual(received, STREAM_WINDOW)
         self.assertEqual(t.client.h2.local_flow_control_window(stream.stream_id), 0)
         self.assertTrue(producer.paused)
         answered.resumeProducing()
@@ -309,7 +308,6 @@ class FlowControlTests(SynchronousTestCase):
         for s in streams:
             s.attach(Recorder())
         t.settle()
-        t.client.frame_limit = 64 * 1024  # several frames within each stream's first window
         for s in streams:
             s.write(b"r" * (3 << 20))
         t.clock.advance(0)
@@ -353,27 +351,8 @@ class PathSizedFrameTests(SynchronousTestCase):
         connection = TunnelConnection(client_side=False, clock=Clock(), ready_timeout=None)
         connection.makeConnection(transport)
         self.assertEqual(connection.frame_limit, FASTEST.frame)
-        self.assertEqual(connection.stream_high_water, HIGH_WATER)
         transport.queue_sizer.resize(sizes_for(2e6 / 8))
         self.assertEqual(connection.frame_limit, FRAME_FLOOR)
-        self.assertEqual(connection.stream_high_water, 64 * 1024)
-
-    def test_a_slow_paths_stream_pauses_its_producer_sooner(self) -> None:
-        """A download on a cellular uplink waits in the processor's socket, not in our queue."""
-        t = linked_tunnels()
-        stream = t.client.open_stream("web")
-        stream.attach(Recorder())
-        t.settle()
-        t.client._frame_size_changed(FRAME_FLOOR)
-        producer = FakeProducer()
-        stream.registerProducer(producer, True)
-        stream.write(b"d" * (64 * 1024 - 1))
-        self.assertFalse(producer.paused)
-        stream.write(b"d")
-        self.assertTrue(producer.paused)
-        t.settle()
-        self.assertFalse(producer.paused)  # drained below a quarter of it
-        t.close()
 
 
 class HeartbeatTests(SynchronousTestCase):

@@ -8,12 +8,10 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 import gateway.tunnel.stream
-from gateway.tunnel.h2tuning import INITIAL_STREAM_WINDOW, STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.tunnel.stream import (
     HIGH_WATER,
@@ -31,9 +29,6 @@ class FakeOwner:
     """Records what a stream asks of its connection."""
 
     transport: Any = None
-    clock: Clock = field(factory=Clock)
-    rtt: float = 0.05
-    stream_high_water: int = HIGH_WATER
     scheduled: int = 0
     credits: list[int] = field(factory=list)
     responses: list[tuple[int, bool]] = field(factory=list)
@@ -165,22 +160,12 @@ class OpeningTests(SynchronousTestCase):
         self.assertIsNone(stream.getHost())
 
 
-BATCH = INITIAL_STREAM_WINDOW // 4
-"""What a fresh stream collects before it credits the sender."""
-
-
 class CreditTests(SynchronousTestCase):
-    """Credit goes back in batches of a quarter window; the sender's pace decides the window."""
-
-    def slow(self, owner: FakeOwner) -> None:
-        owner.clock.advance(owner.rtt * 2)  # slower than a window a round trip: no growth
-
     def test_credit_goes_back_in_batches(self) -> None:
         owner = FakeOwner()
         stream = opened(owner)
         stream.attach(Recorder())
-        self.slow(owner)
-        chunk = BATCH // 3 + 1
+        chunk = STREAM_CREDIT_BATCH // 3 + 1
         for _ in range(5):
             stream.data_received(b"d", chunk)
         self.assertEqual(owner.credits, [3 * chunk])
@@ -190,57 +175,19 @@ class CreditTests(SynchronousTestCase):
         stream = opened(owner)
         stream.attach(Recorder())
         stream.pauseProducing()
-        stream.data_received(b"d", BATCH)
+        stream.data_received(b"d", STREAM_CREDIT_BATCH)
         self.assertEqual(owner.credits, [])
-        self.slow(owner)
         stream.resumeProducing()
-        self.assertEqual(owner.credits, [BATCH])
+        self.assertEqual(owner.credits, [STREAM_CREDIT_BATCH])
 
     def test_data_before_attach_is_credited_when_delivered(self) -> None:
         owner = FakeOwner()
         stream = TunnelStream.requested(owner, 3, REQUEST, ended=False)
-        stream.data_received(b"early", BATCH)
+        stream.data_received(b"early", STREAM_CREDIT_BATCH)
         self.assertEqual(owner.credits, [])
         recorder = Recorder()
-        self.slow(owner)
         stream.attach(recorder)
-        self.assertEqual((recorder.received, owner.credits), (b"early", [BATCH]))
-
-    def test_a_sender_faster_than_the_window_doubles_it_up_to_the_largest(self) -> None:
-        owner = FakeOwner()
-        stream = opened(owner)
-        stream.attach(Recorder())
-        window, granted = INITIAL_STREAM_WINDOW, []
-        while window < STREAM_WINDOW:  # each quarter window within a round trip
-            stream.data_received(b"d", window // 4)
-            granted.append(window // 4 + window)  # what was consumed, and as much again
-            window *= 2
-            owner.clock.advance(owner.rtt / 10)
-        self.assertEqual(owner.credits, granted)
-        self.assertEqual(len(granted), 6)  # 256 KiB to 16 MiB
-        stream.data_received(b"d", STREAM_CREDIT_BATCH)
-        self.assertEqual(owner.credits[-1], STREAM_CREDIT_BATCH)  # no further
-
-    def test_a_slow_consumer_keeps_the_window_small(self) -> None:
-        """The relay forwarding an upload to a slow uplink: no megabytes parked for it."""
-        owner = FakeOwner()
-        stream = opened(owner)
-        stream.attach(Recorder())
-        for _ in range(20):
-            self.slow(owner)
-            stream.data_received(b"d", BATCH)
-        self.assertEqual(owner.credits, [BATCH] * 20)
-
-    def test_a_window_grown_stays_grown_after_a_pause(self) -> None:
-        owner = FakeOwner()
-        stream = opened(owner)
-        stream.attach(Recorder())
-        stream.data_received(b"d", BATCH)  # fast: 256 KiB -> 512 KiB
-        self.slow(owner)
-        stream.data_received(b"d", BATCH)
-        self.assertEqual(owner.credits, [BATCH + INITIAL_STREAM_WINDOW])  # half a batch now
-        stream.data_received(b"d", BATCH)
-        self.assertEqual(owner.credits[-1], 2 * BATCH)
+        self.assertEqual((recorder.received, owner.credits), (b"early", [STREAM_CREDIT_BATCH]))
 
 
 class ModuleTests(SynchronousTestCase):
