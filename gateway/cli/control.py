@@ -372,25 +372,35 @@ def approve(args: argparse.Namespace, console: Console) -> int:
 
 
 def switch_permission(args: argparse.Namespace, console: Console) -> int:
-    """``approve --session ID --full|--view``: switch a live session in place."""
+    """``approve --session ID --full|--view [--target NAME]...``: switch a live session in place,
+    on all its targets or only those named."""
     if args.request is not None:
         raise UsageError("approve: a REQUEST or --session, not both")
     if args.full == args.view:
         raise UsageError("approve --session: give --full or --view")
-    if args.minutes is not None or args.target:
-        raise UsageError(
-            "approve --session changes only the permission: leave out --minutes and --target"
-        )
+    if args.minutes is not None:
+        raise UsageError("approve --session changes only the permission: leave out --minutes")
     session_id = an_id(args.session, "session", "sessions")
     permission = "full" if args.full else "view"
+    body: dict[str, Any] = {"permission": permission}
+    if args.target:
+        body["targets"] = list(args.target)
     client = ControlClient(args.config)
-    answer = client.post(f"sessions/{quote(session_id)}/permission", {"permission": permission})
+    answer = client.post(f"sessions/{quote(session_id)}/permission", body)
     if args.json:
         print_json(console, answer)
         return 0
     previous = answer.get("previous")
     if previous == permission:
         console.print(f"session {session_id} already has {permission} access; nothing changed")
+        return 0
+    per_target = answer.get("target_permissions") or {}
+    if len(set(per_target.values())) > 1:
+        shown = ", ".join(f"{t} {p}" for t, p in per_target.items())
+        console.print(
+            f"session {session_id} ({answer.get('engineer')}) is now {shown}; from the next "
+            "request on every open connection"
+        )
         return 0
     words = (
         "full access: every request goes through"

@@ -391,7 +391,10 @@ class SessionKeeper:
             what = "view only: pages load, anything that would change the processor is refused"
         else:
             what = f"{event.permission or 'full'} control"
-        self.host.tell(f"the plant changed session {event.session or self.session}{by}: {what}")
+        where = f" on {', '.join(event.targets)}" if event.targets else ""
+        self.host.tell(
+            f"the plant changed session {event.session or self.session}{by}{where}: {what}"
+        )
 
     def _approved_line(self, event: SessionEvent) -> str:
         targets = ", ".join(event.targets) or "all"

@@ -77,6 +77,15 @@ class Grant:
     engineer: str
     targets: frozenset[str]
     permission: Permission
+    per_target: tuple[tuple[str, Permission], ...] = ()
+    """Targets with another permission than ``permission`` (``consent.Session.per_target``)."""
+
+    def permission_on(self, target: str) -> Permission:
+        return (
+            dict(self.per_target).get(target, self.permission)
+            if self.per_target
+            else (self.permission)
+        )
 
 
 class ISessionLookup(Interface):
@@ -181,7 +190,7 @@ def _session_problem(grant: Grant | None, request: AccessRequest, target: Target
             f"session {grant.session} does not cover target {request.target!r} "
             f"(it covers: {granted})",
         )
-    if grant.permission is Permission.VIEW and target.kind is TargetKind.TCP:
+    if grant.permission_on(target.name) is Permission.VIEW and target.kind is TargetKind.TCP:
         return Refused(Refusal.PERMISSION_DENIED, view_on_tcp_reason(grant.session, target.name))
     return None
 

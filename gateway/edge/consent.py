@@ -83,6 +83,12 @@ class Session:
     implicit: bool = False
     connections: tuple[str, ...] = ()
     """The ids of the session's open connections (``wire.CONNECTION_ID_HEADER``), as listed."""
+    per_target: tuple[tuple[str, Permission], ...] = ()
+    """Targets on which the plant set another permission than ``permission`` (e.g. ``view`` on
+    the HMI while the line runs, ``full`` on the camera)."""
+
+    def permission_on(self, target: str) -> Permission:
+        return dict(self.per_target).get(target, self.permission)
 
 
 @frozen
@@ -174,7 +180,9 @@ class IConsent(Interface):
     def end_all(by: Actor, reason: str = "") -> list[Session]:
         """End every live session."""
 
-    def set_permission(session_id: str, permission: Permission, by: Actor) -> Session:
+    def set_permission(
+        session_id: str, permission: Permission, by: Actor, targets: tuple[str, ...] = ()
+    ) -> Session:
         """Switch a live session between ``view`` and ``full``: the next request on each of its
         open connections is decided under the new permission; a switch to ``view`` ends its
         connections to ``tcp`` targets (the gateway cannot hold them to it)."""

@@ -297,13 +297,14 @@ class StreamForwarder:
             if conn.session == session_id:
                 conn.to_target.transport.abortConnection()
 
-    def narrow_to_view(self, session_id: str) -> list[str]:
-        """The session became view-only: cut its connections that view cannot hold, those to
-        ``tcp`` targets and upgraded ones (a WebSocket where ``view_websocket`` is off); the
-        ids cut.  Its other connections carry on, their next request decided under view."""
+    def narrow_to_view(self, session_id: str, targets: tuple[str, ...] = ()) -> list[str]:
+        """The session became view-only (on ``targets`` only, if given): cut its connections
+        there that view cannot hold, those to ``tcp`` targets and upgraded ones (a WebSocket
+        where ``view_websocket`` is off); the ids cut.  Its other connections carry on, their
+        next request decided under view."""
         cut = []
         for conn in list(self.active.values()):
-            if conn.session != session_id:
+            if conn.session != session_id or (targets and conn.target not in targets):
                 continue
             end = conn.to_target
             if conn.kind == "tcp" or (isinstance(end, FollowedStreamEnd) and end.unfit_for_view):

@@ -59,7 +59,7 @@ def session_rules(target: Target, session: str | None, sessions: ISessionLookup 
         live = grant()
         if live is None:
             return Refuse(410, f"session {session} is not live any more", "session-ended")
-        if live.permission is Permission.FULL:
+        if live.permission_on(target.name) is Permission.FULL:
             return None
         if head.upgrade is not None or head.method == "CONNECT":
             if target.view_websocket and head.method == "GET" and head.upgrade == "websocket":

@@ -95,7 +95,7 @@ class StreamCloser(Protocol):
 
     def abort_session(self, session_id: str) -> None: ...
 
-    def narrow_to_view(self, session_id: str) -> list[str]: ...
+    def narrow_to_view(self, session_id: str, targets: tuple[str, ...] = ()) -> list[str]: ...
 
     def abort_all(self) -> None: ...
 
@@ -521,7 +521,14 @@ class ConsentService(Service):
             self._changed()
         return ended
 
-    def set_permission(self, session_id: str, permission: Permission, by: Actor) -> Session:
+    def set_permission(
+        self,
+        session_id: str,
+        permission: Permission,
+        by: Actor,
+        targets: tuple[str, ...] = (),
+    ) -> Session:
+        """Switch a live session (on ``targets`` only, if given) between view and full."""
         live = self._sessions.get(session_id)
         if live is None:
             raise ConsentRefused(
@@ -529,14 +536,34 @@ class ConsentService(Service):
                 f"no live session {session_id!r} on this gateway (see `gateway sessions`)",
             )
         permission = self._permission(permission)
-        previous = live.info.permission
-        if previous is permission:
+        info = live.info
+        outside = [t for t in targets if t not in info.targets]
+        if outside:
+            raise ConsentRefused(
+                "target-not-covered",
+                f"session {session_id} does not cover {', '.join(map(repr, outside))} (it "
+                f"covers: {', '.join(info.targets)})",
+            )
+        targets = tuple(dict.fromkeys(targets))  # once each, in the order given
+        before = {t: info.permission_on(t) for t in info.targets}
+        if targets and set(targets) != set(info.targets):
+            overrides = {t: p for t, p in info.per_target if t not in targets}
+            overrides.update({t: permission for t in targets if permission is not info.permission})
+            new_info = attrs.evolve(info, per_target=tuple(sorted(overrides.items())))
+        else:
+            new_info = attrs.evolve(info, permission=permission, per_target=())
+        after = {t: new_info.permission_on(t) for t in info.targets}
+        changed = tuple(t for t in info.targets if before[t] is not after[t])
+        if not changed:
             return live.snapshot()
+        olds = {before[t] for t in changed}
+        previous = olds.pop() if len(olds) == 1 else None
         details: dict[str, Any] = {
             "session": session_id,
-            "engineer": live.info.engineer,
-            "previous": previous.value,
+            "engineer": info.engineer,
+            "previous": "mixed" if previous is None else previous.value,
             "permission": permission.value,
+            "targets": list(changed),
         }
         if permission is Permission.FULL:
             # More rights are a decision that lets someone in: only once it is on record.
@@ -546,23 +573,25 @@ class ConsentService(Service):
                 raise ConsentRefused("audit-unavailable", AUDIT_UNAVAILABLE) from None
         else:
             self.auditor.record("session.changed", who=str(by), **details)  # narrowing: always
-        live.info = attrs.evolve(live.info, permission=permission)
+        live.info = new_info
         log.info(
-            "session {id} of {engineer}: {old} -> {new} permission, by {by}",
+            "session {id} of {engineer}: {old} -> {new} permission on {targets}, by {by}",
             id=session_id,
-            engineer=live.info.engineer,
-            old=previous.value,
+            engineer=info.engineer,
+            old=details["previous"],
             new=permission.value,
+            targets=", ".join(changed),
             by=str(by),
         )
         if permission is Permission.VIEW and self.streams is not None:
-            self.streams.narrow_to_view(session_id)
+            whole = set(changed) == set(info.targets)
+            self.streams.narrow_to_view(session_id, () if whole else changed)
         for channel in live.channels:  # the engineer hears it from the plant, not from a 403
             channel.send(
                 SessionEvent(
                     SessionEventKind.CHANGED,
                     session=session_id,
-                    targets=list(live.info.targets),
+                    targets=list(changed),
                     permission=permission.value,
                     approved_by=str(by),
                 )
@@ -1126,4 +1155,4 @@ class ConsentService(Service):
 
 
 def _grant(info: Session) -> Grant:
-    return Grant(info.id, info.engineer, frozenset(info.targets), info.permission)
+    return Grant(info.id, info.engineer, frozenset(info.targets), info.permission, info.per_target)

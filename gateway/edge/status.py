@@ -178,7 +178,7 @@ def session_report(
         connections=list(session.connections),
         implicit=session.implicit,
         target_access={
-            name: target_access(session.permission, target)
+            name: target_access(session.permission_on(name), target)
             for name, target in targets
             if target is not None
         },

@@ -121,12 +121,15 @@ class StreamAborts:
     all: int = 0
     narrowed: list[str] = field(factory=list)
     """Sessions that became view-only (their streams view cannot hold were cut)."""
+    narrowed_targets: list[tuple[str, ...]] = field(factory=list)
+    """On which targets each became view-only (empty: all of its targets)."""
 
     def abort_session(self, session_id: str) -> None:
         self.sessions.append(session_id)
 
-    def narrow_to_view(self, session_id: str) -> list[str]:
+    def narrow_to_view(self, session_id: str, targets: tuple[str, ...] = ()) -> list[str]:
         self.narrowed.append(session_id)
+        self.narrowed_targets.append(targets)
         return []
 
     def abort_all(self) -> None:

@@ -280,6 +280,7 @@ def session_json(session: Session) -> dict[str, Any]:
         "reason": session.reason,
         "targets": list(session.targets),
         "permission": session.permission.value,
+        "target_permissions": {t: session.permission_on(t).value for t in session.targets},
         "started": iso(session.started),
         "expires": _when(session.expires),
         "approved_by": session.approved_by,
@@ -452,13 +453,19 @@ class ConsentAPI(Resource):
         return 200, session_json(self._consent.end(session_id, actor, reason))
 
     def set_permission(self, session_id: str, body: dict[str, Any], actor: Actor) -> Answer:
-        fields = Fields(body, ["permission"])
+        """``{"permission": "view"|"full", "targets": [...]}``: the whole session, or only those
+        of its targets."""
+        fields = Fields(body, ["permission", "targets"])
         if "permission" not in body:
             raise ApiError(400, "bad-value", 'permission: give "view" or "full"')
+        targets = tuple(fields.targets() or ())
         before = next((s for s in self._consent.sessions() if s.id == session_id), None)
-        session = self._consent.set_permission(session_id, fields.permission(), actor)
+        session = self._consent.set_permission(session_id, fields.permission(), actor, targets)
         answer = session_json(session)
-        answer["previous"] = None if before is None else before.permission.value
+        answer["previous"] = None
+        if before is not None:
+            olds = {before.permission_on(t) for t in (targets or before.targets)}
+            answer["previous"] = olds.pop().value if len(olds) == 1 else "mixed"
         return 200, answer
 
     def end_all(self, _: str, body: dict[str, Any], actor: Actor) -> Answer:

@@ -252,3 +252,60 @@ def test_a_tcp_target_under_view_is_refused_with_the_reason(site: Site) -> None:
     finally:
         control(stack, "end", session)
         proc.stop()
+
+
+def test_one_target_of_a_session_is_switched_on_its_own(site: Site) -> None:
+    """A session on web and live, view-only; full on live alone leaves web view-only, and
+    `approve --session --full --target web` then lets web's next POST through."""
+    stack = site.stack
+    proc = stack.start_connect(
+        "connect-erin-two",
+        target="web",
+        token=site.tokens["erin"],
+        port_key="forward3",
+        extra=("--reason", "ticket 4721: look at web and live"),
+        wait_listening=False,
+    )
+    found: list[dict[str, Any]] = []
+
+    def asked() -> bool:
+        found[:] = [r for r in control_json(stack, "requests") if r["engineer"] == "erin"]
+        return bool(found)
+
+    wait_until("erin's request", asked, deadline=TIMEOUT, proc=proc)
+    approved = control_json(
+        stack, "approve", found[0]["id"], "--view", "--target", "web", "--target", "live"
+    )
+    session = str(approved["id"])
+    try:
+        wait_until("the forward", lambda: port_open(stack.ports["forward3"]), deadline=TIMEOUT)
+        switched = control_json(
+            stack, "approve", "--session", session, "--full", "--target", "live"
+        )
+        assert switched["target_permissions"] == {"web": "view", "live": "full"}, switched
+        browser = http.client.HTTPConnection("127.0.0.1", stack.ports["forward3"], timeout=TIMEOUT)
+        try:
+            browser.request("POST", "/upload", body=b"recipe")
+            status, answer = read_all(browser.getresponse())
+            assert status == 403, (status, answer)  # web kept its view
+            control_json(stack, "approve", "--session", session, "--full", "--target", "web")
+            browser.request("POST", "/upload", body=b"recipe")
+            status, answer = read_all(browser.getresponse())
+            assert status == 200, (status, answer)
+        finally:
+            browser.close()
+        [on_live, on_web] = records_of(
+            audit_records(stack, "gateway"), "session.changed", session=session
+        )
+        assert (on_live["targets"], on_live["previous"]) == (["live"], "view"), on_live
+        assert (on_web["targets"], on_web["permission"]) == (["web"], "full"), on_web
+        wait_until(
+            "the engineer told of the switch on web",
+            lambda: any(
+                f"changed session {session}" in line and " on web:" in line for line in told(proc)
+            ),
+            deadline=TIMEOUT,
+        )
+    finally:
+        control(stack, "end", session)
+        proc.stop()

@@ -203,11 +203,18 @@ class FakeConsent:
         ended, self.live = self.live, []
         return ended
 
-    def set_permission(self, session_id: str, permission: Permission, by: Actor) -> Session:
-        self._record("set_permission", by, id=session_id, permission=permission)
+    def set_permission(
+        self, session_id: str, permission: Permission, by: Actor, targets: tuple[str, ...] = ()
+    ) -> Session:
+        self._record("set_permission", by, id=session_id, permission=permission, targets=targets)
         for index, session in enumerate(self.live):
             if session.id == session_id:
-                self.live[index] = evolve(session, permission=permission)
+                if targets:
+                    per = dict(session.per_target)
+                    per.update({t: permission for t in targets})
+                    self.live[index] = evolve(session, per_target=tuple(sorted(per.items())))
+                else:
+                    self.live[index] = evolve(session, permission=permission, per_target=())
                 return self.live[index]
         raise ConsentRefused(
             "unknown-session",
@@ -344,6 +351,7 @@ class ReadTests(ApiTestCase):
                 "reason": "ticket 4711",
                 "targets": ["web", "hmi"],
                 "permission": "full",
+                "target_permissions": {"web": "full", "hmi": "full"},
                 "started": iso(NOW - 300),
                 "expires": iso(NOW + 3300),
                 "approved_by": "alice (control socket)",
@@ -456,10 +464,18 @@ class PermissionRouteTests(ApiTestCase):
         self.assertEqual(
             [(name, details) for name, _, details in self.consent.calls],
             [
-                ("set_permission", {"id": "s-1", "permission": Permission.FULL}),
-                ("set_permission", {"id": "s-1", "permission": Permission.VIEW}),
+                ("set_permission", {"id": "s-1", "permission": Permission.FULL, "targets": ()}),
+                ("set_permission", {"id": "s-1", "permission": Permission.VIEW, "targets": ()}),
             ],
         )
+
+    def test_one_target_of_a_session_is_switched_on_its_own(self) -> None:
+        self.consent.open("s-1")
+        body = {"permission": "view", "targets": ["hmi"]}
+        answer = call(self.root, "POST", "/api/sessions/s-1/permission", body)
+        self.assertEqual(answer.status, 200)
+        [(_, _, details)] = self.consent.calls
+        self.assertEqual(details["targets"], ("hmi",))
 
     def test_a_missing_or_bad_permission_is_400_and_an_unknown_session_404(self) -> None:
         self.consent.open("s-1")

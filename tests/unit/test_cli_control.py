@@ -347,13 +347,25 @@ class RequestTests(ControlTestCase):
             ],
         )
 
+    def test_approve_session_switches_one_target_on_its_own(self) -> None:
+        self.consent.open("s-1")
+        result = self.run_command("approve", "--session", "s-1", "--view", "--target", "hmi")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(
+            result.stdout,
+            "session s-1 (erin) is now web full, hmi view; from the next request on every open "
+            "connection\n",
+        )
+        [(_, _, details)] = self.consent.calls
+        self.assertEqual(details["targets"], ("hmi",))
+
     def test_approve_session_mistakes_send_nothing(self) -> None:
         self.consent.open("s-1")
         for args, problem in [
             (("--session", "s-1"), "approve --session: give --full or --view"),
             (("--session", "s-1", "--full", "--view"), "approve --session: give --full or --view"),
             (("r-1", "--session", "s-1", "--full"), "approve: a REQUEST or --session, not both"),
-            (("--session", "s-1", "--full", "--minutes", "5"), "leave out --minutes and --target"),
+            (("--session", "s-1", "--full", "--minutes", "5"), "leave out --minutes"),
             ((), "approve: name a REQUEST, or give --session ID --full|--view"),
         ]:
             result = self.run_command("approve", *args)

@@ -117,18 +117,25 @@ class RequestTests(AttendedTestCase):
         self.waiting()
         self.relay.send(APPROVED)
         self.endpoint.settle()
-        for permission, by in (("view", "alice (status page)"), ("full", "bob (loopback)")):
+        for permission, by, on in (
+            ("view", "alice (status page)", ["web"]),
+            ("full", "bob (loopback)", []),
+        ):
             self.relay.send(
                 SessionEvent(
-                    SessionEventKind.CHANGED, session="s-9", permission=permission, approved_by=by
+                    SessionEventKind.CHANGED,
+                    session="s-9",
+                    permission=permission,
+                    approved_by=by,
+                    targets=on,
                 )
             )
             self.endpoint.settle()
         self.assertEqual(
             self.reports[-2:],
             [
-                "the plant changed session s-9 (alice (status page)): view only: pages load, "
-                "anything that would change the processor is refused",
+                "the plant changed session s-9 (alice (status page)) on web: view only: pages "
+                "load, anything that would change the processor is refused",
                 "the plant changed session s-9 (bob (loopback)): full control",
             ],
         )

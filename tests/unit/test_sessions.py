@@ -367,6 +367,57 @@ class SessionTests(ConsentTestCase):
             [(session_id, "full", "bob"), (session_id, "view", "alice")],
         )
 
+    def test_one_target_is_switched_while_the_others_keep_theirs(self) -> None:
+        """View on the camera's page while the line runs, full control of the HMI."""
+        channel, session_id = self.approved()
+        self.service.set_permission(session_id, Permission.VIEW, ALICE, ("web",))
+        grant = self.service.grant(session_id)
+        assert grant is not None
+        self.assertIs(grant.permission_on("web"), Permission.VIEW)
+        self.assertIs(grant.permission_on("hmi"), Permission.FULL)
+        [shown] = self.service.sessions()
+        self.assertEqual(
+            {t: shown.permission_on(t).value for t in shown.targets},
+            {"hmi": "full", "web": "view"},
+        )
+        self.assertEqual(self.aborts.narrowed_targets, [("web",)])  # only web's are cut
+        [record] = self.audited("session.changed")
+        self.assertEqual((record["targets"], record["previous"]), (["web"], "full"))
+        told = [e for e in channel.events if e.event is SessionEventKind.CHANGED]
+        self.assertEqual([(e.targets, e.permission) for e in told], [(["web"], "view")])
+        # Back to full on web: one permission again, nothing left over.
+        self.service.set_permission(session_id, Permission.FULL, BOB, ("web",))
+        [shown] = self.service.sessions()
+        self.assertEqual(shown.per_target, ())
+        # The whole session to view, after a per-target switch: one permission for all.
+        self.service.set_permission(session_id, Permission.VIEW, ALICE, ("hmi",))
+        self.service.set_permission(session_id, Permission.VIEW, ALICE)
+        [shown] = self.service.sessions()
+        self.assertEqual((shown.permission, shown.per_target), (Permission.VIEW, ()))
+        records = self.audited("session.changed")
+        self.assertEqual(
+            [(r["targets"], r["previous"], r["permission"]) for r in records],
+            [
+                (["web"], "full", "view"),
+                (["web"], "view", "full"),
+                (["hmi"], "full", "view"),
+                (["web"], "full", "view"),  # hmi was view already: only web changed
+            ],
+        )
+
+    def test_a_target_the_session_does_not_cover_is_refused(self) -> None:
+        _, session_id = self.approved(targets=("web",))
+        reason = self.refused(
+            "target-not-covered",
+            self.service.set_permission,
+            session_id,
+            Permission.VIEW,
+            ALICE,
+            ("hmi",),
+        )
+        self.assertEqual(reason, f"session {session_id} does not cover 'hmi' (it covers: web)")
+        self.assertEqual(self.audited("session.changed"), [])
+
     def test_a_switch_to_the_same_permission_changes_and_records_nothing(self) -> None:
         _, session_id = self.approved()
         self.service.set_permission(session_id, Permission.FULL, BOB)

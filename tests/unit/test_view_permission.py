@@ -189,6 +189,22 @@ class ViewPermissionTests(SynchronousTestCase):
         self.open("plc")
         self.assertEqual(len(self.connector.calls), 1)
 
+    def test_a_permission_set_for_one_target_is_the_one_its_streams_follow(self) -> None:
+        """The session is view-only, but full on the PLC and the HMI is switched on its own."""
+        grant = self.sessions.grants["s-1"]
+        self.sessions.grants["s-1"] = attrs.evolve(grant, per_target=(("plc", Permission.FULL),))
+        self.open("plc")
+        self.assertEqual(len(self.connector.calls), 1)  # a tcp target, allowed: full there
+        _, _rec, stream = self.open("hmi")
+        _end, processor = self.answer()
+        self.send(stream, POST)
+        self.assertEqual(processor.value(), b"")  # hmi follows the session's view
+        self.sessions.grants["s-1"] = attrs.evolve(
+            grant, per_target=(("hmi", Permission.FULL), ("plc", Permission.FULL))
+        )
+        self.send(stream, POST)
+        self.assertEqual(processor.value(), POST)  # the next request, under hmi's full
+
     def test_a_read_with_a_body_is_refused_under_view(self) -> None:
         # The body could be a second request to a processor that ignores a GET's body.
         _, rec, stream = self.open()
