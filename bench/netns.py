@@ -21,7 +21,6 @@ import ctypes
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -29,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from bench.procs import echo_probe
 
 T = TypeVar("T")
 
@@ -135,22 +136,6 @@ def _listening_here(port: int) -> bool:
         if len(row) > 3 and row[1].endswith(suffix) and row[3] == "0A":
             return True
     return False
-
-
-def _echo_here(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=3) as s:
-            s.settimeout(3)
-            s.sendall(b"ECHO\nprobe")
-            got = b""
-            while len(got) < 5:
-                chunk = s.recv(5 - len(got))
-                if not chunk:
-                    return False
-                got += chunk
-            return got == b"probe"
-    except OSError:
-        return False
 
 
 def parse_backlog(text: str) -> int | None:
@@ -355,7 +340,7 @@ class Topology:
 
     def echo(self, ns: str, host: str, port: int) -> bool:
         """One verified echo from inside `ns`: the whole path works."""
-        return in_netns(ns, lambda: _echo_here(host, port))
+        return in_netns(ns, lambda: echo_probe(port, host, timeout=3.0))
 
     def backlogs(self) -> dict[str, int]:
         """Bytes queued in the router right now, per direction ("to_vendor", "to_plant")."""

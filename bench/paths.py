@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bench import keys
-from bench.procs import BenchError, Proc, Supervisor, free_ports, wait_until
+from bench.procs import BenchError, Proc, Supervisor, echo_probe, free_ports, wait_until
 from gateway.config import Target, TargetKind
 from gateway.demo import stack
 from gateway.demo.stack import PROBE_ERRORS, loopback
@@ -44,23 +44,6 @@ def listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:port, read from /proc (no connection is made,
     so a tunnel does not see a stray stream before the benchmark starts)."""
     return stack.listening(port) is None
-
-
-def echo_probe(port: int) -> bool:
-    """One verified echo through the path: the whole chain is up, not only its first listener."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.settimeout(2)
-            s.sendall(b"ECHO\nprobe")
-            got = b""
-            while len(got) < 5:
-                chunk = s.recv(5 - len(got))
-                if not chunk:
-                    return False
-                got += chunk
-            return got == b"probe"
-    except OSError:
-        return False
 
 
 HTTP_PROBE_BODY = b"probe"

@@ -343,3 +343,20 @@ def run_quiet(
         last = err[-1] if err else out.strip()[-200:]
         raise BenchError(f"`{' '.join(argv[:4])} ...` exited {done.returncode}: {last}")
     return out
+
+
+def echo_probe(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bool:
+    """One verified echo through the path: the whole chain is up, not only its first listener."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"ECHO\nprobe")
+            got = b""
+            while len(got) < 5:
+                chunk = s.recv(5 - len(got))
+                if not chunk:
+                    return False
+                got += chunk
+            return got == b"probe"
+    except OSError:
+        return False

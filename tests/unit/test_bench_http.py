@@ -14,7 +14,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench.cli import build_tools
-from bench.paths import echo_probe, http_probe
+from bench.paths import http_probe
+from bench.procs import echo_probe
 
 TIMEOUT = 20
 
