@@ -16,7 +16,7 @@ loop, no extra call per chunk).  The status page reads live byte counts from the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
@@ -34,6 +34,13 @@ from gateway.wire import Refusal
 log = Logger()
 
 
+class Delivering(Protocol):
+    """What a tunnel stream tells of its bytes' fate (`gateway.tunnel.stream.TunnelStream`)."""
+
+    @property
+    def delivered(self) -> int: ...
+
+
 @define
 class ConnectionRecord:
     """One engineer connection through this gateway, from the moment its processor answered."""
@@ -49,13 +56,25 @@ class ConnectionRecord:
     from_target: SpliceEnd = field(repr=False)
     kind: str = "tcp"
     """The target's kind (``tcp``, ``http``): ``http`` streams are followed request by request."""
+    toward_engineer: Delivering | None = field(default=None, repr=False)
+    """The tunnel stream the processor's bytes go out on: it knows how many were delivered."""
 
     @property
     def bytes_to_target(self) -> int:
+        """Bytes written to the processor."""
         return self.to_target.bytes
 
     @property
     def bytes_from_target(self) -> int:
+        """Bytes of the processor's delivered to the engineer's client (not merely read from
+        the processor into the tunnel's windows: those run megabytes ahead of a slow reader)."""
+        if self.toward_engineer is not None:
+            return self.toward_engineer.delivered
+        return self.from_target.bytes
+
+    @property
+    def bytes_read_from_target(self) -> int:
+        """Bytes read from the processor so far, delivered or not."""
         return self.from_target.bytes
 
 

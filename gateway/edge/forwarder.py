@@ -214,6 +214,7 @@ class StreamForwarder:
             to_target=stream_end,
             from_target=processor_end,
             kind=target.kind.value,
+            toward_engineer=stream,
         )
         self.active[conn.id] = conn
         self.events.stream_opened(conn)

@@ -128,6 +128,10 @@ class EngineerStreams:
         gateway_end = SpliceEnd(on_bytes=self.metrics.from_gateway.inc)
         stream.attach(engineer_end)
         upstream.attach(gateway_end)
+        # Each side credited as the other's receiver takes the bytes: the gateway's window, and
+        # its count of what the engineer received, reach the engineer's client.
+        upstream.credit_as_delivered_by(stream)
+        stream.credit_as_delivered_by(upstream)
         HalfCloseGuard(engineer_end, gateway_end, self.clock, self.half_close_timeout)
         splice(engineer_end, gateway_end)
         upstream.response.addCallbacks(

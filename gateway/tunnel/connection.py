@@ -59,6 +59,10 @@ CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
 LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
 GOAWAY_REASON_LIMIT = 200
+IDLE_CREDIT_DELAY = 0.2
+"""Seconds within which credit below a batch is sent anyway (``owe_credit``): a small download
+is acknowledged, so the gateway's count of delivered bytes follows it, at one timer per
+connection, however many streams owe."""
 """Bytes of a GOAWAY's debug data we send, and characters of a peer's that we log."""
 
 
@@ -140,6 +144,8 @@ class TunnelConnection(Protocol):
         self._scheduler: RoundRobin[TunnelStream] = RoundRobin()
         self._flush_call: IDelayedCall | None = None
         self._conn_uncredited = 0
+        self._owing: set[TunnelStream] = set()
+        self._credit_call: IDelayedCall | None = None
         self.is_ready = False
         self.draining = False
         self.closed = False
@@ -290,6 +296,10 @@ class TunnelConnection(Protocol):
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        if self._credit_call is not None and self._credit_call.active():
+            self._credit_call.cancel()
+        self._credit_call = None
+        self._owing.clear()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -450,7 +460,22 @@ class TunnelConnection(Protocol):
             return
         self._flush_soon()
 
+    def owe_credit(self, stream: TunnelStream) -> None:
+        """Credit ``stream``'s remainder within ``IDLE_CREDIT_DELAY`` (one timer for all)."""
+        if self.closed:
+            return
+        self._owing.add(stream)
+        if self._credit_call is None:
+            self._credit_call = self.clock.callLater(IDLE_CREDIT_DELAY, self._credit_owed)
+
+    def _credit_owed(self) -> None:
+        self._credit_call = None
+        owing, self._owing = self._owing, set()
+        for stream in owing:
+            stream.credit_owed()
+
     def stream_finished(self, stream: TunnelStream) -> None:
+        self._owing.discard(stream)
         self.streams.pop(stream.stream_id, None)
         self._scheduler.forget(stream.stream_id)
         if self.draining and not self.streams and not self.closed:
@@ -564,6 +589,10 @@ class TunnelConnection(Protocol):
             if stream is not None:
                 stream.data_received(event.data, event.flow_controlled_length)
         elif isinstance(event, ev.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.window_updated(event.delta)
             self._window_opened(event.stream_id)
         elif isinstance(event, ev.RequestReceived):
             self._request_received(event)

@@ -32,5 +32,9 @@ class StreamOwner(Protocol[StreamT_contra]):
     def credit_stream(self, stream: StreamT_contra, amount: int) -> None:
         """Let the sender have ``amount`` more bytes on this stream (the stream batches)."""
 
+    def owe_credit(self, stream: StreamT_contra) -> None:
+        """The stream holds credit below a batch: have it sent soon (``credit_owed``), so that
+        a small transfer is acknowledged too."""
+
     def stream_finished(self, stream: StreamT_contra) -> None:
         """The stream ended (both directions closed, reset, or the connection lost)."""

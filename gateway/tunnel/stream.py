@@ -46,7 +46,8 @@ HIGH_WATER = 1024 * 1024
 """Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
 LOW_WATER = 256 * 1024
 STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
-"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames)."""
+"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames).
+Less than a batch is credited by the connection's idle credit (``StreamOwner.owe_credit``)."""
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -111,6 +112,8 @@ class TunnelStream:
     """
 
     __slots__ = (
+        "_credit_onward",
+        "_credits_on_delivery",
         "_owed",
         "_pending",
         "_producer",
@@ -119,11 +122,14 @@ class TunnelStream:
         "_response",
         "_sink_paused",
         "_uncredited",
+        "bytes_acknowledged",
+        "bytes_framed",
         "bytes_received",
         "bytes_sent",
         "connection",
         "disconnecting",
         "end_requested",
+        "ended_cleanly",
         "finished",
         "headers_sent",
         "local_closed",
@@ -147,7 +153,13 @@ class TunnelStream:
         self._response: Deferred[StreamResponse] | None = None
         self.protocol: IProtocol | None = None
         self.bytes_received = 0
-        self.bytes_sent = 0
+        self.bytes_sent = 0  # written to the stream (some may still be queued)
+        self.bytes_framed = 0  # sent in DATA frames
+        self.bytes_acknowledged = 0  # credited back by the other end (its consumer took them)
+        # Relay: credit our sender when the stream we feed is acknowledged, not when we hand
+        # bytes to it (see credit_as_delivered_by).
+        self._credits_on_delivery = False
+        self._credit_onward: TunnelStream | None = None
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
         # the producer is paused once it holds HIGH_WATER bytes).
@@ -158,6 +170,7 @@ class TunnelStream:
         self.local_closed = False
         self.remote_closed = False
         self.finished = False
+        self.ended_cleanly = False  # both directions closed, no reset
         self.reset_code: int | None = None
         # Inbound flow control.
         self._pending: list[tuple[bytes, int]] | None = None  # arrived before attach()
@@ -317,6 +330,39 @@ class TunnelStream:
     def getHost(self) -> Any:
         return self.connection.transport.getHost() if self.connection.transport else None
 
+    @property
+    def delivered(self) -> int:
+        """Bytes written here that reached the other end's consumer, as far as this end knows.
+
+        What the other end credited back (its WINDOW_UPDATEs: on the relay, chained to the
+        engineer's client by `credit_as_delivered_by`), never more than was sent.  A stream that
+        ended cleanly delivered everything it framed: the last credits are never sent.  So a
+        status page counts what the engineer received, not what the processor poured into the
+        tunnel's windows ahead of a slow reader.
+        """
+        if self.ended_cleanly:
+            return self.bytes_framed
+        return min(self.bytes_acknowledged, self.bytes_framed)
+
+    def credit_as_delivered_by(self, onward: TunnelStream) -> None:
+        """Credit this stream's sender only for bytes ``onward``'s receiver acknowledged.
+
+        The relay joins a gateway's stream to an engineer's: everything arriving on one is
+        written to the other.  Crediting on arrival would tell the gateway its bytes were taken
+        while they still wait on the relay for a slow engineer; crediting as the engineer's
+        client acknowledges them makes the gateway's window, and its count of delivered bytes,
+        end to end.  The memory bound is unchanged: one window per stream.
+        """
+        self._credits_on_delivery = True
+        onward._credit_onward = self
+
+    def window_updated(self, delta: int) -> None:
+        """The other end credited ``delta`` bytes on this stream (a WINDOW_UPDATE)."""
+        self.bytes_acknowledged += delta
+        upstream = self._credit_onward
+        if upstream is not None and not upstream.finished:
+            upstream._credit(delta)
+
     # -- producer/consumer ----------------------------------------------------------------------
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:  # type: ignore[override]
@@ -356,6 +402,7 @@ class TunnelStream:
         """
         queue = self._queue
         first = queue[0]
+        self.bytes_framed += size
         if len(first) == size:
             del queue[0]
             self.queued -= size
@@ -392,19 +439,37 @@ class TunnelStream:
             self.protocol.dataReceived(data)
         if self.finished:
             return
+        if self._credits_on_delivery:
+            # Credited as the stream we feed is acknowledged (window_updated); padding, which
+            # is never passed on, at once.
+            flow -= len(data)
+            if flow <= 0:
+                return
         if self._sink_paused:
             self._owed += flow
         elif flow:
             # self._credit(flow), inline: this runs for every DATA frame.
-            self._uncredited += flow
-            if self._uncredited >= STREAM_CREDIT_BATCH:
-                amount, self._uncredited = self._uncredited, 0
-                self.connection.credit_stream(self, amount)
+            uncredited = self._uncredited
+            self._uncredited = uncredited + flow
+            if uncredited + flow >= STREAM_CREDIT_BATCH:
+                self._uncredited = 0
+                self.connection.credit_stream(self, uncredited + flow)
+            elif not uncredited:
+                self.connection.owe_credit(self)
 
     def _credit(self, flow: int) -> None:
         """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
-        self._uncredited += flow
-        if self._uncredited >= STREAM_CREDIT_BATCH:
+        uncredited = self._uncredited
+        self._uncredited = uncredited + flow
+        if uncredited + flow >= STREAM_CREDIT_BATCH:
+            self._uncredited = 0
+            self.connection.credit_stream(self, uncredited + flow)
+        elif not uncredited and flow:
+            self.connection.owe_credit(self)
+
+    def credit_owed(self) -> None:
+        """Send the credit collected below a batch (the connection's idle credit timer)."""
+        if self._uncredited and not self.finished:
             amount, self._uncredited = self._uncredited, 0
             self.connection.credit_stream(self, amount)
 
@@ -447,6 +512,7 @@ class TunnelStream:
         if self.finished:
             return
         if self.local_closed and self.remote_closed and not self._pending:
+            self.ended_cleanly = True
             self._finish(Failure(ConnectionDone()))
 
     def _finish(self, reason: Failure) -> None:

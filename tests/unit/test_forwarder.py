@@ -27,7 +27,7 @@ from gateway.edge.events import ConnectionRecord, IByteCounter, IStreamEvents
 from gateway.edge.forwarder import StreamForwarder, connect_error_text, connection_id_from
 from gateway.edge.testing import ByteTally, RecordingEvents
 from gateway.splice import SpliceEnd
-from gateway.tunnel.connection import IStreamHandler
+from gateway.tunnel.connection import IDLE_CREDIT_DELAY, IStreamHandler
 from gateway.wire import CONNECTION_ID_HEADER, Refusal, StreamRefused
 from tests.helpers.tunnel import Recorder, linked_tunnels
 
@@ -98,7 +98,7 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(response).status, 200)  # type: ignore[attr-defined]
         self.assertEqual(processor.value(), REQUEST)
         end.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
-        self.t.settle()
+        self._acknowledged()
         self.assertEqual(rec.received, b"HTTP/1.1 200 OK\r\n\r\n")
         [(opened,)] = self.events.named("stream_opened")
         assert isinstance(opened, ConnectionRecord)
@@ -117,10 +117,17 @@ class ForwarderTests(SynchronousTestCase):
         self.t.settle()
         self.assertEqual((self.tally.to_target, self.tally.from_target), (len(REQUEST), 10))
 
+    def _acknowledged(self) -> None:
+        """The relay's side has sent its idle credit for what it took."""
+        self.t.settle()
+        self.clock.advance(IDLE_CREDIT_DELAY)
+        self.t.settle()
+
     def test_a_closed_stream_reports_its_bytes_and_leaves_the_active_list(self) -> None:
         self._open()
         end, _ = self._answer()
         end.dataReceived(b"abc")
+        self._acknowledged()
         end.connectionLost(Failure(ConnectionRefusedError()))  # the processor went away
         self.t.settle()
         [(conn, down, up, why)] = self.events.named("stream_closed")
@@ -128,6 +135,39 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual((down, up), (len(REQUEST), 3))
         self.assertEqual(why, "stream reset by this side (CANCEL)")
         self.assertEqual(self.forwarder.active, {})
+
+    def test_bytes_from_the_processor_count_once_the_engineers_side_took_them(self) -> None:
+        self._open()
+        end, _ = self._answer()
+        end.dataReceived(b"x" * 1000)
+        self.t.settle()
+        [conn] = self.forwarder.active.values()
+        # Read from the processor and sent, but not acknowledged yet: not delivered.
+        self.assertEqual((conn.bytes_read_from_target, conn.bytes_from_target), (1000, 0))
+        self._acknowledged()
+        self.assertEqual(conn.bytes_from_target, 1000)
+
+    def test_the_idle_credit_timer_goes_with_the_tunnel(self) -> None:
+        self._open()
+        end, _ = self._answer()
+        end.dataReceived(b"x" * 10)
+        self.t.settle()
+        owing = [c for c in self.clock.getDelayedCalls() if c.getTime() > self.clock.seconds()]
+        self.assertTrue(owing)
+        self.t.close()
+        self.assertFalse([c for c in owing if c.active()])
+
+    def test_a_stream_cut_before_acknowledgement_reports_what_was_delivered(self) -> None:
+        self._open()
+        end, _ = self._answer()
+        end.dataReceived(b"abc")
+        self._acknowledged()
+        end.dataReceived(b"defg")  # in flight when the processor goes away
+        self.t.settle()
+        end.connectionLost(Failure(ConnectionRefusedError()))
+        self.t.settle()
+        [(_conn, _down, up, _why)] = self.events.named("stream_closed")
+        self.assertEqual(up, 3)
 
     def test_the_relays_connection_id_names_the_connection(self) -> None:
         self._open(connection_id=b"r-42")

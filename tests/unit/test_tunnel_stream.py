@@ -34,6 +34,7 @@ class FakeOwner:
     responses: list[tuple[int, bool]] = field(factory=list)
     resets: list[int] = field(factory=list)
     finished: list[int] = field(factory=list)
+    owing: list[int] = field(factory=list)
 
     def send_response(
         self, stream: TunnelStream, status: int, headers: list[tuple[bytes, bytes]], end: bool
@@ -48,6 +49,9 @@ class FakeOwner:
 
     def credit_stream(self, stream: TunnelStream, amount: int) -> None:
         self.credits.append(amount)
+
+    def owe_credit(self, stream: TunnelStream) -> None:
+        self.owing.append(stream.stream_id)
 
     def stream_finished(self, stream: TunnelStream) -> None:
         self.finished.append(stream.stream_id)
@@ -188,6 +192,79 @@ class CreditTests(SynchronousTestCase):
         recorder = Recorder()
         stream.attach(recorder)
         self.assertEqual((recorder.received, owner.credits), (b"early", [STREAM_CREDIT_BATCH]))
+
+    def test_credit_below_a_batch_is_owed_to_the_connection_once(self) -> None:
+        owner = FakeOwner()
+        stream = opened(owner)
+        stream.attach(Recorder())
+        stream.data_received(b"abc", 3)
+        stream.data_received(b"de", 2)
+        self.assertEqual((owner.credits, owner.owing), ([], [1]))
+        stream.credit_owed()  # the connection's idle credit timer
+        self.assertEqual(owner.credits, [5])
+        stream.credit_owed()
+        self.assertEqual(owner.credits, [5])
+
+
+class DeliveryTests(SynchronousTestCase):
+    """What a stream knows of its bytes' fate, and the relay's end-to-end credit."""
+
+    def test_delivered_is_what_the_other_end_acknowledged_never_more_than_sent(self) -> None:
+        owner = FakeOwner()
+        stream = opened(owner)
+        stream.write(b"x" * 100)
+        self.assertEqual(stream.delivered, 0)
+        stream.take(60)
+        stream.window_updated(40)
+        self.assertEqual(stream.delivered, 40)
+        stream.window_updated(1000)  # credit ahead of the data: capped at what was framed
+        self.assertEqual(stream.delivered, 60)
+
+    def test_a_stream_that_ended_cleanly_delivered_everything(self) -> None:
+        owner = FakeOwner()
+        stream = TunnelStream.requested(owner, 1, REQUEST, ended=False)
+        stream.attach(Recorder())
+        stream.write(b"x" * 10)
+        stream.take(10)
+        stream.loseWriteConnection()
+        stream.sent_everything()
+        self.assertEqual(stream.delivered, 0)
+        stream.ended_by_peer()
+        self.assertEqual(stream.delivered, 10)
+
+    def test_a_reset_stream_counts_only_acknowledged_bytes(self) -> None:
+        owner = FakeOwner()
+        stream = TunnelStream.requested(owner, 1, REQUEST, ended=False)
+        stream.attach(Recorder())
+        stream.write(b"x" * 10)
+        stream.take(10)
+        stream.window_updated(4)
+        stream.loseWriteConnection()
+        stream.sent_everything()
+        stream.reset_by_peer(8)
+        self.assertEqual(stream.delivered, 4)
+
+    def test_the_relay_credits_the_gateway_as_the_engineer_acknowledges(self) -> None:
+        from_gateway, to_engineer = FakeOwner(), FakeOwner()
+        gateway_side = TunnelStream.requested(from_gateway, 1, REQUEST, ended=False)
+        engineer_side = opened(to_engineer)
+        gateway_side.credit_as_delivered_by(engineer_side)
+        gateway_side.attach(Recorder())
+        gateway_side.data_received(b"d" * STREAM_CREDIT_BATCH, STREAM_CREDIT_BATCH)
+        # Taken by the relay, not yet by the engineer: the gateway gets nothing back.
+        self.assertEqual((from_gateway.credits, from_gateway.owing), ([], []))
+        engineer_side.window_updated(STREAM_CREDIT_BATCH)
+        self.assertEqual(from_gateway.credits, [STREAM_CREDIT_BATCH])
+
+    def test_padding_is_credited_at_once_on_the_relay(self) -> None:
+        owner = FakeOwner()
+        gateway_side = TunnelStream.requested(owner, 1, REQUEST, ended=False)
+        gateway_side.credit_as_delivered_by(opened(FakeOwner()))
+        gateway_side.attach(Recorder())
+        gateway_side.data_received(b"abc", 3 + 10)
+        self.assertEqual(owner.owing, [1])
+        gateway_side.credit_owed()
+        self.assertEqual(owner.credits, [10])
 
 
 class ModuleTests(SynchronousTestCase):
