@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from gateway.logsafe import peer_text
 from gateway.tunnel.errors import StreamReset
-from gateway.tunnel.h2tuning import STREAM_WINDOW
+from gateway.tunnel.h2tuning import START_STREAM_WINDOW, STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
 
@@ -46,8 +46,10 @@ HIGH_WATER = 1024 * 1024
 """Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
 LOW_WATER = 256 * 1024
 STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
-"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames).
-Less than a batch is credited by the connection's idle credit (``StreamOwner.owe_credit``)."""
+"""Consumed bytes a stream with a fully grown window collects before it sends a WINDOW_UPDATE for
+them (fewer frames): a quarter of its window, whatever the window.  Less than a batch is credited
+by the connection's idle credit (``StreamOwner.owe_credit``)."""
+START_CREDIT_BATCH = START_STREAM_WINDOW // 4
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -112,8 +114,10 @@ class TunnelStream:
     """
 
     __slots__ = (
+        "_batch",
         "_credit_onward",
         "_credits_on_delivery",
+        "_delivered_by",
         "_owed",
         "_pending",
         "_producer",
@@ -132,9 +136,11 @@ class TunnelStream:
         "ended_cleanly",
         "finished",
         "headers_sent",
+        "last_credit",
         "local_closed",
         "protocol",
         "queued",
+        "receive_window",
         "remote_closed",
         "request",
         "reset_code",
@@ -160,6 +166,12 @@ class TunnelStream:
         # bytes to it (see credit_as_delivered_by).
         self._credits_on_delivery = False
         self._credit_onward: TunnelStream | None = None
+        self._delivered_by: TunnelStream | None = None
+        # The receive window we grant the sender (it grows with the path: the connection's
+        # credit_stream) and the credit batch that goes with it.
+        self.receive_window = START_STREAM_WINDOW
+        self._batch = START_CREDIT_BATCH
+        self.last_credit: float | None = None  # when the connection last credited this stream
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
         # the producer is paused once it holds HIGH_WATER bytes).
@@ -354,7 +366,18 @@ class TunnelStream:
         end to end.  The memory bound is unchanged: one window per stream.
         """
         self._credits_on_delivery = True
+        self._delivered_by = onward
         onward._credit_onward = self
+
+    @property
+    def credited_through(self) -> TunnelStream | None:
+        """The stream whose acknowledgements credit this one (see credit_as_delivered_by)."""
+        return self._delivered_by
+
+    def window_grew(self, window: int) -> None:
+        """The connection granted a larger receive window: batch credits to its size."""
+        self.receive_window = window
+        self._batch = window >> 2
 
     def window_updated(self, delta: int) -> None:
         """The other end credited ``delta`` bytes on this stream (a WINDOW_UPDATE)."""
@@ -451,7 +474,7 @@ class TunnelStream:
             # self._credit(flow), inline: this runs for every DATA frame.
             uncredited = self._uncredited
             self._uncredited = uncredited + flow
-            if uncredited + flow >= STREAM_CREDIT_BATCH:
+            if uncredited + flow >= self._batch:
                 self._uncredited = 0
                 self.connection.credit_stream(self, uncredited + flow)
             elif not uncredited:
@@ -461,7 +484,7 @@ class TunnelStream:
         """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
         uncredited = self._uncredited
         self._uncredited = uncredited + flow
-        if uncredited + flow >= STREAM_CREDIT_BATCH:
+        if uncredited + flow >= self._batch:
             self._uncredited = 0
             self.connection.credit_stream(self, uncredited + flow)
         elif not uncredited and flow:

@@ -12,10 +12,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 import gateway.tunnel.stream
+from gateway.tunnel.h2tuning import START_STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.tunnel.stream import (
     HIGH_WATER,
     LOW_WATER,
+    START_CREDIT_BATCH,
     STREAM_CREDIT_BATCH,
     StreamRequest,
     TunnelStream,
@@ -169,10 +171,14 @@ class CreditTests(SynchronousTestCase):
         owner = FakeOwner()
         stream = opened(owner)
         stream.attach(Recorder())
-        chunk = STREAM_CREDIT_BATCH // 3 + 1
+        chunk = START_CREDIT_BATCH // 3 + 1
         for _ in range(5):
             stream.data_received(b"d", chunk)
         self.assertEqual(owner.credits, [3 * chunk])
+        stream.window_grew(4 * START_STREAM_WINDOW)  # a grown window: larger batches
+        for _ in range(11):
+            stream.data_received(b"d", chunk)
+        self.assertEqual(owner.credits, [3 * chunk, 12 * chunk])
 
     def test_a_paused_consumer_withholds_credit_until_it_resumes(self) -> None:
         owner = FakeOwner()
