@@ -59,6 +59,7 @@ RELAY: Contract = {
     "relay_streams_total": _c("counter", "result"),
     "relay_stream_bytes_total": _c("counter", "direction"),
     "relay_auth_failures_total": _c("counter", "kind"),
+    "relay_login_lockouts_total": _c("counter", "scope"),
     "relay_sessions_active": _c("gauge"),
     "relay_build_info": _c("gauge", "version"),
     "relay_reactor_delayed_calls": _c("gauge"),
