@@ -126,7 +126,10 @@ class GatewayMetrics:
         )
         self._codes_failed = {reason: failed.labels(reason=reason) for reason in CODE_FAILURES}
         mode = Gauge(
-            "gateway_access_mode", "1 for the access mode in force", ["mode"], registry=registry
+            "gateway_access_mode",
+            "1 for the access mode in force, 0 for the others (attended, unattended, disabled)",
+            ["mode"],
+            registry=registry,
         )
         self._modes = {m: mode.labels(mode=m.value) for m in AccessMode}
         requests = Counter(

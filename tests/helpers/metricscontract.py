@@ -60,6 +60,7 @@ RELAY: Contract = {
     "relay_stream_bytes_total": _c("counter", "direction"),
     "relay_auth_failures_total": _c("counter", "kind"),
     "relay_login_lockouts_total": _c("counter", "scope"),
+    "relay_engineer_file_usable": _c("gauge"),
     "relay_sessions_active": _c("gauge"),
     "relay_build_info": _c("gauge", "version"),
     "relay_reactor_delayed_calls": _c("gauge"),
