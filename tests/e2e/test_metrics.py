@@ -6,6 +6,7 @@ engineer in a session made with a code, bytes moving, and Prometheus' own tools 
 * a real Prometheus server (Debian's ``prometheus``) on loopback scrapes both every second,
   loads the shipped alert rules, and its query API answers ``gateway_tunnel_up == 1`` and the
   live session count;
+* an engineer's request waiting for the plant shows as pending, and its denial as a decision;
 * the gateway's counters survive the tunnel's reconnect after a relay restart.
 """
 
@@ -21,7 +22,7 @@ import pytest
 from gateway.cli.control import CONTROL_SOCKET
 from gateway.promtext import metric_value, parse
 from tests.helpers.clients import download_and_verify
-from tests.helpers.consent import control_json, finished
+from tests.helpers.consent import add_engineer, control_json, finished
 from tests.helpers.metricscontract import GATEWAY, RELAY, contract_problems, declared_types
 from tests.helpers.processes import Stack, fresh_stack, http_get, wait_until
 from tests.helpers.prometheus import RULES_DIR, ScrapeJob, prometheus_server, promtool
@@ -197,6 +198,34 @@ def test_a_real_prometheus_scrapes_both_and_answers_tunnel_up_and_the_session_co
         assert firing == [], firing
         assert prometheus.proc.stop() == 0, prometheus.proc.tail()  # a clean stop
     assert download.error is None, download.error
+
+
+def test_a_waiting_request_and_its_denial_show_in_the_scrape(stack: Stack) -> None:
+    def gateway(name: str) -> float | None:
+        return metric_value(scrape(stack, "gw_metrics"), name)
+
+    denied_before = gateway('gateway_session_decisions_total{decision="denied"}')
+    assert denied_before == 0
+    token = add_engineer(stack, "ed", stack.gateway_id)
+    asking = stack.start_connect(
+        "asking",
+        token=token,
+        port_key="forward3",
+        extra=("--reason", "ticket 4711: camera calibration"),
+        wait_listening=False,
+    )
+    wait_until(
+        "the request to be counted as waiting",
+        lambda: gateway("gateway_session_requests_pending") == 1,
+        proc=asking,
+    )
+    [request] = control_json(stack, "requests")
+    control_json(stack, "deny", request["id"], "--reason", "not now")
+    exit_code, lines = finished(asking)
+    assert exit_code == 1, lines
+    assert gateway("gateway_session_requests_pending") == 0
+    assert gateway('gateway_session_decisions_total{decision="denied"}') == 1
+    assert gateway("gateway_sessions_active") == 1  # erin's session carries on
 
 
 def test_the_gateways_counters_survive_a_reconnect_after_a_relay_restart(
