@@ -148,6 +148,9 @@ class IAccessEvents(Interface):
     def session_ended(session: Session, why: str) -> None:
         """A session ended (``why`` as the engineer is told)."""
 
+    def code_created(code_id: str) -> None:
+        """Plant staff created a session code (``code_id`` is its record id, never the code)."""
+
     def code_refused(why: str) -> None:
         """A session code was refused: ``wrong``, ``used``, ``expired`` or ``locked``."""
 
@@ -260,6 +263,9 @@ class FanOut:
 
     def session_ended(self, session: Session, why: str) -> None:
         self._each(IAccessEvents, "session_ended", session, why)
+
+    def code_created(self, code_id: str) -> None:
+        self._each(IAccessEvents, "code_created", code_id)
 
     def code_refused(self, why: str) -> None:
         self._each(IAccessEvents, "code_refused", why)

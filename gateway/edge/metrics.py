@@ -32,6 +32,20 @@ from gateway.net.queues import PathReport
 from gateway.procmetrics import process_health
 from gateway.wire import Refusal
 
+CODE_FAILURES = ("wrong", "used", "expired", "locked")
+"""Why a session code is refused (``IAccessEvents.code_refused``)."""
+DECISIONS = (
+    "approved",
+    "denied",
+    "expired",
+    "withdrawn",
+    "code",
+    "unattended",
+    *(f"code_{why}" for why in CODE_FAILURES),
+)
+"""``gateway_session_decisions_total{decision}``: a request's outcome, how a session started
+without one, or why a code was refused."""
+
 
 @implementer(ITunnelEvents, IStreamEvents, IByteCounter, IAccessEvents, IRequestEvents)
 class GatewayMetrics:
@@ -39,14 +53,18 @@ class GatewayMetrics:
         self.registry = registry
         process_health(registry, "gateway", clock)
         self._up = Gauge(
-            "gateway_tunnel_up", "1 while the tunnel to the relay is up", registry=registry
+            "gateway_tunnel_up",
+            "1 while the tunnel to the relay is up, 0 while it is down",
+            registry=registry,
         )
         self._connects = Counter(
-            "gateway_tunnel_connects_total", "Tunnels established to the relay", registry=registry
+            "gateway_tunnel_connects_total",
+            "Times the tunnel to the relay came up (each rise after the first is a reconnect)",
+            registry=registry,
         )
         self._rtt = Gauge(
             "gateway_tunnel_rtt_seconds",
-            "Last heartbeat round-trip time to the relay",
+            "Round-trip time to the relay in seconds, as the last heartbeat measured it",
             registry=registry,
         )
         self._active = Gauge(
@@ -54,7 +72,7 @@ class GatewayMetrics:
         )
         streams = Counter(
             "gateway_streams_total",
-            "Streams the relay asked for, by result",
+            "Engineer streams the relay asked for, by result (opened, or why refused)",
             ["result"],
             registry=registry,
         )
@@ -62,7 +80,8 @@ class GatewayMetrics:
         self._streams = streams
         moved = Counter(
             "gateway_stream_bytes_total",
-            "Bytes moved between engineers and processors",
+            "Bytes passed between engineers and processors, by direction (to_target: engineer "
+            "to processor, from_target: processor to engineer)",
             ["direction"],
             registry=registry,
         )
@@ -80,12 +99,37 @@ class GatewayMetrics:
         )
         self._decisions = Counter(
             "gateway_session_decisions_total",
-            "Answers to engineers' session requests and codes, by decision",
+            "What became of engineers' session requests and codes, by decision (approved, "
+            "denied, expired: nobody answered in time, withdrawn, code: a code let one in, "
+            "unattended, code_wrong, code_used, code_expired, code_locked)",
             ["decision"],
             registry=registry,
         )
+        for decision in DECISIONS:  # every series from the start: rate() sees the first one
+            self._decisions.labels(decision=decision)
+        self._codes_created = Counter(
+            "gateway_session_codes_created_total",
+            "Session codes created by plant staff",
+            registry=registry,
+        )
+        self._codes_used = Counter(
+            "gateway_session_codes_used_total",
+            "Session codes an engineer used to start a session",
+            registry=registry,
+        )
+        failed = Counter(
+            "gateway_session_codes_failed_total",
+            "Session codes refused, by reason (wrong: no such code, used: used already, "
+            "expired, locked: code entry locked after too many wrong codes)",
+            ["reason"],
+            registry=registry,
+        )
+        self._codes_failed = {reason: failed.labels(reason=reason) for reason in CODE_FAILURES}
         mode = Gauge(
-            "gateway_access_mode", "1 for the access mode in force", ["mode"], registry=registry
+            "gateway_access_mode",
+            "1 for the access mode in force, 0 for the others (attended, unattended, disabled)",
+            ["mode"],
+            registry=registry,
         )
         self._modes = {m: mode.labels(mode=m.value) for m in AccessMode}
         requests = Counter(
@@ -98,12 +142,13 @@ class GatewayMetrics:
         self._refused = requests.labels(result="refused")
         self._audit_failures = Counter(
             "gateway_audit_write_failures_total",
-            "Audit records that could not be written",
+            "Audit records that could not be written (the audit trail's disk is full or not "
+            "writable); no new session starts while it fails",
             registry=registry,
         )
         self._certificate_expiry = Gauge(
             "gateway_certificate_expiry_timestamp_seconds",
-            "When this gateway's certificate expires (Unix time)",
+            "When this gateway's certificate expires, in seconds since 1970 (Unix time)",
             registry=registry,
         )
         Info("gateway_build", "Version of the gateway software", registry=registry).info(
@@ -180,12 +225,20 @@ class GatewayMetrics:
         self.sessions_active.inc()
         if how != "approved":  # an approval is counted as its request's decision
             self._decisions.labels(decision=how).inc()
+        if how == "code":
+            self._codes_used.inc()
 
     def session_ended(self, session: Session, why: str) -> None:
         self.sessions_active.dec()
 
+    def code_created(self, code_id: str) -> None:
+        self._codes_created.inc()
+
     def code_refused(self, why: str) -> None:
         self._decisions.labels(decision=f"code_{why}").inc()
+        failed = self._codes_failed.get(why)
+        if failed is not None:
+            failed.inc()
 
     def audit_failed(self, why: str) -> None:
         self._audit_failures.inc()

@@ -187,6 +187,9 @@ class RequestAudit:
     def session_started(self, session: Session, how: str) -> None:
         pass
 
+    def code_created(self, code_id: str) -> None:
+        pass
+
     def code_refused(self, why: str) -> None:
         pass
 

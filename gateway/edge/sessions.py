@@ -469,6 +469,7 @@ class ConsentService(Service):
             raise ConsentRefused("audit-unavailable", AUDIT_UNAVAILABLE) from None
         grant.timer = self._clock.callLater(CODE_LIFETIME, self._code_expired, grant)
         self._codes[digest] = grant
+        self._events.code_created(grant.id)
         log.info(
             "code {id} made by {who}: {minutes} min on {targets}, valid until {until}",
             id=grant.id,

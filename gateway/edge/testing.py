@@ -70,6 +70,9 @@ class RecordingEvents:
     def session_ended(self, session: Session, why: str) -> None:
         self.seen.append(("session_ended", session, why))
 
+    def code_created(self, code_id: str) -> None:
+        self.seen.append(("code_created", code_id))
+
     def code_refused(self, why: str) -> None:
         self.seen.append(("code_refused", why))
 

@@ -7,6 +7,20 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway import __version__
 from gateway.procmetrics import process_health
+from gateway.wire import Refusal
+
+AUTH_FAILURE_KINDS = (
+    "engineer_token",
+    "token_expired",
+    "not_authorised",
+    "too_many_attempts",
+    "gateway_certificate",
+    "gateway_handshake",
+)
+"""``relay_auth_failures_total{kind}``: every kind the relay counts (a bounded set)."""
+
+STREAM_RESULTS = frozenset({"opened", "session", *(refusal.token for refusal in Refusal)})
+"""``relay_streams_total{result}``: opened, a session ask, or a refusal the protocol defines."""
 
 
 class RelayMetrics:
@@ -26,14 +40,15 @@ class RelayMetrics:
         )
         streams = Counter(
             "relay_streams_total",
-            "Engineer stream requests, by result",
+            "Engineer stream requests, by result (opened, or why refused)",
             ["result"],
             registry=registry,
         )
         self._streams = streams
         moved = Counter(
             "relay_stream_bytes_total",
-            "Bytes relayed between engineers and gateways",
+            "Bytes relayed between engineers and gateways, by direction (to_gateway: from the "
+            "engineer, from_gateway: to the engineer)",
             ["direction"],
             registry=registry,
         )
@@ -41,14 +56,18 @@ class RelayMetrics:
         self.from_gateway = moved.labels(direction="from_gateway")
         self.auth_failures = Counter(
             "relay_auth_failures_total",
-            "Refused engineer tokens and gateway certificates",
+            "Refused logins, by kind (engineer_token: unknown token, token_expired, "
+            "not_authorised: not allowed on that gateway, too_many_attempts: locked out, "
+            "gateway_certificate, gateway_handshake)",
             ["kind"],
             registry=registry,
         )
+        for kind in AUTH_FAILURE_KINDS:  # every series from the start: rate() sees the first one
+            self.auth_failures.labels(kind=kind)
         self.bad_tokens = self.auth_failures.labels(kind="engineer_token")
         self.stream_open_seconds = Histogram(
             "relay_stream_open_seconds",
-            "Time from an engineer's request to the gateway's answer",
+            "Seconds from an engineer's stream request to the gateway's answer",
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
@@ -82,4 +101,8 @@ class RelayMetrics:
         )
 
     def stream_result(self, result: str) -> None:
+        """Count one stream request; a refusal token the relay does not know (a gateway sent
+        it) counts as ``other``, so no peer can grow the label without bound."""
+        if result not in STREAM_RESULTS:
+            result = "other"
         self._streams.labels(result=result).inc()
