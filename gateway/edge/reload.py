@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from attrs import frozen
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.audit import AuditWriteError
 from gateway.config import ConfigError, GatewayConfig, RelayLink, Target
+from gateway.reloading import ReloadMetrics
 from gateway.tls import TLSFileError
 
 log = Logger()
@@ -205,32 +206,6 @@ def _listener_change(
     return ListenerChange(hosts=new is not None and old_hosts != new_hosts)
 
 
-class ReloadMetrics:
-    """``gateway_config_reloads_total{result}`` and the time of the last good one (as
-    Prometheus itself reports its own reloads)."""
-
-    def __init__(self, registry: CollectorRegistry, prefix: str = "gateway") -> None:
-        reloads = Counter(
-            f"{prefix}_config_reloads_total",
-            "Configuration reloads (SIGHUP) by result: applied, or refused as invalid",
-            ["result"],
-            registry=registry,
-        )
-        self.applied = reloads.labels(result="success")
-        self.refused = reloads.labels(result="failure")
-        self.last_success = Gauge(
-            f"{prefix}_config_last_reload_success_timestamp_seconds",
-            "When the configuration was last loaded successfully (start or reload)",
-            registry=registry,
-        )
-        self.last_ok = Gauge(
-            f"{prefix}_config_last_reload_successful",
-            "1 if the last reload was applied, 0 if it was refused",
-            registry=registry,
-        )
-        self.last_ok.set(1)
-
-
 @frozen
 class ReloadOutcome:
     """What a reload did: applied (with its plan and any warnings) or refused (why)."""
@@ -348,6 +323,7 @@ class ConfigReloader:
                 warnings.append(f"relay settings not applied: {e}")
                 log.error("relay settings not applied, the old ones stay: {e}", e=str(e))
         daemon.policy.set_targets(new.targets)
+        daemon.consent.allowlist_changed()
         gone = frozenset(plan.targets_removed)
         moved = frozenset(plan.targets_moved)
         for names, why in ((gone, TARGET_REMOVED), (moved, TARGET_MOVED)):

@@ -511,6 +511,17 @@ class ConsentService(Service):
         self._changed()
         return snapshot
 
+    def allowlist_changed(self) -> None:
+        """The allowlist was reloaded: the implicit sessions of ``unattended`` mode cover the
+        whole allowlist, so they follow it (new targets in, removed ones out).  Sessions the
+        plant approved keep the targets it approved; the policy refuses those that left."""
+        names = tuple(self._policy.target_names)
+        for session_id in self._implicit.values():
+            live = self._sessions.get(session_id)
+            if live is not None and live.info.targets != names:
+                live.info = attrs.evolve(live.info, targets=names)
+        self._changed()
+
     def end_all(self, by: Actor, reason: str = "") -> list[Session]:
         text = clean_text(reason)
         why = f"ended by the plant: {text}" if text else "ended by the plant"

@@ -24,6 +24,7 @@ from gateway.config import (
     Heartbeat,
     Target,
 )
+from gateway.edge.access import Refused
 from gateway.edge.reload import (
     TARGET_REMOVED,
     Fingerprints,
@@ -327,3 +328,12 @@ class ReloaderTests(SynchronousTestCase):
         self.assertEqual(self.daemon.consent.rules.request_timeout, 30)
         assert self.daemon.forwarder.limits is not None
         self.assertEqual(self.daemon.forwarder.limits.limits.streams_per_target, 2)
+
+    def test_unattended_sessions_follow_the_allowlist(self) -> None:
+        grant = self.daemon.consent.implicit_session("erin")
+        assert not isinstance(grant, Refused)
+        self.assertEqual(grant.targets, frozenset({"web"}))
+        self.reload_with(targets=(Target("hmi", Address("192.168.10.9", 443)),))
+        now = self.daemon.consent.grant(grant.session)
+        assert now is not None
+        self.assertEqual(now.targets, frozenset({"hmi"}))

@@ -1,0 +1,161 @@
+"""``SIGHUP`` with real processes: the gateway takes a new allowlist and the relay a new engineer
+without the tunnel dropping; a broken gateway.toml is refused in one line while the old one keeps
+serving."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.auditlog.files import audit_folder
+from gateway.auditlog.reader import read_trail
+from gateway.demo import stack as shared
+from gateway.promtext import metric_value
+from tests.helpers.clients import get
+from tests.helpers.processes import Stack, http_get, port_open, running_stack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+WEB2 = """
+[[target]]
+name = "web2"
+address = "127.0.0.1:{port}"
+kind = "http"
+"""
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running_stack() as s:
+        yield s
+
+
+def gateway_metric(stack: Stack, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return metric_value(http_get(stack.url("gw_metrics", "/metrics")).decode(), name, labels)
+
+
+def connects(stack: Stack) -> tuple[float | None, float | None]:
+    """The tunnel's connects as the gateway counts them, and the relay's count of gateways."""
+    return (
+        gateway_metric(stack, "gateway_tunnel_connects_total"),
+        stack.relay_metric("relay_gateways_connected"),
+    )
+
+
+def reloads(stack: Stack, result: str) -> float:
+    return gateway_metric(stack, "gateway_config_reloads_total", {"result": result}) or 0.0
+
+
+def sighup(stack: Stack, name: str = "gateway") -> None:
+    stack.procs[name].popen.send_signal(signal.SIGHUP)
+
+
+def targets(stack: Stack) -> list[str]:
+    return list(stack.status()["access"]["targets"])
+
+
+def stream_count(stack: Stack, target: str) -> int:
+    return sum(1 for c in stack.status()["connections"] if c["target"] == target)
+
+
+def test_a_new_target_works_and_a_removed_one_is_refused_without_dropping_the_tunnel(
+    stack: Stack,
+) -> None:
+    before = connects(stack)
+    assert get(stack.ports["forward"], "/")[0] == 200
+    stack.write_configs(extra_targets=WEB2.format(port=stack.ports["processor"]))
+    sighup(stack)
+    wait_until("web2 in the allowlist", lambda: "web2" in targets(stack))
+    stack.start_connect("connect2", target="web2", port_key="forward2")
+    assert get(stack.ports["forward2"], "/")[0] == 200
+
+    # A live stream to web2 (a download that the reader does not drain) ends with the reload.
+    held = socket.create_connection(("127.0.0.1", stack.ports["forward2"]), timeout=10)
+    held.sendall(b"GET /download?size=1000000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    held.recv(1)
+    wait_until("the held stream to web2", lambda: stream_count(stack, "web2") >= 1)
+    stack.write_configs()  # web2 gone
+    sighup(stack)
+    wait_until("web2 out of the allowlist", lambda: "web2" not in targets(stack))
+    wait_until("the stream to web2 to end", lambda: stream_count(stack, "web2") == 0)
+    assert ended(held), "the stream to the removed target still carries bytes"
+    held.close()
+    assert not answers(stack.ports["forward2"])  # refused: not in the allowlist any more
+    wait_until(
+        "connect2 to say why",
+        lambda: "allowlist" in stack.procs["connect2"].text(),
+        deadline=10,
+    )
+    gateway_log = stack.procs["gateway"].text()
+    assert "target removed from the allowlist by a reload" in gateway_log
+    assert "configuration reloaded from" in gateway_log
+    assert get(stack.ports["forward"], "/")[0] == 200  # web carries on
+    assert connects(stack) == before  # the same tunnel all along
+    assert reloads(stack, "success") >= 2
+    trail = read_trail(audit_folder(stack.layout.gateway_state))
+    records = [r for r in trail if r["event"] == "config.reloaded"]
+    assert any("target web2 added" in r.get("changes", []) for r in records)
+    assert any("target web2 removed" in r.get("changes", []) for r in records)
+
+
+def answers(port: int) -> bool:
+    try:
+        return get(port, "/", timeout=10)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def ended(sock: socket.socket) -> bool:
+    """Reads until the connection ends (True) or 10 s pass without its end (False)."""
+    sock.settimeout(10)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def test_a_broken_config_is_refused_in_one_line_and_the_old_keeps_serving(stack: Stack) -> None:
+    before = connects(stack)
+    refused = reloads(stack, "failure")
+    config = stack.layout.gateway_config
+    good = config.read_text()
+    config.write_text(good.replace('name = "web"', 'name = "web"\nbogus_key = 1', 1))
+    try:
+        sighup(stack)
+        wait_until("the refusal", lambda: reloads(stack, "failure") == refused + 1)
+    finally:
+        config.write_text(good)
+    lines = [
+        line
+        for line in stack.procs["gateway"].text().splitlines()
+        if "configuration not reloaded" in line
+    ]
+    assert len(lines) == 1, lines
+    assert "gateway.toml" in lines[0] and "bogus_key" in lines[0]
+    assert "web" in targets(stack)
+    assert get(stack.ports["forward"], "/")[0] == 200
+    assert connects(stack) == before
+    assert stack.procs["gateway"].popen.poll() is None
+
+
+def test_the_relay_reloads_on_sighup_and_a_new_engineer_gets_in(stack: Stack) -> None:
+    token = shared.make_engineer(stack.layout.engineers, "frank", gateways=["e2e-gateway"])
+    sighup(stack, "relay")
+    wait_until(
+        "the relay's reload",
+        lambda: "configuration reloaded from" in stack.procs["relay"].text(),
+        proc=stack.procs["relay"],
+    )
+    stack.start_connect("frank", token=token, port_key="forward3")
+    assert get(stack.ports["forward3"], "/")[0] == 200
+    text = http_get(stack.url("relay_metrics", "/metrics")).decode()
+    assert metric_value(text, "relay_config_reloads_total", {"result": "success"}) == 1.0
+    assert port_open(stack.ports["relay_eng"])
