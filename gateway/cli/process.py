@@ -132,18 +132,39 @@ def raise_listen_errors(service: Any) -> None:
         raise_listen_errors(child)
 
 
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--log-format`` and ``--log-level`` after the command too (``gateway run -c F
+    --log-format json``), as well as before it; given in neither place, the top level's
+    defaults hold."""
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help="log as text or JSON lines (one object a line)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warn", "error"],
+        default=argparse.SUPPRESS,
+        help="log level",
+    )
+
+
 def start_logging(fmt: str, level: str, console: Console) -> None:
+    """Log lines on stderr: text, or JSON lines; under the journal without timestamps and with
+    syslog priorities (`gateway.logformat`)."""
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
         LogLevelFilterPredicate,
         globalLogBeginner,
-        jsonFileLogObserver,
-        textFileLogObserver,
     )
 
+    from gateway.logformat import LineObserver, journal_stream
+
     stream = console.err
-    observer = jsonFileLogObserver(stream) if fmt == "json" else textFileLogObserver(stream)
+    journal = journal_stream(os.environ, stream)
+    observer = LineObserver(stream, json_lines=fmt == "json", journal=journal)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
