@@ -1,6 +1,7 @@
 """How the daemons' log lines look: for a terminal, for the journal, or as JSON lines.
 
-* **text** (the default at a terminal): ``2026-01-05T10:00:00+0000 [namespace] message``;
+* **text** (the default at a terminal): Twisted's classic lines,
+  ``2026-01-05T10:00:00+0000 [namespace#info] message``;
 * **journal** (stderr is the journal's stream, ``JOURNAL_STREAM`` names it): no timestamp, the
   journal stamps each line itself; every line starts with its syslog priority, ``<3>`` for an
   error, ``<4>`` a warning, ``<6>`` info, ``<7>`` debug (sd-daemon(3)), so ``journalctl -p
@@ -23,7 +24,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from twisted.logger import ILogObserver, LogEvent, LogLevel, eventAsText
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    eventAsText,
+    formatEventAsClassicLogText,
+)
 from zope.interface import implementer
 
 from gateway.logsafe import peer_text
@@ -91,7 +98,12 @@ def _text(event: LogEvent) -> str:
 
 
 def _system(event: LogEvent) -> str:
-    return str(event.get("log_system") or event.get("log_namespace") or "-")
+    """As Twisted's classic lines name it: ``log_system``, else ``namespace#level``."""
+    system = event.get("log_system")
+    if system is not None:
+        return str(system)
+    level = event.get("log_level")
+    return f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
 
 
 def _time(event: LogEvent) -> datetime:
@@ -99,25 +111,30 @@ def _time(event: LogEvent) -> datetime:
     return datetime.fromtimestamp(stamp if isinstance(stamp, int | float) else 0, UTC)
 
 
-def format_text(event: LogEvent, *, journal: bool) -> str:
-    """One event as text lines (a traceback's lines follow; under the journal each carries the
-    priority, as the journal makes each line an entry of its own)."""
-    lines = _text(event).split("\n")
-    if journal:
-        prefix = f"<{priority(event)}>"
-        head = f"{prefix}[{_system(event)}] {lines[0]}"
-        return "\n".join([head, *(f"{prefix}\t{line}" for line in lines[1:])]) + "\n"
-    stamp = _time(event).strftime("%Y-%m-%dT%H:%M:%S%z")
-    rest = "".join(f"\n\t{line}" for line in lines[1:])
-    return f"{stamp} [{_system(event)}] {lines[0]}{rest}\n"
+def format_text(event: LogEvent, *, journal: bool) -> str | None:
+    """One event as text lines (None: nothing to show).  At a terminal, Twisted's classic
+    lines; under the journal no timestamp, and the priority on each line of a traceback too, as
+    the journal makes each line an entry of its own."""
+    if not journal:
+        return formatEventAsClassicLogText(event)
+    text = _text(event)
+    if not text:
+        return None
+    prefix = f"<{priority(event)}>"
+    first, *rest = text.split("\n")
+    head = f"{prefix}[{_system(event)}] {first}"
+    return "\n".join([head, *(f"{prefix}\t{line}" for line in rest)]) + "\n"
 
 
-def format_json(event: LogEvent, *, journal: bool) -> str:
-    """One event as one JSON object on one line."""
+def format_json(event: LogEvent, *, journal: bool) -> str | None:
+    """One event as one JSON object on one line (None: nothing to show)."""
+    text = _text(event)
+    if not text:
+        return None
     record: dict[str, Any] = {
         "time": _time(event).isoformat(timespec="milliseconds"),
-        "level": _level(event).name,
-        "message": _text(event),
+        "level": getattr(_level(event), "name", "info"),
+        "message": text,
         "namespace": str(event.get("log_namespace") or "-"),
         **fields(event),
     }
@@ -140,5 +157,7 @@ class LineObserver:
         except Exception:  # a bad format string must not lose the line, nor raise in a logger
             text = f"<3>unformattable log event {event.get('log_format')!r}\n"
             text = text if self.journal else text[3:]
+        if text is None:
+            return
         self._stream.write(text)
         self._stream.flush()

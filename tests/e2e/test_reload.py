@@ -13,10 +13,18 @@ import pytest
 
 from gateway.auditlog.files import audit_folder
 from gateway.auditlog.reader import read_trail
-from gateway.demo import stack as shared
+from gateway.pki import issue_gateway_certificate
 from gateway.promtext import metric_value
+from gateway.relay.credentials import add_engineer
 from tests.helpers.clients import get
-from tests.helpers.processes import Stack, http_get, port_open, running_stack, wait_until
+from tests.helpers.processes import (
+    Stack,
+    free_port,
+    http_get,
+    port_open,
+    running_stack,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -147,7 +155,7 @@ def test_a_broken_config_is_refused_in_one_line_and_the_old_keeps_serving(stack:
 
 
 def test_the_relay_reloads_on_sighup_and_a_new_engineer_gets_in(stack: Stack) -> None:
-    token = shared.make_engineer(stack.layout.engineers, "frank", gateways=["e2e-gateway"])
+    token = add_engineer(stack.layout.engineers, "frank", gateways=["e2e-gateway"])
     sighup(stack, "relay")
     wait_until(
         "the relay's reload",
@@ -159,3 +167,64 @@ def test_the_relay_reloads_on_sighup_and_a_new_engineer_gets_in(stack: Stack) ->
     text = http_get(stack.url("relay_metrics", "/metrics")).decode()
     assert metric_value(text, "relay_config_reloads_total", {"result": "success"}) == 1.0
     assert port_open(stack.ports["relay_eng"])
+
+
+def test_a_renewed_gateway_certificate_is_taken_without_dropping_the_tunnel(stack: Stack) -> None:
+    """The files replaced in place (as renewal or plant IT would), then SIGHUP: the expiry the
+    metrics show moves to the new certificate's, on the same tunnel."""
+    before = connects(stack)
+    expiry = gateway_metric(stack, "gateway_certificate_expiry_timestamp_seconds")
+    pki = stack.pki
+    issue_gateway_certificate(
+        pki.ca_cert,
+        pki.ca_key,
+        pki.gateway_cert,
+        pki.gateway_key,
+        gateway_id=stack.gateway_id,
+        days=30,
+        force=True,
+    )
+    sighup(stack)
+    wait_until(
+        "the new certificate's expiry",
+        lambda: gateway_metric(stack, "gateway_certificate_expiry_timestamp_seconds") != expiry,
+    )
+    assert connects(stack) == before
+    assert answers(stack.ports["forward"]), stack.procs["connect"].tail()
+
+
+def test_a_new_relay_address_reconnects_cleanly(stack: Stack) -> None:
+    """[relay] address from 127.0.0.1:P to localhost:P (the relay's certificate names both): the
+    tunnel drains and comes back up once, and the engineer's forward works again."""
+    up_before, _ = connects(stack)
+    assert up_before is not None
+    config = stack.layout.gateway_config
+    text = config.read_text()
+    relay = f"127.0.0.1:{stack.ports['relay_gw']}"
+    assert relay in text
+    config.write_text(text.replace(relay, f"localhost:{stack.ports['relay_gw']}"))
+    sighup(stack)
+    wait_until(
+        "the tunnel to reconnect",
+        lambda: connects(stack) == (up_before + 1, 1.0),
+        proc=stack.procs["gateway"],
+    )
+    stack.wait_tunnel_up()
+    assert stack.status()["tunnel"]["relay"] == f"localhost:{stack.ports['relay_gw']}"
+    wait_until("the forward to work again", lambda: answers(stack.ports["forward"]))
+    assert "reconnecting to the relay: relay.address changed by a reload" in (
+        stack.procs["gateway"].text()
+    )
+
+
+def test_the_status_listener_moves_to_a_new_port(stack: Stack) -> None:
+    old, new = stack.ports["status"], free_port()
+    config = stack.layout.gateway_config
+    text = config.read_text()
+    assert f"127.0.0.1:{old}" in text
+    config.write_text(text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}"))
+    sighup(stack)
+    wait_until("the new status port", lambda: port_open(new), proc=stack.procs["gateway"])
+    stack.ports["status"] = new
+    wait_until("the old status port to close", lambda: not port_open(old))
+    assert stack.status()["tunnel"]["state"] == "up"
