@@ -8,12 +8,15 @@ import http.client
 import signal
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
+from cryptography import x509
 
 from gateway.auditlog.files import audit_folder
 from gateway.auditlog.reader import read_trail
-from gateway.pki import issue_gateway_certificate
+from gateway.demo.stack import RELAY_NAMES
+from gateway.pki import issue_gateway_certificate, issue_relay_certificate
 from gateway.promtext import metric_value
 from gateway.relay.credentials import add_engineer
 from tests.helpers.clients import get
@@ -25,6 +28,7 @@ from tests.helpers.processes import (
     running_stack,
     wait_until,
 )
+from tests.helpers.rogue import tls_context
 
 pytestmark = pytest.mark.e2e
 
@@ -228,3 +232,54 @@ def test_the_status_listener_moves_to_a_new_port(stack: Stack) -> None:
     stack.ports["status"] = new
     wait_until("the old status port to close", lambda: not port_open(old))
     assert stack.status()["tunnel"]["state"] == "up"
+
+
+def relay_reloads(stack: Stack, result: str) -> float:
+    text = http_get(stack.url("relay_metrics", "/metrics")).decode()
+    return metric_value(text, "relay_config_reloads_total", {"result": result}) or 0.0
+
+
+def presented_expiry(stack: Stack) -> datetime:
+    """The expiry of the certificate the relay's engineer listener presents to a new client."""
+    raw = socket.create_connection(("127.0.0.1", stack.ports["relay_eng"]), timeout=10)
+    with tls_context(stack.pki.ca_cert).wrap_socket(raw, server_hostname="localhost") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).not_valid_after_utc
+
+
+def test_the_relay_takes_a_renewed_certificate_for_new_handshakes(stack: Stack) -> None:
+    before = connects(stack)
+    done = relay_reloads(stack, "success")
+    old_expiry = presented_expiry(stack)
+    pki = stack.pki
+    issue_relay_certificate(
+        pki.ca_cert,
+        pki.ca_key,
+        pki.relay_cert,
+        pki.relay_key,
+        names=RELAY_NAMES,
+        days=30,
+        force=True,
+    )
+    sighup(stack, "relay")
+    wait_until("the relay's reload", lambda: relay_reloads(stack, "success") == done + 1)
+    assert presented_expiry(stack) < old_expiry
+    assert connects(stack) == before  # the gateway's tunnel carried on
+    assert answers(stack.ports["forward"])
+
+
+def test_a_broken_relay_config_is_refused_and_the_relay_serves_on(stack: Stack) -> None:
+    refused = relay_reloads(stack, "failure")
+    config = stack.layout.relay_config
+    good = config.read_text()
+    config.write_text(good.replace("[gateways]", "[gateways]\nlisten_typo = 1", 1))
+    try:
+        sighup(stack, "relay")
+        wait_until("the refusal", lambda: relay_reloads(stack, "failure") == refused + 1)
+    finally:
+        config.write_text(good)
+    lines = [x for x in stack.procs["relay"].text().splitlines() if "not reloaded" in x]
+    assert len(lines) == 1 and "listen_typo" in lines[0], lines
+    assert answers(stack.ports["forward"])
+    assert stack.procs["relay"].popen.poll() is None
