@@ -389,11 +389,7 @@ class ConfigReloader:
                 saved=saved.value,
             )
             return
-        old = daemon.policy.set_mode(new.access_mode)
-        if old is not new.access_mode:
-            daemon.consent.auditor.record(
-                "mode.changed", who="config reload", old=old.value, new=new.access_mode.value
-            )
+        daemon.consent.apply_configured_mode(new.access_mode)
 
 
 def _read_fingerprints(config: GatewayConfig) -> Fingerprints:

@@ -309,8 +309,12 @@ class ReloaderTests(SynchronousTestCase):
         self.assertEqual(self.daemon.config.status_listen, Address("127.0.0.1", 8082))
 
     def test_the_file_s_mode_applies_when_the_plant_never_chose_one(self) -> None:
+        grant = self.daemon.consent.implicit_session("erin")
+        assert not isinstance(grant, Refused)
         self.reload_with(access_mode=AccessMode.DISABLED)
         self.assertIs(self.daemon.policy.mode, AccessMode.DISABLED)
+        self.assertIsNone(self.daemon.consent.grant(grant.session))  # ended, as a switch would
+        self.assertIsNone(self.daemon.state.read_mode())  # the file said it: nothing saved
         [record] = self.records("mode.changed")
         self.assertEqual(record["who"], "config reload")
 
