@@ -341,3 +341,40 @@ class ReloaderTests(SynchronousTestCase):
         now = self.daemon.consent.grant(grant.session)
         assert now is not None
         self.assertEqual(now.targets, frozenset({"hmi"}))
+
+    def test_use_identity_swaps_the_certificate_for_renewal(self) -> None:
+        """What renewal calls once it has written the new pair in place: the next connection
+        presents it, the live one carries on, the expiry metric follows, and a later SIGHUP
+        sees nothing new."""
+        expiry = self.metric("gateway_certificate_expiry_timestamp_seconds") or 0.0
+        live = FakeConnection()
+        self.daemon.observer.current = live  # type: ignore[assignment]
+        before = self.daemon.tunnel._endpoint.wrapped
+        relay = self.config.relay
+        issue_gateway_certificate(
+            relay.ca,
+            relay.ca.with_name("ca.key"),
+            relay.cert,
+            relay.key,
+            gateway_id="plant7-gw",
+            days=30,
+            force=True,
+        )
+        self.daemon.use_identity(relay.cert, relay.key)
+        self.assertIsNot(self.daemon.tunnel._endpoint.wrapped, before)
+        self.assertEqual(live.drained, [])
+        self.daemon.observer.current = None  # the metrics read a real tunnel's socket
+        renewed = self.metric("gateway_certificate_expiry_timestamp_seconds") or 0.0
+        self.assertLess(renewed, expiry)
+        outcome = self.daemon.reload()
+        assert outcome.plan is not None
+        self.assertEqual(outcome.plan.changes(), [])
+
+    def test_use_identity_refuses_a_pair_that_does_not_match(self) -> None:
+        from gateway.tls import TLSFileError
+
+        before = self.daemon.tunnel._endpoint.wrapped
+        relay = self.config.relay
+        with self.assertRaises(TLSFileError):
+            self.daemon.use_identity(relay.cert, relay.ca.with_name("ca.key"))
+        self.assertIs(self.daemon.tunnel._endpoint.wrapped, before)
