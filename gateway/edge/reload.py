@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 from attrs import frozen
 from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
@@ -261,9 +262,12 @@ class ConfigReloader:
             return self._refused(str(e))
         if endpoint_check is not None:
             return self._refused(endpoint_check)
-        warnings = self._apply(old, new, plan)
-        self.files = files
-        daemon.config = new
+        warnings, running = self._apply(old, new, plan)
+        if running.relay == new.relay:
+            self.files = files
+        # What runs now: the new file, but for what could not be applied (a port taken, the
+        # state directory), so that the next SIGHUP tries those again.
+        daemon.config = running
         changes = plan.changes()
         self.metrics.applied.inc()
         self.metrics.last_ok.set(1)
@@ -313,15 +317,20 @@ class ConfigReloader:
             )
         return None
 
-    def _apply(self, old: GatewayConfig, new: GatewayConfig, plan: ReloadPlan) -> list[str]:
+    def _apply(
+        self, old: GatewayConfig, new: GatewayConfig, plan: ReloadPlan
+    ) -> tuple[list[str], GatewayConfig]:
+        """Apply ``plan``; the warnings, and the configuration that runs now."""
         daemon = self._daemon
         warnings: list[str] = []
+        running = new
         if plan.relay_changed:
             try:
                 self._apply_relay(new, plan)
             except (TLSFileError, OSError, ValueError) as e:
                 warnings.append(f"relay settings not applied: {e}")
                 log.error("relay settings not applied, the old ones stay: {e}", e=str(e))
+                running = attrs.evolve(running, relay=old.relay)
         daemon.policy.set_targets(new.targets)
         daemon.consent.allowlist_changed()
         gone = frozenset(plan.targets_removed)
@@ -356,10 +365,15 @@ class ConfigReloader:
                 problem = daemon.rebind(kind, new, hosts_only=not change.rebind)
                 if problem is not None:
                     warnings.append(problem)
+                    running = attrs.evolve(
+                        running, **{f"{kind}_listen": getattr(old, f"{kind}_listen")}
+                    )
         for key in plan.restart_needed:
             warnings.append(f"{key} changed: takes effect after a restart")
             log.warn("{key} changed: takes effect after a restart", key=key)
-        return warnings
+        if plan.restart_needed:
+            running = attrs.evolve(running, state_dir=old.state_dir)
+        return warnings, running
 
     def _apply_relay(self, new: GatewayConfig, plan: ReloadPlan) -> None:
         daemon = self._daemon

@@ -306,7 +306,12 @@ class ReloaderTests(SynchronousTestCase):
         self.assertIs(self.daemon.listeners["status"], old)
         self.assertTrue(old.running)
         self.assertIn("status.listen: cannot listen on 127.0.0.1:8082", outcome.warnings[0])
-        self.assertEqual(self.daemon.config.status_listen, Address("127.0.0.1", 8082))
+        self.assertEqual(self.daemon.config.status_listen, self.config.status_listen)
+        self.reactor.taken.clear()  # plant IT freed the port: the next SIGHUP moves it
+        again = self.daemon.reload()
+        assert again.plan is not None
+        self.assertEqual(again.plan.changes(), ["status.listen"])
+        self.assertIsNot(self.daemon.listeners["status"], old)
 
     def test_the_file_s_mode_applies_when_the_plant_never_chose_one(self) -> None:
         grant = self.daemon.consent.implicit_session("erin")
@@ -378,3 +383,14 @@ class ReloaderTests(SynchronousTestCase):
         with self.assertRaises(TLSFileError):
             self.daemon.use_identity(relay.cert, relay.ca.with_name("ca.key"))
         self.assertIs(self.daemon.tunnel._endpoint.wrapped, before)
+
+    def test_a_moved_state_directory_is_left_for_a_restart(self) -> None:
+        elsewhere = self.config.state_dir.parent / "elsewhere"
+        outcome = self.reload_with(state_dir=elsewhere, checks_interval=60)
+        self.assertTrue(outcome.applied)
+        self.assertEqual(
+            outcome.warnings, ("service.state_dir changed: takes effect after a restart",)
+        )
+        self.assertEqual(self.daemon.config.state_dir, self.config.state_dir)
+        self.assertEqual(self.daemon.config.checks_interval, 60)
+        self.assertFalse(elsewhere.exists())
