@@ -63,6 +63,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.refused": (SR_AUDIT, SR_AUTHENTICATION, SR_INTEGRITY),
     "gateway.id_conflict": (SR_AUDIT, SR_AUTHENTICATION),
     "limit.reached": (SR_AUDIT, SR_RESOURCE),
+    # Gateway and relay: the configuration reloaded on SIGHUP (or refused: result "refused").
+    "config.reloaded": (SR_AUDIT,),
     # The trail itself (written by gateway.auditlog, not by callers).
     "audit.rotated": (SR_AUDIT, SR_AUDIT_STORAGE),
     "audit.lost": (SR_AUDIT, SR_AUDIT_FAILURE),

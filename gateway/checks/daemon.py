@@ -25,6 +25,7 @@ from gateway.checks.env import CheckEnv, TLSFacts, TunnelState
 from gateway.checks.probe import relay_time_of
 from gateway.checks.result import CheckResult, Shared
 from gateway.checks.runner import run_checks
+from gateway.config import GatewayConfig
 from gateway.edge.events import ITunnelEvents
 from gateway.edge.status import CheckReport, IStatusView, StatusReport
 
@@ -111,6 +112,16 @@ class DaemonChecks(Service):
             if call is not None and call.active():
                 call.cancel()
         self._next = self._soon = None
+
+    def set_interval(self, interval: float) -> None:
+        """A reloaded ``[checks] interval``: the next run is due that long from now."""
+        self._interval = interval
+        if self.running and self._running is None:
+            self._schedule(interval)
+
+    def use_config(self, config: GatewayConfig) -> None:
+        """Check against a reloaded configuration (relay, proxy, targets) from the next run."""
+        self._env.config = config
 
     def _schedule(self, delay: float) -> None:
         if self._next is not None and self._next.active():

@@ -13,7 +13,7 @@ from pathlib import Path
 from attrs import frozen
 
 from gateway.cli.common import Commands, Console, UsageError
-from gateway.cli.process import global_reactor, serve
+from gateway.cli.process import add_log_flags, global_reactor, serve
 from gateway.config import RelayConfig
 
 
@@ -45,6 +45,7 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument("action", nargs="*", metavar="add-engineer NAME", help="manage engineers")
     parser.add_argument("-c", "--config", required=True, type=Path, help="relay.toml")
+    add_log_flags(parser)
     for action in ACTIONS.values():
         if action.flags is not None:
             action.flags(parser)

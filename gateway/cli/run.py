@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from gateway.cli.common import Commands, Console
-from gateway.cli.process import global_reactor, serve
+from gateway.cli.process import add_log_flags, global_reactor, serve
 
 
 def register(commands: Commands) -> None:
     parser = commands.add("run", run, help="the edge daemon (foreground; systemd runs it)")
     parser.add_argument("-c", "--config", required=True, type=Path, help="gateway.toml")
+    add_log_flags(parser)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

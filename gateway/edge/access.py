@@ -130,6 +130,11 @@ class AccessPolicy:
     def target(self, name: str) -> Target | None:
         return self._targets.get(name)
 
+    def set_targets(self, targets: tuple[Target, ...]) -> None:
+        """A new allowlist (a reloaded gateway.toml) for every stream asked for from now on;
+        the reload ends the live streams to targets that left it."""
+        self._targets = {t.name: t for t in targets}
+
     def set_mode(self, mode: AccessMode) -> AccessMode:
         """Switch the mode for every stream asked for from now on; returns the old mode.
 

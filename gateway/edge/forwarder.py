@@ -292,6 +292,16 @@ class StreamForwarder:
         for conn in list(self.active.values()):
             conn.to_target.transport.abortConnection()
 
+    def abort_targets(self, names: frozenset[str]) -> list[str]:
+        """Cut every connection to these targets (they left the allowlist, or moved to another
+        address, in a reload); the ids cut."""
+        cut = []
+        for conn in list(self.active.values()):
+            if conn.target in names:
+                cut.append(conn.id)
+                conn.to_target.transport.abortConnection()
+        return cut
+
     def abort_session(self, session_id: str) -> None:
         """Cut every connection of a session that ended (the engineer sees the stream reset)."""
         for conn in list(self.active.values()):

@@ -18,8 +18,11 @@ Three parts, one job each:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from pathlib import Path
 from random import Random
 
+import attrs
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -166,13 +169,14 @@ class ReportingEndpoint:
     """Wraps the relay endpoint so that every failed dial is explained in the log and status."""
 
     def __init__(self, wrapped: IStreamClientEndpoint, observer: TunnelObserver) -> None:
-        self._wrapped, self._observer = wrapped, observer
+        self.wrapped, self._observer = wrapped, observer
+        """``wrapped``: replaced when the relay settings or the identity change (next dial)."""
 
     def __repr__(self) -> str:
-        return repr(self._wrapped)
+        return repr(self.wrapped)
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        d = self._wrapped.connect(protocolFactory)
+        d = self.wrapped.connect(protocolFactory)
 
         def report(failure: Failure) -> Failure:
             self._observer.dial_failed(failure)
@@ -202,18 +206,23 @@ class GatewayTunnelService(Service):
         observer: TunnelObserver,
         drain_timeout: float,
         rng: Random | None = None,
+        rebuild: Callable[[RelayLink], IStreamClientEndpoint] | None = None,
     ) -> None:
         self._reactor = reactor
         self._observer = observer
-        self._drain_timeout = drain_timeout
+        self.drain_timeout = drain_timeout
+        self._link = link
+        self._rebuild = rebuild or (lambda new: relay_endpoint(new, reactor))
+        """How an endpoint is made for new relay settings (`use_link`, `use_identity`)."""
         # No prepareConnection: ClientService has no transition for a connection lost while
         # one is pending (a traceback on every failed handshake).  The tunnel enforces its own
         # handshake deadline (TunnelConnection.ready_timeout) and the backoff keeps counting
         # failures until HTTP/2 is really up (TunnelObserver.tunnel_ready resets it).
         self.backoff = Backoff(rng or Random(), base=1.0, cap=link.reconnect_cap)
         observer.backoff = self.backoff
+        self._endpoint = ReportingEndpoint(endpoint, observer)
         self.client = ClientService(
-            ReportingEndpoint(endpoint, observer),
+            self._endpoint,
             make_protocol,
             retryPolicy=self.backoff,
             clock=reactor,
@@ -223,6 +232,33 @@ class GatewayTunnelService(Service):
     def current(self) -> TunnelConnection | None:
         return self._observer.current
 
+    @property
+    def link(self) -> RelayLink:
+        """The relay settings the next connection is made with (heartbeat, timeouts too)."""
+        return self._link
+
+    def use_identity(self, cert: Path, key: Path) -> None:
+        """Present this certificate and key from the next connection on; the tunnel that is up
+        now carries on undisturbed.  For a renewed certificate (``SIGHUP`` after the files were
+        replaced, or the renewal through the tunnel).  The files are read now: a pair that
+        cannot be used raises `gateway.tls.TLSFileError` and the old identity stays."""
+        self.use_link(attrs.evolve(self._link, cert=cert, key=key))
+
+    def use_link(self, link: RelayLink, *, reconnect: str | None = None) -> Deferred[None]:
+        """Dial with ``link`` from now on (its files read now; an error raises and nothing
+        changes).  ``reconnect``: why the tunnel that is up must be replaced (the relay's
+        address, CA or proxy changed): it drains as on shutdown, then the next dial uses the new
+        settings.  Without it the live tunnel is kept.  Fires once the old tunnel has gone."""
+        endpoint = self._rebuild(link)
+        self._link = link
+        self._endpoint.wrapped = endpoint
+        self.backoff.set_cap(link.reconnect_cap)
+        connection = self.current
+        if reconnect is None or connection is None or not self.running:
+            return succeed(None)
+        log.info("reconnecting to the relay: {why}", why=reconnect)
+        return connection.drain(self.drain_timeout)
+
     def startService(self) -> None:
         super().startService()
         self.client.startService()
@@ -231,12 +267,12 @@ class GatewayTunnelService(Service):
         super().stopService()
         self._observer.stopped()
         connection = self.current
-        drained = succeed(None) if connection is None else connection.drain(self._drain_timeout)
+        drained = succeed(None) if connection is None else connection.drain(self.drain_timeout)
         if connection is not None and connection.streams:
             log.info(
                 "draining {n} open streams (at most {t:g}s)",
                 n=len(connection.streams),
-                t=self._drain_timeout,
+                t=self.drain_timeout,
             )
 
         def stop_client(_: object) -> Deferred[None]:

@@ -9,12 +9,18 @@ control (`IConsent`) that the control socket, the JSON API and the tunnel's sess
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, cast
+
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from gateway.audit import IAuditTrail
@@ -29,6 +35,7 @@ from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
+from gateway.edge.reload import ConfigReloader, ListenerKind, ReloadOutcome, fingerprints
 from gateway.edge.requestaudit import RequestAudit
 from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
@@ -49,6 +56,8 @@ from gateway.web.api import (
 )
 from gateway.web.site import local_listener
 from gateway.web.status import status_root
+
+log = Logger()
 
 
 class EdgeDaemon(MultiService):
@@ -135,14 +144,15 @@ class EdgeDaemon(MultiService):
         self.batch = batch = WriteBatch()  # one per daemon, shared by its tunnel connections
 
         def make_tunnel() -> TunnelConnection:
+            now = self.tunnel.link  # a reload's heartbeat and timeouts: from the next connection
             return TunnelConnection(
                 client_side=False,
                 clock=reactor,
                 handler=self.dispatcher,
                 observer=self.observer,
-                heartbeat_interval=link.heartbeat.interval,
-                heartbeat_timeout=link.heartbeat.timeout,
-                ready_timeout=link.connect_timeout + link.heartbeat.timeout,
+                heartbeat_interval=now.heartbeat.interval,
+                heartbeat_timeout=now.heartbeat.timeout,
+                ready_timeout=now.connect_timeout + now.heartbeat.timeout,
                 batch=batch,
             )
 
@@ -162,23 +172,75 @@ class EdgeDaemon(MultiService):
         # Both web listeners under the rules of gateway.web.site (deadlines, body and connection
         # limits, Host allowlist, security headers), with a warning if others can reach them.
         # The API acts for loopback callers only.
-        if config.status_listen is not None:
-            local_listener(
-                reactor,
-                "status",
-                config.status_listen,
-                status_root(self.view, api_root(self.view, self.consent, loopback_operator)),
-                config.status_allowed_hosts,
-            ).setServiceParent(self)
-        if config.metrics_listen is not None:
-            root = Resource()
-            root.putChild(b"metrics", MetricsResource(registry=self.registry))
-            local_listener(
-                reactor, "metrics", config.metrics_listen, root, config.metrics_allowed_hosts
-            ).setServiceParent(self)
+        self._reactor = reactor
+        self.listeners: dict[ListenerKind, StreamServerEndpointService] = {}
+        for kind in ("status", "metrics"):
+            listener = self._listener(kind, config)
+            if listener is not None:
+                listener.setServiceParent(self)
+                self.listeners[kind] = listener
         self.tunnel.setServiceParent(self)
         # After the tunnel, so it stops first: engineers hear why before the tunnel drains.
         self.consent.setServiceParent(self)
+        # SIGHUP: gateway.toml again, applied without dropping the tunnel (gateway.edge.reload).
+        self.reloader = ConfigReloader(self, reactor, self.registry)
+
+    def reload(self) -> ReloadOutcome:
+        """Read gateway.toml again and apply it (``SIGHUP``); a broken file changes nothing."""
+        return self.reloader.reload()
+
+    def use_identity(self, cert: Path, key: Path) -> None:
+        """Present a new certificate and key from the next tunnel connection on, without dropping
+        the one that is up (renewal); the expiry metric follows.  Raises
+        `gateway.tls.TLSFileError` for a pair that cannot be used (nothing changes then)."""
+        self.tunnel.use_identity(cert, key)
+        self.metrics.set_certificate(cert.read_bytes())
+        self.reloader.files = fingerprints(self.tunnel.link)
+
+    def _listener(
+        self, kind: ListenerKind, config: GatewayConfig
+    ) -> StreamServerEndpointService | None:
+        """The ``[status]`` or ``[metrics]`` listener ``config`` asks for (None: none)."""
+        address = config.status_listen if kind == "status" else config.metrics_listen
+        if address is None:
+            return None
+        hosts = config.status_allowed_hosts if kind == "status" else config.metrics_allowed_hosts
+        return local_listener(self._reactor, kind, address, self._web_root(kind), hosts)
+
+    def _web_root(self, kind: ListenerKind) -> Resource:
+        if kind == "status":
+            return status_root(self.view, api_root(self.view, self.consent, loopback_operator))
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=self.registry))
+        return root
+
+    def rebind(self, kind: ListenerKind, config: GatewayConfig, *, hosts_only: bool) -> str | None:
+        """Move the ``kind`` listener to ``config``'s address: the new one is bound before the
+        old one closes, and if it cannot be, the old one stays (the problem is returned and
+        logged).  ``hosts_only``: the same address, new ``allowed_hosts`` for new connections."""
+        old = self.listeners.get(kind)
+        new = self._listener(kind, config)
+        if hosts_only and old is not None and new is not None:
+            cast(Any, old.factory).rules = cast(Any, new.factory).rules
+            return None
+        if new is not None:
+            new._raiseSynchronously = True
+            try:
+                new.setServiceParent(self)
+            except CannotListenError as e:
+                self.removeService(new)
+                problem = (
+                    f"{config.path}: {kind}.listen: cannot listen on "
+                    f"{e.interface or '*'}:{e.port} ({e.socketError}); still on the old address"
+                )
+                log.error("{problem}", problem=problem)
+                return problem
+            self.listeners[kind] = new
+        else:
+            self.listeners.pop(kind, None)
+        if old is not None:
+            old.disownServiceParent()
+        return None
 
     def _tunnel_path(self) -> PathReport | None:
         """The path of the tunnel that is up now, for the metrics (None while it is down)."""

@@ -338,6 +338,23 @@ class ConsentService(Service):
                 except StateWriteError as e:
                     log.error("access mode file could not be put back ({why})", why=e)
                 raise ConsentRefused("audit-unavailable", AUDIT_UNAVAILABLE) from None
+        self._switch(old, new, by)
+        return old
+
+    def apply_configured_mode(self, mode: AccessMode) -> AccessMode:
+        """A reloaded gateway.toml's ``[access] mode``, while the plant has chosen none: applied
+        as a switch by the plant would be (streams, sessions and requests it no longer allows
+        end), audited, but not saved (the file says it).  Returns the old mode."""
+        old = self._policy.mode
+        if mode is old:
+            return old
+        by = Actor("gateway", "config reload")
+        self.auditor.record("mode.changed", who=str(by), old=old.value, new=mode.value)
+        self._switch(old, mode, by)
+        return old
+
+    def _switch(self, old: AccessMode, new: AccessMode, by: Actor) -> None:
+        """Switch the policy to ``new`` and end what it no longer allows."""
         log.info("access mode {old} -> {new} by {who}", old=old.value, new=new.value, who=str(by))
         self._policy.set_mode(new)
         if new is AccessMode.DISABLED:
@@ -356,7 +373,6 @@ class ConsentService(Service):
                 if live.info.implicit:
                     self._finish(live, by, why)
         self._changed()
-        return old
 
     # -- IConsent: requests ----------------------------------------------------------------------
 
@@ -511,6 +527,17 @@ class ConsentService(Service):
         self._finish(live, by, f"ended by the plant: {text}" if text else "ended by the plant")
         self._changed()
         return snapshot
+
+    def allowlist_changed(self) -> None:
+        """The allowlist was reloaded: the implicit sessions of ``unattended`` mode cover the
+        whole allowlist, so they follow it (new targets in, removed ones out).  Sessions the
+        plant approved keep the targets it approved; the policy refuses those that left."""
+        names = tuple(self._policy.target_names)
+        for session_id in self._implicit.values():
+            live = self._sessions.get(session_id)
+            if live is not None and live.info.targets != names:
+                live.info = attrs.evolve(live.info, targets=names)
+        self._changed()
 
     def end_all(self, by: Actor, reason: str = "") -> list[Session]:
         text = clean_text(reason)

@@ -28,8 +28,15 @@ class Backoff:
     """
 
     def __init__(self, rng: Random, *, base: float = 1.0, cap: float = 60.0) -> None:
+        self._rng, self._base, self.cap = rng, base, cap
         self._delay = full_jitter(rng, base=base, cap=cap)
         self.failures = 0
+
+    def set_cap(self, cap: float) -> None:
+        """A new longest delay (a reloaded ``reconnect_max_delay``), from the next retry on."""
+        if cap != self.cap:
+            self.cap = cap
+            self._delay = full_jitter(self._rng, base=self._base, cap=cap)
 
     def __call__(self, _client_service_attempt: int) -> float:
         self.failures += 1

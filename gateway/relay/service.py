@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
@@ -10,6 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Factory
+from twisted.internet.ssl import CertificateOptions
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -40,6 +42,7 @@ from gateway.relay.lastused import LastUsed, last_used_path
 from gateway.relay.logins import LoginGuard
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import EngineerPath
+from gateway.relay.reload import RelayReloader, RelayReloadOutcome, SwappableOptions
 from gateway.relay.revocation import AccessWatch, LiveStreams
 from gateway.tls import server_options
 from gateway.tunnel.batch import WriteBatch
@@ -153,9 +156,12 @@ class RelayDaemon(MultiService):
         self.control_socket = RelayControlSocket(reactor, config.state_dir, self.desk)
         self.control_socket.setServiceParent(self)
         gw = config.gateways
-        gateway_tls = server_options(gw.cert, gw.key, client_ca=gw.ca)
         eng = config.engineers
-        engineer_tls = server_options(eng.cert, eng.key, client_ca=None)
+        # Swappable: a SIGHUP's new certificates serve every handshake from then on.
+        self.gateway_tls = SwappableOptions(server_options(gw.cert, gw.key, client_ca=gw.ca))
+        self.engineer_tls = SwappableOptions(server_options(eng.cert, eng.key, client_ca=None))
+        gateway_tls = cast(CertificateOptions, self.gateway_tls)
+        engineer_tls = cast(CertificateOptions, self.engineer_tls)
         # Each accepted connection meets its listener's guard before any TLS work.
         self.gateway_listener = StreamServerEndpointService(
             GuardedTLSEndpoint(
@@ -185,6 +191,19 @@ class RelayDaemon(MultiService):
             StreamServerEndpointService(
                 listen_endpoint(reactor, config.metrics_listen), Site(root)
             ).setServiceParent(self)
+        self.reloader = RelayReloader(
+            config=config,
+            gateway_tls=self.gateway_tls,
+            engineer_tls=self.engineer_tls,
+            recheck_engineers=self.access_watch.check,
+            audit=self.audit,
+            clock=reactor,
+            registry=metrics.registry,
+        )
+
+    def reload(self) -> RelayReloadOutcome:
+        """Read relay.toml, engineers.toml and the certificates again (``SIGHUP``)."""
+        return self.reloader.reload()
 
     def _watch_engineer_access(self) -> None:
         """Failed-login limits, and the watch that ends streams whose access was withdrawn
