@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from attrs import frozen
 
@@ -268,7 +269,160 @@ def _audit_view(config: RelayConfig, words: list[str], console: Console) -> int:
     return audit(config, words, argparse.Namespace(since=None, json=False, verify=False), console)
 
 
+# -- enrollment, revocation (issue 19; gateway.enrollment) ---------------------------------------
+
+
+def enroll_token(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """A one-time enrollment token for GATEWAY_ID: printed once, only its hash is kept."""
+    import json
+    import time
+    from datetime import UTC, datetime
+
+    from gateway.cli.common import Refused
+    from gateway.enrollment.revocations import Revocations
+    from gateway.enrollment.tokens import DEFAULT_HOURS, MAX_HOURS, TokenStore
+    from gateway.identity import InvalidGatewayId, validate_gateway_id
+
+    (gateway_id,) = words
+    try:
+        validate_gateway_id(gateway_id)
+    except InvalidGatewayId as e:
+        raise UsageError(str(e)) from None
+    if config.enrollment is None:
+        raise Refused(f"{config.path}: no [enrollment] table: this relay does not enroll gateways")
+    hours = DEFAULT_HOURS if getattr(args, "hours", None) is None else args.hours
+    minutes = getattr(args, "minutes", None)
+    seconds = hours * 3600 if minutes is None else minutes * 60
+    if not 60 <= seconds <= MAX_HOURS * 3600:
+        raise UsageError(f"--hours/--minutes: from 1 minute to {MAX_HOURS:g} hours")
+    why = Revocations(config.state_dir).why_revoked(gateway_id, None)
+    if why is not None:
+        raise Refused(f"{why}; a revoked id stays revoked: enroll the machine under a new id")
+    issued = TokenStore(config.state_dir, time.time).issue(gateway_id, seconds=seconds)
+    expires = datetime.fromtimestamp(issued.expires, UTC).isoformat(timespec="seconds")
+    _relay_audit(config, "enrollment.token_issued", gateway_id, expires=expires)
+    if getattr(args, "json", False):
+        console.print(
+            json.dumps({"gateway": gateway_id, "token": issued.token, "expires": expires})
+        )
+        return 0
+    console.tell(
+        f"Enrollment token for gateway {gateway_id!r}, valid once until {expires} "
+        "(shown once; any older unused token for this id no longer works). On the gateway:"
+    )
+    console.tell(
+        "  gateway enroll --relay RELAY:PORT --ca relay-ca.pem --token TOKEN "
+        "-c /etc/gateway/gateway.toml"
+    )
+    console.print(issued.token)
+    return 0
+
+
+def _enroll_token_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return enroll_token(config, words, argparse.Namespace(json=False), console)
+
+
+def revoke(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """Revoke a gateway id for good (or one certificate with --serial); a running relay cuts
+    its tunnel within a second."""
+    import time
+
+    from gateway.enrollment.revocations import revoke as record
+    from gateway.enrollment.tokens import TokenStore
+    from gateway.identity import InvalidGatewayId, validate_gateway_id
+
+    (gateway_id,) = words
+    try:
+        validate_gateway_id(gateway_id)
+    except InvalidGatewayId as e:
+        raise UsageError(str(e)) from None
+    serial = getattr(args, "serial", None)
+    if serial is not None:
+        try:
+            int(serial, 16)
+        except ValueError:
+            raise UsageError(f"--serial: {serial!r} is not a hexadecimal serial number") from None
+    new = record(config.state_dir, gateway_id, now=time.time(), serial=serial)
+    withdrawn = (
+        0 if serial is not None else TokenStore(config.state_dir, time.time).withdraw(gateway_id)
+    )
+    what = (
+        f"certificate {serial} of gateway {gateway_id!r}" if serial else f"gateway {gateway_id!r}"
+    )
+    if new:
+        _relay_audit(
+            config, "gateway.revoked", gateway_id, serial=serial, tokens_withdrawn=withdrawn
+        )
+    console.tell(
+        f"{what} {'revoked' if new else 'was revoked already'}: a running relay closes its "
+        "tunnel within a second and refuses its tunnels and renewals from now on"
+        + (f"; {withdrawn} unused enrollment token(s) withdrawn" if withdrawn else "")
+    )
+    return 0
+
+
+def _revoke_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return revoke(config, words, argparse.Namespace(serial=None), console)
+
+
+def _relay_audit(config: RelayConfig, event: str, who: str, **details: Any) -> None:
+    """Record in the relay's audit trail (the CLI writes beside the running relay, locked)."""
+    from gateway.auditlog.writer import open_daemon_trail
+    from gateway.cli.process import global_reactor
+
+    trail = open_daemon_trail(config.state_dir, config_file=config.path, clock=global_reactor())
+    try:
+        trail.record(event, who=who, by=_operator(), **details)
+    finally:
+        trail.close()
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _enrollment_flags(parser: argparse.ArgumentParser) -> None:
+    have = set(parser._option_string_actions)
+    if "--hours" not in have:
+        parser.add_argument(
+            "--hours",
+            type=float,
+            metavar="N",
+            help="enroll-token: the token works for N hours (default 24)",
+        )
+        parser.add_argument(
+            "--minutes", type=float, metavar="N", help="enroll-token: N minutes instead"
+        )
+        parser.add_argument(
+            "--serial", metavar="HEX", help="revoke: only the certificate with this serial"
+        )
+    _json_flag(parser)
+
+
 ACTIONS: dict[str, Action] = {
+    "enroll-token": Action(
+        "enroll-token GATEWAY_ID [--hours N] [--json]",
+        1,
+        _enroll_token_view,
+        flags=_enrollment_flags,
+        run_with_flags=enroll_token,
+    ),
+    "revoke": Action(
+        "revoke GATEWAY_ID [--serial HEX]",
+        1,
+        _revoke_view,
+        flags=_enrollment_flags,
+        run_with_flags=revoke,
+    ),
     "add-engineer": Action(
         "add-engineer NAME --gateways PATTERN,... [--expires DAYS]",
         1,

@@ -35,12 +35,14 @@ from gateway.relay.desk import SupportDesk
 from gateway.relay.dialer import LocalDialer
 from gateway.relay.directory import MemoryGatewayDirectory
 from gateway.relay.engineers import EngineerStreams
+from gateway.relay.enrollment import EnrollmentDesk, choose_protocol
 from gateway.relay.gateways import GatewayPeer, GatewayTunnels
 from gateway.relay.lastused import LastUsed, last_used_path
 from gateway.relay.logins import LoginGuard
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import EngineerPath
 from gateway.relay.revocation import AccessWatch, LiveStreams
+from gateway.relay.revoked import RevocationWatch
 from gateway.tls import server_options
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
@@ -89,6 +91,7 @@ class RelayDaemon(MultiService):
         metrics = self.metrics
         self._watch_engineer_access()
         self._guard_connections()
+        handoff = self._enrollment()
         # One batch for both listeners: an engineer's bytes reach the gateway's tunnel in the
         # same reactor turn as they arrived (gateway.tunnel.batch).
         batch = WriteBatch()
@@ -105,12 +108,14 @@ class RelayDaemon(MultiService):
                     guard=self.gateway_guard,
                     audit=self.audit,
                     lines=self.lines,
+                    revoked=self.revocations.why_revoked,
                 ),
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
                 batch=batch,
                 lines=self.lines,
+                handoff=handoff,
             )
 
         dialer = LocalDialer(self.tunnels)
@@ -153,7 +158,9 @@ class RelayDaemon(MultiService):
         self.control_socket = RelayControlSocket(reactor, config.state_dir, self.desk)
         self.control_socket.setServiceParent(self)
         gw = config.gateways
-        gateway_tls = server_options(gw.cert, gw.key, client_ca=gw.ca)
+        gateway_tls = server_options(
+            gw.cert, gw.key, client_ca=gw.ca, enrollment=config.enrollment is not None
+        )
         eng = config.engineers
         engineer_tls = server_options(eng.cert, eng.key, client_ca=None)
         # Each accepted connection meets its listener's guard before any TLS work.
@@ -203,6 +210,41 @@ class RelayDaemon(MultiService):
             last_used=self.last_used,
         )
         self.access_watch.setServiceParent(self)
+
+    def _enrollment(self) -> object:
+        """Revocations (always watched) and, with ``[enrollment]``, the enrollment desk on the
+        gateway listener; the tunnel's ``handoff`` for it, or None."""
+        from gateway._files import private_file_problem
+        from gateway.enrollment.revocations import Revocations
+        from gateway.enrollment.tokens import TokenStore
+        from gateway.tls import TLSFileError
+
+        config, reactor = self.config, self._reactor
+        self.revocations = Revocations(config.state_dir)
+        RevocationWatch(
+            self.revocations, self.tunnels, reactor, self.metrics, audit=self.audit
+        ).setServiceParent(self)
+        settings = config.enrollment
+        if settings is not None:
+            problem = private_file_problem(settings.ca_key, "gateway CA key")
+            if problem is not None:
+                raise TLSFileError(problem)
+        from gateway.pki import PKIError
+
+        try:
+            self.enrollment = EnrollmentDesk(
+                settings,
+                tokens=TokenStore(config.state_dir, reactor.seconds),
+                revocations=self.revocations,
+                clock=reactor,
+                metrics=self.metrics,
+                audit=self.audit,
+            )
+        except PKIError as e:
+            raise TLSFileError(f"[enrollment]: {e}") from None
+        if settings is None:
+            return None
+        return choose_protocol(self.enrollment, reactor, self.metrics, self.lines)
 
     def _guard_connections(self) -> None:
         """Per-source connection limits, the engineers' token deadline and idle timeout, stream

@@ -1,0 +1,260 @@
+"""``gateway enroll``: get this gateway's certificate from the relay with a one-time token.
+
+The key is made here and never leaves the machine (0600; owned by the config's owner when run
+as root, so the daemon's user can read it); only a CSR goes to the relay, over TLS to its
+gateway listener (the tunnel's address, through the same proxy), checked against the pinned CA.
+The certificate that comes back and the key are written together, atomically, and the config's
+``[relay]`` is pointed at them (or, without a config, one is written from a template).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import Commands, Console, Refused, UsageError, address
+
+PROG = "gateway enroll"
+
+TEMPLATE = """\
+# gateway.toml written by `gateway enroll`: the relay, this gateway's certificate and key.
+# Add the processors engineers may reach ([[target]]) and review [access]; the full example
+# with every setting explained is config/gateway.toml in the gateway's sources (or
+# /usr/share/doc/gateway/ in the Debian package).
+
+[relay]
+address = {address}
+ca = {ca}
+cert = {cert}
+key = {key}
+{proxy}
+# [[target]]
+# name = "web"
+# address = "192.168.10.2:80"
+# kind = "http"
+
+[access]
+mode = "attended"
+
+[status]
+listen = "127.0.0.1:8081"
+"""
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add(
+        "enroll",
+        enroll,
+        help="get this gateway's certificate from the relay with a one-time token",
+        description="Create this gateway's private key here (it never leaves the machine), "
+        "send a certificate request to the relay's gateway listener with the one-time token "
+        "from 'gateway relay enroll-token', and write the certificate, the key and the "
+        "config's [relay] cert/key.",
+    )
+    parser.add_argument(
+        "--relay",
+        required=True,
+        type=address,
+        metavar="HOST:PORT",
+        help="the relay's gateway listener (the tunnel's address)",
+    )
+    parser.add_argument(
+        "--ca", required=True, type=Path, help="the vendor CA that signed the relay's certificate"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("GATEWAY_ENROLL_TOKEN"),
+        help="the one-time enrollment token (or GATEWAY_ENROLL_TOKEN)",
+    )
+    parser.add_argument("-c", "--config", required=True, type=Path, help="gateway.toml")
+    parser.add_argument(
+        "--proxy",
+        metavar="http://HOST:PORT",
+        help="an HTTP proxy to go through (default: the config's [relay] proxy)",
+    )
+    parser.add_argument(
+        "--server-name", help="the name on the relay's certificate (default: the relay's host)"
+    )
+
+
+def enroll(args: argparse.Namespace, console: Console) -> int:
+    from gateway.cli.process import react
+    from gateway.config import ConfigError, RelayLink, existing_file, load_gateway_config
+    from gateway.enrollment.tokens import gateway_id_of_token
+
+    if not args.token:
+        raise UsageError("enroll: a token is needed: --token or GATEWAY_ENROLL_TOKEN", prog=PROG)
+    try:
+        gateway_id = gateway_id_of_token(args.token)
+    except ValueError as e:
+        raise UsageError(f"--token: {e}", prog=PROG) from None
+    try:
+        ca = existing_file(str(args.ca))
+    except ValueError as e:
+        raise UsageError(f"--ca {e}", prog=PROG) from None
+    config_path: Path = args.config.absolute()
+    base = config_path.parent
+    existing, relay = _existing(config_path)
+    cert = _path(relay.get("cert"), base, "gateway.pem")
+    key = _path(relay.get("key"), base, "gateway.key")
+    proxy_text = args.proxy if args.proxy is not None else relay.get("proxy")
+    link = RelayLink(
+        address=args.relay,
+        ca=ca,
+        cert=cert,
+        key=key,
+        proxy=_proxy(proxy_text),
+        server_name=args.server_name or relay.get("server_name"),
+        proxy_credentials=existing.relay.proxy_credentials if existing is not None else None,
+        no_proxy=existing.relay.no_proxy if existing is not None else (),
+    )
+    if not base.is_dir():
+        raise UsageError(f"{base}: no such folder for the config", prog=PROG)
+
+    async def main(reactor: Any) -> int:
+        from gateway.enrollment import keys
+        from gateway.enrollment.client import request_certificate
+        from gateway.enrollment.wire import ENROLL_PATH, EnrollmentRefused
+
+        private = keys.new_key()
+        csr = keys.make_csr(private, gateway_id)
+        console.tell(
+            f"{PROG}: asking relay {link.address} for gateway {gateway_id!r}'s certificate"
+        )
+        try:
+            pem = await request_certificate(
+                reactor, link, ENROLL_PATH, {"token": args.token.strip(), "csr": csr.decode()}
+            )
+        except EnrollmentRefused as e:
+            return console.fail(Refused(f"the relay refused: {e.reason}", prog=PROG))
+        install_identity(cert, key, pem, keys.key_pem(private), owner_of=config_path)
+        try:
+            if not config_path.exists():
+                _write_new_config(config_path, link, cert, key, args.proxy)
+            else:
+                update_relay_paths(config_path, cert, key)
+            load_gateway_config(config_path)
+        except ConfigError as e:
+            return console.fail(Refused(f"certificate written, but the config: {e}", prog=PROG))
+        console.tell(
+            f"{PROG}: gateway {gateway_id!r} enrolled: certificate {cert}, key {key} (0600)"
+        )
+        console.tell(f"{PROG}: {config_path} updated; start the gateway (systemctl start gateway)")
+        return 0
+
+    return react(console, args, main)
+
+
+def _existing(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The config if it loads, and its ``[relay]`` table as written.
+
+    A config whose certificate does not exist yet (the package's example, before enrolling)
+    does not load; its ``[relay]`` still says where the certificate and key go.
+    """
+    from gateway.config import ConfigError, load_gateway_config, read_toml
+
+    if not path.exists():
+        return None, {}
+    _, data = read_toml(path)
+    relay = data.get("relay")
+    if not isinstance(relay, dict):
+        raise UsageError(f"{path}: no [relay] table", prog=PROG)
+    try:
+        return load_gateway_config(path), relay
+    except ConfigError:
+        return None, relay
+
+
+def _path(value: object, base: Path, default: str) -> Path:
+    if value is None:
+        return base / default
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"[relay] cert/key: {value!r} is not a file name", prog=PROG)
+    return (base / Path(value).expanduser()).absolute()
+
+
+def _proxy(text: object) -> Any:
+    from gateway.config import ConfigError, _Table
+    from gateway.config import _proxy as parse_proxy
+
+    if text is None:
+        return None
+    try:
+        return parse_proxy(_Table(Path("--proxy"), "", {"proxy": text}))
+    except ConfigError as e:
+        raise UsageError(f"--proxy: {e.problem}", prog=PROG) from None
+
+
+def install_identity(
+    cert: Path, key: Path, cert_pem: bytes, key_pem: bytes, *, owner_of: Path
+) -> None:
+    """Write key (0600) and certificate together; as root, hand them to the config's owner."""
+    from gateway._files import PRIVATE, PUBLIC, install
+
+    install([(key, key_pem, PRIVATE), (cert, cert_pem, PUBLIC)])
+    if os.geteuid() == 0:
+        where = owner_of if owner_of.exists() else owner_of.parent
+        info = where.stat()
+        for path in (key, cert):
+            os.chown(path, info.st_uid, info.st_gid)
+
+
+def _write_new_config(path: Path, link: Any, cert: Path, key: Path, proxy: str | None) -> None:
+    from gateway._files import write_atomically
+
+    text = TEMPLATE.format(
+        address=_quote(str(link.address)),
+        ca=_quote(str(link.ca)),
+        cert=_quote(_relative(cert, path.parent)),
+        key=_quote(_relative(key, path.parent)),
+        proxy=f"proxy = {_quote(proxy)}\n" if proxy else "",
+    )
+    write_atomically(path, text)
+
+
+def update_relay_paths(path: Path, cert: Path, key: Path) -> None:
+    """Set ``cert`` and ``key`` in the config's ``[relay]`` table, keeping everything else."""
+    import re
+
+    from gateway._files import write_atomically
+
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    start = next(
+        (i for i, line in enumerate(lines) if re.match(r"\s*\[relay\]\s*(#.*)?$", line)), None
+    )
+    if start is None:
+        raise UsageError(f"{path}: no [relay] table to update", prog=PROG)
+    end = next(
+        (i for i in range(start + 1, len(lines)) if re.match(r"\s*\[", lines[i])), len(lines)
+    )
+    values = {
+        "cert": _quote(_relative(cert, path.parent)),
+        "key": _quote(_relative(key, path.parent)),
+    }
+    for name, value in values.items():
+        pattern = re.compile(rf"\s*{name}\s*=")
+        for i in range(start + 1, end):
+            if pattern.match(lines[i]):
+                lines[i] = f"{name} = {value}\n"
+                break
+        else:
+            lines.insert(start + 1, f"{name} = {value}\n")
+            end += 1
+    mode = path.stat().st_mode & 0o777
+    write_atomically(path, "".join(lines), mode=mode)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _quote(text: str) -> str:
+    import json
+
+    return json.dumps(text)

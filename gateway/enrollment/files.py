@@ -1,0 +1,51 @@
+"""The relay's enrollment state: ``STATE_DIR/enrollment/``, one JSON file per kind, locked.
+
+The relay and the ``gateway relay`` commands change these files at the same time (a command
+issues a token while the relay uses another), so every change holds ``flock`` on
+``enrollment/lock`` around its read-modify-write, and every write is atomic (`gateway._files`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway._files import write_private
+
+FOLDER = "enrollment"
+
+
+def folder(state_dir: Path) -> Path:
+    return state_dir / FOLDER
+
+
+@contextmanager
+def locked(state_dir: Path) -> Iterator[Path]:
+    """The enrollment folder (created 0700), locked against the other writers."""
+    where = folder(state_dir)
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(where / "lock", os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield where
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, default: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default()
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
