@@ -212,8 +212,9 @@ class GatewayTunnelService(Service):
         # failures until HTTP/2 is really up (TunnelObserver.tunnel_ready resets it).
         self.backoff = Backoff(rng or Random(), base=1.0, cap=link.reconnect_cap)
         observer.backoff = self.backoff
+        self._reporting = ReportingEndpoint(endpoint, observer)
         self.client = ClientService(
-            ReportingEndpoint(endpoint, observer),
+            self._reporting,
             make_protocol,
             retryPolicy=self.backoff,
             clock=reactor,
@@ -222,6 +223,11 @@ class GatewayTunnelService(Service):
     @property
     def current(self) -> TunnelConnection | None:
         return self._observer.current
+
+    def dial_with_renewed_certificate(self, endpoint: IStreamClientEndpoint) -> None:
+        """Renewal (`gateway.edge.renewal`): the next connection dials ``endpoint`` (the new
+        certificate's); the live tunnel carries on as it is."""
+        self._reporting._wrapped = endpoint
 
     def startService(self) -> None:
         super().startService()

@@ -177,8 +177,23 @@ class EdgeDaemon(MultiService):
                 reactor, "metrics", config.metrics_listen, root, config.metrics_allowed_hosts
             ).setServiceParent(self)
         self.tunnel.setServiceParent(self)
+        self._renew_certificate(reactor)
         # After the tunnel, so it stops first: engineers hear why before the tunnel drains.
         self.consent.setServiceParent(self)
+
+    def _renew_certificate(self, reactor: IGatewayReactor) -> None:
+        """At two thirds of its life the certificate is renewed through the relay, and the
+        tunnel dials with the new one from its next connection (`gateway.edge.renewal`)."""
+        from gateway.edge.renewal import CertificateRenewal
+
+        link = self.config.relay
+
+        def renewed(pem: bytes) -> None:
+            self.metrics.set_certificate(pem)
+            self.tunnel.dial_with_renewed_certificate(relay_endpoint(link, reactor))
+
+        self.renewal = CertificateRenewal(link, reactor, self.registry, renewed=renewed)
+        self.renewal.setServiceParent(self)
 
     def _tunnel_path(self) -> PathReport | None:
         """The path of the tunnel that is up now, for the metrics (None while it is down)."""
