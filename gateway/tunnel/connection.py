@@ -374,7 +374,11 @@ class TunnelConnection(Protocol):
         if self.closed:
             return
         if self.handed_off is not None or (self.handoff is not None and not self.is_ready):
-            self._close_transport()  # no HTTP/2 on this connection: nothing to say it in
+            # No HTTP/2 on this connection (yet): nothing to say a GOAWAY in.
+            if self.transport is not None:
+                self._hanging_up = self.handed_off is None
+                self.transport.loseConnection()
+                self._abort_later()
             return
         self.heartbeat.stop()
         try:
