@@ -43,7 +43,7 @@ from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import EngineerPath
 from gateway.relay.revocation import AccessWatch, LiveStreams
 from gateway.relay.revoked import RevocationWatch
-from gateway.tls import server_options
+from gateway.tls import load_ca, server_options
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
 
@@ -244,6 +244,14 @@ class RelayDaemon(MultiService):
             raise TLSFileError(f"[enrollment]: {e}") from None
         if settings is None:
             return None
+        signer = self.enrollment.signer
+        assert signer is not None
+        trusted = load_ca(config.gateways.ca).original.to_cryptography()
+        if signer.ca != trusted:
+            raise TLSFileError(
+                f"{settings.ca_cert}: [enrollment] ca_cert is not the CA in [gateways] ca "
+                f"({config.gateways.ca}): gateways it enrolled could not open their tunnel"
+            )
         return choose_protocol(self.enrollment, reactor, self.metrics, self.lines)
 
     def _guard_connections(self) -> None:

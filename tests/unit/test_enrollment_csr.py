@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,7 +75,9 @@ class CheckCSRTests(SynchronousTestCase):
 
 class SignerTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.pki = make_pki(Path(tempfile.mkdtemp()) / "pki")
+        self.work = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.work)
+        self.pki = make_pki(self.work / "pki")
 
     def test_the_certificate_is_a_client_certificate_from_the_gateway_ca(self) -> None:
         signer = keys.Signer(self.pki.ca_cert, self.pki.ca_key, days=30)
@@ -99,7 +102,7 @@ class SignerTests(SynchronousTestCase):
         self.assertLess(abs(keys.renewal_due(cert) - (start + (end - start) * 2 / 3)), 1)
 
     def test_a_key_that_is_not_the_cas_is_refused(self) -> None:
-        other = make_pki(Path(tempfile.mkdtemp()) / "other")
+        other = make_pki(self.work / "other")
         from gateway.pki import PKIError
 
         with self.assertRaises(PKIError):

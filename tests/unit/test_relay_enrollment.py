@@ -345,3 +345,52 @@ class HandoffTests(SynchronousTestCase):
         connection.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"PRI * HTTP/2.0"))
         connection.connectionLost()
+
+
+class RelayServiceTests(SynchronousTestCase):
+    """``makeService`` with ``[enrollment]``: the gateway CA's key must be private and match."""
+
+    def config(self, **changes: Any) -> Any:
+        import attrs
+
+        from gateway.config import EnrollmentSettings
+        from tests.unit.test_relay_service import relay_config
+
+        base = relay_config(self)
+        pki_dir = base.gateways.ca.parent
+        settings = EnrollmentSettings(base.gateways.ca, pki_dir / "ca.key", 30.0)
+        return attrs.evolve(base, enrollment=attrs.evolve(settings, **changes))
+
+    def test_the_gateway_listener_hands_off_enrollment(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from gateway.relay.service import makeService
+
+        daemon = makeService(self.config(), MemoryReactorClock())  # type: ignore[arg-type]
+        connection = daemon.gateway_factory.buildProtocol(PEER)
+        self.assertIsNotNone(connection.handoff)
+        self.assertIsNotNone(daemon.enrollment.signer)
+
+    def test_a_readable_ca_key_stops_start_up(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from gateway.relay.service import makeService
+        from gateway.tls import TLSFileError
+
+        config = self.config()
+        config.enrollment.ca_key.chmod(0o644)
+        with self.assertRaisesRegex(TLSFileError, "readable by others"):
+            makeService(config, MemoryReactorClock())  # type: ignore[arg-type]
+
+    def test_a_ca_the_listener_does_not_trust_stops_start_up(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from gateway.relay.service import makeService
+        from gateway.tls import TLSFileError
+
+        where = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, where)
+        other = make_pki(where / "other")
+        config = self.config(ca_cert=other.ca_cert, ca_key=other.ca_key)
+        with self.assertRaisesRegex(TLSFileError, "not the CA in \\[gateways\\] ca"):
+            makeService(config, MemoryReactorClock())  # type: ignore[arg-type]
