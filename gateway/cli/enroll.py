@@ -81,7 +81,15 @@ def register(commands: Commands) -> None:
 
 def enroll(args: argparse.Namespace, console: Console) -> int:
     from gateway.cli.process import react
-    from gateway.config import ConfigError, RelayLink, existing_file, load_gateway_config
+    from gateway.config import (
+        ConfigError,
+        RelayLink,
+        _no_proxy,
+        _proxy,
+        _proxy_credentials,
+        existing_file,
+        load_gateway_config,
+    )
     from gateway.enrollment.tokens import gateway_id_of_token
 
     if not args.token:
@@ -96,19 +104,20 @@ def enroll(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"--ca {e}", prog=PROG) from None
     config_path: Path = args.config.absolute()
     base = config_path.parent
-    existing, relay = _existing(config_path)
-    cert = _path(relay.get("cert"), base, "gateway.pem")
-    key = _path(relay.get("key"), base, "gateway.key")
-    proxy_text = args.proxy if args.proxy is not None else relay.get("proxy")
+    relay = _relay_table(config_path)
+    if args.proxy is not None:
+        relay.data["proxy"] = args.proxy
+    cert = relay.path("cert", must_exist=False, required=False) or base / "gateway.pem"
+    key = relay.path("key", must_exist=False, required=False) or base / "gateway.key"
     link = RelayLink(
         address=args.relay,
         ca=ca,
         cert=cert,
         key=key,
-        proxy=_proxy(proxy_text),
-        server_name=args.server_name or relay.get("server_name"),
-        proxy_credentials=existing.relay.proxy_credentials if existing is not None else None,
-        no_proxy=existing.relay.no_proxy if existing is not None else (),
+        proxy=_proxy(relay),
+        server_name=args.server_name or relay.optional_str("server_name"),
+        proxy_credentials=_proxy_credentials(relay),
+        no_proxy=_no_proxy(relay),
     )
     if not base.is_dir():
         raise UsageError(f"{base}: no such folder for the config", prog=PROG)
@@ -147,44 +156,22 @@ def enroll(args: argparse.Namespace, console: Console) -> int:
     return react(console, args, main)
 
 
-def _existing(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The config if it loads, and its ``[relay]`` table as written.
+def _relay_table(path: Path) -> Any:
+    """The config's ``[relay]`` as written (empty without a config).
 
-    A config whose certificate does not exist yet (the package's example, before enrolling)
-    does not load; its ``[relay]`` still says where the certificate and key go.
+    Read on its own, not with the whole config: before enrolling, the certificate and key it
+    names do not exist yet (the package's example config), and the rest is not ours to check.
     """
-    from gateway.config import ConfigError, load_gateway_config, read_toml
+    from gateway.config import _Table, read_toml
 
-    if not path.exists():
-        return None, {}
-    _, data = read_toml(path)
-    relay = data.get("relay")
-    if not isinstance(relay, dict):
-        raise UsageError(f"{path}: no [relay] table", prog=PROG)
-    try:
-        return load_gateway_config(path), relay
-    except ConfigError:
-        return None, relay
-
-
-def _path(value: object, base: Path, default: str) -> Path:
-    if value is None:
-        return base / default
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"[relay] cert/key: {value!r} is not a file name", prog=PROG)
-    return (base / Path(value).expanduser()).absolute()
-
-
-def _proxy(text: object) -> Any:
-    from gateway.config import ConfigError, _Table
-    from gateway.config import _proxy as parse_proxy
-
-    if text is None:
-        return None
-    try:
-        return parse_proxy(_Table(Path("--proxy"), "", {"proxy": text}))
-    except ConfigError as e:
-        raise UsageError(f"--proxy: {e.problem}", prog=PROG) from None
+    data: dict[str, Any] = {}
+    if path.exists():
+        _, document = read_toml(path)
+        relay = document.get("relay")
+        if not isinstance(relay, dict):
+            raise UsageError(f"{path}: no [relay] table", prog=PROG)
+        data = relay
+    return _Table(path, "relay", data)
 
 
 def install_identity(

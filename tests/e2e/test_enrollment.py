@@ -14,12 +14,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from gateway.config import load_gateway_config
 from tests.helpers.clients import get
+from tests.helpers.pki import make_expired_gateway, make_other_ca_gateway
 from tests.helpers.processes import Stack, fresh_stack, wait_until
+from tests.helpers.squid import start_squid
 
 pytestmark = pytest.mark.e2e
 
@@ -155,9 +159,14 @@ def test_an_expired_token_is_refused(stack: Stack) -> None:
     assert not (s.workdir / "edge" / "gateway.key").exists()
 
 
-def _tls(s: Stack, alpn: str, request: bytes) -> bytes:
+def _tls(
+    s: Stack, alpn: str, request: bytes, cert: Path | None = None, key: Path | None = None
+) -> bytes:
+    """What the relay's gateway listener answers ``request`` with (b"": nothing, or no TLS)."""
     ctx = ssl.create_default_context(cafile=str(s.pki.ca_cert))
     ctx.set_alpn_protocols([alpn])
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(str(cert), str(key))
     with socket.create_connection(("127.0.0.1", s.ports["relay_gw"]), timeout=10) as raw:
         try:
             with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -165,6 +174,8 @@ def _tls(s: Stack, alpn: str, request: bytes) -> bytes:
                 chunks = []
                 while chunk := tls.recv(65536):
                     chunks.append(chunk)
+                    if alpn == "h2":
+                        break  # a tunnel stays open: its first bytes are enough
                 return b"".join(chunks)
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             return b""
@@ -262,3 +273,52 @@ def test_revocation_cuts_the_live_tunnel_and_refuses_it_afterwards(stack: Stack)
     refused = _gateway(s, "relay", "enroll-token", s.gateway_id, "-c", str(s.layout.relay_config))
     assert refused.returncode == 1
     assert "revoked" in refused.stderr
+
+
+def test_enrollment_goes_through_the_plants_proxy_and_writes_a_config(stack: Stack) -> None:
+    s = stack
+    s.start_relay()
+    squid = start_squid(s.workdir / "squid")
+    try:
+        new = s.workdir / "fresh" / "gateway.toml"
+        new.parent.mkdir()
+        done = _gateway(
+            s,
+            "enroll",
+            "--relay",
+            f"127.0.0.1:{s.ports['relay_gw']}",
+            "--ca",
+            str(s.pki.ca_cert),
+            "--token",
+            _token(s),
+            "--proxy",
+            f"http://127.0.0.1:{squid.port}",
+            "-c",
+            str(new),
+        )
+        assert done.returncode == 0, done.stderr
+        wait_until(
+            "squid to log the CONNECT",
+            lambda: f"CONNECT 127.0.0.1:{s.ports['relay_gw']}" in squid.access_log,
+        )
+    finally:
+        squid.stop()
+    config = load_gateway_config(new)
+    assert config.relay.cert == new.parent / "gateway.pem"
+    assert config.relay.proxy is not None and config.relay.proxy.port == squid.port
+    assert stat.S_IMODE(config.relay.key.stat().st_mode) == 0o600
+
+
+def test_a_foreign_or_expired_certificate_cannot_renew_or_tunnel(stack: Stack) -> None:
+    s = stack
+    s.start_relay()
+    other = make_other_ca_gateway(s.workdir / "other", s.gateway_id)
+    expired = make_expired_gateway(s.pki, s.gateway_id)
+    renew = b'POST /v1/renew HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\n{"csr":"x"}'
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    for cert, key in (other, expired):
+        assert _tls(s, "http/1.1", renew, cert, key) == b""  # the handshake fails
+        assert _tls(s, "h2", preface, cert, key) == b""
+    # The stack's own certificate still opens a tunnel (HTTP/2 SETTINGS come back).
+    assert _tls(s, "h2", preface, s.pki.gateway_cert, s.pki.gateway_key) != b""
+    assert s.procs["relay"].popen.poll() is None
