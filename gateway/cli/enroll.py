@@ -77,6 +77,12 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--server-name", help="the name on the relay's certificate (default: the relay's host)"
     )
+    parser.add_argument(
+        "--owner",
+        metavar="USER",
+        help="run as root: who owns the key and certificate (default: the 'gateway' service "
+        "user if there is one, else the config file's owner)",
+    )
 
 
 def enroll(args: argparse.Namespace, console: Console) -> int:
@@ -121,6 +127,7 @@ def enroll(args: argparse.Namespace, console: Console) -> int:
     )
     if not base.is_dir():
         raise UsageError(f"{base}: no such folder for the config", prog=PROG)
+    owner = _owner(args.owner, config_path) if os.geteuid() == 0 else None
 
     async def main(reactor: Any) -> int:
         from gateway.enrollment import keys
@@ -138,7 +145,7 @@ def enroll(args: argparse.Namespace, console: Console) -> int:
             )
         except EnrollmentRefused as e:
             return console.fail(Refused(f"the relay refused: {e.reason}", prog=PROG))
-        install_identity(cert, key, pem, keys.key_pem(private), owner_of=config_path)
+        install_identity(cert, key, pem, keys.key_pem(private), owner=owner)
         try:
             if not config_path.exists():
                 _write_new_config(config_path, link, cert, key, args.proxy)
@@ -174,18 +181,35 @@ def _relay_table(path: Path) -> Any:
     return _Table(path, "relay", data)
 
 
+SERVICE_USER = "gateway"
+"""The Debian package's system user: the daemon that must read the key runs as it."""
+
+
+def _owner(name: str | None, config: Path) -> tuple[int, int]:
+    """(uid, gid) for the key and certificate when run as root."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name or SERVICE_USER)
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if name is not None:
+            raise UsageError(f"--owner: no user {name!r}", prog=PROG) from None
+    info = (config if config.exists() else config.parent).stat()
+    return info.st_uid, info.st_gid
+
+
 def install_identity(
-    cert: Path, key: Path, cert_pem: bytes, key_pem: bytes, *, owner_of: Path
+    cert: Path, key: Path, cert_pem: bytes, key_pem: bytes, *, owner: tuple[int, int] | None
 ) -> None:
-    """Write key (0600) and certificate together; as root, hand them to the config's owner."""
+    """Write key (0600) and certificate together, atomically, then hand them to ``owner`` (run
+    as root); the key is 0600 throughout, so nobody else can read it in between."""
     from gateway._files import PRIVATE, PUBLIC, install
 
     install([(key, key_pem, PRIVATE), (cert, cert_pem, PUBLIC)])
-    if os.geteuid() == 0:
-        where = owner_of if owner_of.exists() else owner_of.parent
-        info = where.stat()
+    if owner is not None:
         for path in (key, cert):
-            os.chown(path, info.st_uid, info.st_gid)
+            os.chown(path, *owner)
 
 
 def _write_new_config(path: Path, link: Any, cert: Path, key: Path, proxy: str | None) -> None:

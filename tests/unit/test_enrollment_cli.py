@@ -183,3 +183,32 @@ class EnrollCommandTests(SynchronousTestCase):
         )
         self.assertEqual(result.code, 2)
         self.assertIn("--token", result.stderr)
+
+
+class KeyOwnerTests(SynchronousTestCase):
+    def test_as_root_the_key_goes_to_the_service_user_and_stays_private(self) -> None:
+        import os
+        import stat
+
+        from gateway.cli.enroll import install_identity
+
+        if os.geteuid() != 0:
+            raise __import__("unittest").SkipTest("needs root to hand files over")
+        work = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, work)
+        cert, key = work / "gateway.pem", work / "gateway.key"
+        install_identity(cert, key, b"CERT", b"KEY", owner=(65534, 65534))
+        for path in (cert, key):
+            self.assertEqual((path.stat().st_uid, path.stat().st_gid), (65534, 65534))
+        self.assertEqual(stat.S_IMODE(key.stat().st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(cert.stat().st_mode), 0o644)
+
+    def test_owner_is_the_named_user_or_the_configs(self) -> None:
+        from gateway.cli.common import UsageError
+        from gateway.cli.enroll import _owner
+
+        work = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, work)
+        self.assertEqual(_owner("root", work / "gateway.toml"), (0, 0))
+        with self.assertRaises(UsageError):
+            _owner("no-such-user-here", work / "gateway.toml")
