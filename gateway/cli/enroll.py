@@ -144,7 +144,8 @@ def enroll(args: argparse.Namespace, console: Console) -> int:
                 reactor, link, ENROLL_PATH, {"token": args.token.strip(), "csr": csr.decode()}
             )
         except EnrollmentRefused as e:
-            return console.fail(Refused(f"the relay refused: {e.reason}", prog=PROG))
+            said = f"the relay refused: {e.reason}" if e.status else f"not enrolled: {e.reason}"
+            return console.fail(Refused(said, prog=PROG))
         install_identity(cert, key, pem, keys.key_pem(private), owner=owner)
         try:
             if not config_path.exists():
@@ -160,6 +161,8 @@ def enroll(args: argparse.Namespace, console: Console) -> int:
         console.tell(f"{PROG}: {config_path} updated; start the gateway (systemctl start gateway)")
         return 0
 
+    if args.log_level == "info":
+        args.log_level = "warn"  # one command, its own lines: not the reactor's
     return react(console, args, main)
 
 

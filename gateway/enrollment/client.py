@@ -110,6 +110,11 @@ class _OneRequest(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         why = describe_tls_failure(reason) if reason is not None else "closed"
+        if not self._status and "TLS" in why:
+            why += (
+                " (a relay without [enrollment] in its relay.toml, or an address that is not its "
+                "gateway listener, ends an enrollment so)"
+            )
         self._fail(EnrollmentRefused("connection-lost", f"the relay closed the connection: {why}"))
 
 
@@ -129,7 +134,9 @@ async def request_certificate(
     endpoint = TLSClientEndpoint(relay_tcp_endpoint(reactor, link), options, reactor)
     protocol = _OneRequest(link.expected_name, path, body(request), reactor)
     try:
-        await endpoint.connect(Factory.forProtocol(lambda: protocol))
+        factory = Factory.forProtocol(lambda: protocol)
+        factory.noisy = False
+        await endpoint.connect(factory)
     except Exception as e:
         raise EnrollmentRefused(
             "unreachable", f"cannot reach relay {link.address}: {describe_tls_failure(Failure(e))}"
