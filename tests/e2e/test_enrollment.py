@@ -322,3 +322,34 @@ def test_a_foreign_or_expired_certificate_cannot_renew_or_tunnel(stack: Stack) -
     # The stack's own certificate still opens a tunnel (HTTP/2 SETTINGS come back).
     assert _tls(s, "h2", preface, s.pki.gateway_cert, s.pki.gateway_key) != b""
     assert s.procs["relay"].popen.poll() is None
+
+
+def test_idle_enrollment_connections_are_bounded_and_cut_off(stack: Stack) -> None:
+    s = stack
+    relay_toml = s.layout.relay_config
+    text = relay_toml.read_text()
+    head = text.index("\n", text.index("[gateways]")) + 1
+    relay_toml.write_text(text[:head] + "max_unauthenticated_per_source = 3\n" + text[head:])
+    s.start_relay()
+    ctx = ssl.create_default_context(cafile=str(s.pki.ca_cert))
+    ctx.set_alpn_protocols(["http/1.1"])
+    idle = []
+    try:
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", s.ports["relay_gw"]), timeout=30)
+            idle.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+        # A fourth from the same address is closed as it is accepted.
+        request = b"POST /v1/enroll HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+        assert _tls(s, "http/1.1", request) == b""
+        # The idle ones are cut off once their time for a request is up.
+        started = time.monotonic()
+        for tls in idle:
+            try:
+                assert tls.recv(100) == b""
+            except (ssl.SSLError, ConnectionResetError):
+                pass
+        assert time.monotonic() - started < 25
+    finally:
+        for tls in idle:
+            tls.close()
+    assert s.procs["relay"].popen.poll() is None
