@@ -109,11 +109,14 @@ def _user_mistake(error: Exception) -> CommandError | None:
     from twisted.internet.error import CannotListenError
 
     from gateway.config import ConfigError
+    from gateway.enrollment.files import StateFileError
     from gateway.relay.credentials import CredentialFileError
     from gateway.tls import TLSFileError
 
     if isinstance(error, ConfigError | TLSFileError | CredentialFileError):
         return UsageError(str(error))
+    if isinstance(error, StateFileError):
+        return Refused(str(error))
     if isinstance(error, CannotListenError):
         return Refused(f"cannot listen on {error.interface}:{error.port}: {error.socketError}")
     return None

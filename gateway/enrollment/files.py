@@ -37,13 +37,19 @@ def locked(state_dir: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+class StateFileError(ValueError):
+    """An enrollment state file that cannot be read; the message names it."""
+
+
 def read_json(path: Path, default: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default()
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StateFileError(f"{path}: cannot read it: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a JSON object")
+        raise StateFileError(f"{path}: not a JSON object")
     return data
 
 

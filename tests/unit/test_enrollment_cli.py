@@ -212,3 +212,15 @@ class KeyOwnerTests(SynchronousTestCase):
         self.assertEqual(_owner("root", work / "gateway.toml"), (0, 0))
         with self.assertRaises(UsageError):
             _owner("no-such-user-here", work / "gateway.toml")
+
+
+class BrokenStateTests(SynchronousTestCase):
+    def test_a_broken_token_file_is_one_line_not_a_traceback(self) -> None:
+        relay = Relay(self)
+        folder = relay.state / "enrollment"
+        folder.mkdir(parents=True)
+        (folder / "tokens.json").write_text("{ broken")
+        result = relay.run("enroll-token", "plant7")
+        self.assertEqual(result.code, 1)
+        self.assertIn("tokens.json: cannot read it", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
