@@ -369,6 +369,42 @@ def _revoke_view(config: RelayConfig, words: list[str], console: Console) -> int
     return revoke(config, words, argparse.Namespace(serial=None), console)
 
 
+def revocations(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """The revoked gateway ids and certificate serials, with when."""
+    import json
+
+    from gateway.enrollment.revocations import listed
+
+    data = listed(config.state_dir)
+    rows = [
+        {"gateway": gateway_id, "serial": None, "revoked": _moment(entry.get("revoked", 0))}
+        for gateway_id, entry in sorted(data["gateways"].items())
+    ] + [
+        {
+            "gateway": entry.get("gateway"),
+            "serial": serial,
+            "revoked": _moment(entry.get("revoked", 0)),
+        }
+        for serial, entry in sorted(data["serials"].items())
+    ]
+    if getattr(args, "json", False):
+        console.print(json.dumps({"revoked": rows}, indent=1))
+        return 0
+    if not rows:
+        console.print("nothing is revoked")
+        return 0
+    for row in rows:
+        what = f"certificate {row['serial']}" if row["serial"] else "every certificate"
+        console.print(f"{row['gateway']}  {what}  revoked {row['revoked']}")
+    return 0
+
+
+def _revocations_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return revocations(config, words, argparse.Namespace(json=False), console)
+
+
 def _relay_audit(config: RelayConfig, event: str, who: str, **details: Any) -> None:
     """Record in the relay's audit trail (the CLI writes beside the running relay, locked)."""
     from gateway.auditlog.writer import open_daemon_trail
@@ -422,6 +458,13 @@ ACTIONS: dict[str, Action] = {
         _revoke_view,
         flags=_enrollment_flags,
         run_with_flags=revoke,
+    ),
+    "revocations": Action(
+        "revocations [--json]",
+        0,
+        _revocations_view,
+        flags=_enrollment_flags,
+        run_with_flags=revocations,
     ),
     "add-engineer": Action(
         "add-engineer NAME --gateways PATTERN,... [--expires DAYS]",

@@ -88,3 +88,9 @@ class Revocations:
         if serial is not None and serial_text(serial) in self.serials:
             return f"this certificate of gateway {gateway_id!r} (serial {serial:x}) was revoked"
         return None
+
+
+def listed(state_dir: Path) -> dict[str, Any]:
+    """The list as written: ``{"gateways": {id: {"revoked"}}, "serials": {hex: {...}}}``."""
+    data = read_json(folder(state_dir) / FILE, _empty)
+    return {"gateways": dict(data.get("gateways", {})), "serials": dict(data.get("serials", {}))}

@@ -224,3 +224,19 @@ class BrokenStateTests(SynchronousTestCase):
         self.assertEqual(result.code, 1)
         self.assertIn("tokens.json: cannot read it", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+
+class RevocationsListTests(SynchronousTestCase):
+    def test_the_list_shows_ids_and_serials(self) -> None:
+        relay = Relay(self)
+        self.assertIn("nothing is revoked", relay.run("revocations").stdout)
+        relay.run("revoke", "plant7")
+        relay.run("revoke", "plant8", "--serial", "abc")
+        text = relay.run("revocations").stdout
+        self.assertIn("plant7  every certificate  revoked ", text)
+        self.assertIn("plant8  certificate abc  revoked ", text)
+        data = json.loads(relay.run("revocations", "--json").stdout)
+        self.assertEqual(
+            [(r["gateway"], r["serial"]) for r in data["revoked"]],
+            [("plant7", None), ("plant8", "abc")],
+        )
