@@ -29,12 +29,25 @@ def locked(state_dir: Path) -> Iterator[Path]:
     """The enrollment folder (created 0700), locked against the other writers."""
     where = folder(state_dir)
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    hand_over(where, state_dir)
     fd = os.open(where / "lock", os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
+        hand_over(where / "lock", state_dir)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield where
     finally:
         os.close(fd)
+
+
+def hand_over(path: Path, state_dir: Path) -> None:
+    """Run as root (an admin's ``gateway relay enroll-token``): leave ``path`` to the owner of
+    the state directory, the relay's user, who must go on reading and writing it."""
+    if os.geteuid() != 0:
+        return
+    owner = state_dir.stat()
+    info = path.stat()
+    if (info.st_uid, info.st_gid) != (owner.st_uid, owner.st_gid):
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 class StateFileError(ValueError):
@@ -54,4 +67,6 @@ def read_json(path: Path, default: Callable[[], dict[str, Any]]) -> dict[str, An
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, 0600, owned as the folder is (see `hand_over`)."""
     write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    hand_over(path, path.parent.parent)

@@ -110,3 +110,18 @@ class RevocationListTests(SynchronousTestCase):
         self.assertFalse(reader.refresh())
         self.assertIsNotNone(reader.problem)
         self.assertIsNotNone(reader.why_revoked("plant7", None))
+
+
+class OwnerTests(SynchronousTestCase):
+    def test_files_written_as_root_stay_the_relays(self) -> None:
+        import os
+
+        if os.geteuid() != 0:
+            raise __import__("unittest").SkipTest("needs root")
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(lambda: __import__("shutil").rmtree(directory))
+        os.chown(directory, 65534, 65534)  # the relay's user owns its state directory
+        TokenStore(directory, Clock().seconds).issue("plant7", seconds=60)
+        revocations.revoke(directory, "plant8", now=1.0)
+        for path in [directory / "enrollment", *(directory / "enrollment").iterdir()]:
+            self.assertEqual((path.stat().st_uid, path.stat().st_gid), (65534, 65534), path)
