@@ -98,7 +98,14 @@ class CertificateRenewal(Service):
         return x509.load_pem_x509_certificate(self.link.cert.read_bytes())
 
     def _schedule_from_certificate(self) -> None:
-        due = keys.renewal_due(self._certificate(), SHARE)
+        certificate = self._certificate()
+        due = keys.renewal_due(certificate, SHARE)
+        log.info(
+            "certificate {serial:x} valid until {until}; renewal through the relay from {due}",
+            serial=certificate.serial_number,
+            until=certificate.not_valid_after_utc.isoformat(),
+            due=_iso(due),
+        )
         self._at(due)
 
     def _at(self, when: float) -> None:
@@ -170,3 +177,9 @@ class CertificateRenewal(Service):
         return await request_certificate(
             self.reactor, self.link, RENEW_PATH, body, cert=self.link.cert, key=self.link.key
         )
+
+
+def _iso(when: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
