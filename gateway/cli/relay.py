@@ -313,11 +313,26 @@ def enroll_token(
         "(shown once; any older unused token for this id no longer works). On the gateway:"
     )
     console.tell(
-        "  gateway enroll --relay RELAY:PORT --ca relay-ca.pem --token TOKEN "
+        f"  gateway enroll --relay {_public_address(config)} --ca relay-ca.pem --token TOKEN "
         "-c /etc/gateway/gateway.toml"
     )
     console.print(issued.token)
     return 0
+
+
+def _public_address(config: RelayConfig) -> str:
+    """HOST:PORT a gateway dials: the first DNS name of the relay's certificate (the listener
+    itself usually listens on every address) and the gateway listener's port."""
+    from cryptography import x509
+
+    port = config.gateways.listen.port
+    try:
+        cert = x509.load_pem_x509_certificate(config.gateways.cert.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = names.get_values_for_type(x509.DNSName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        dns = []
+    return f"{dns[0]}:{port}" if dns else f"RELAY:{port}"
 
 
 def _enroll_token_view(config: RelayConfig, words: list[str], console: Console) -> int:

@@ -61,7 +61,7 @@ class EnrollTokenTests(SynchronousTestCase):
         self.assertEqual(result.code, 0, result.stderr)
         token = result.stdout.strip()
         self.assertTrue(token.startswith("plant7."))
-        self.assertIn("gateway enroll --relay", result.stderr)
+        self.assertIn("gateway enroll --relay localhost:2 --ca", result.stderr)
         stored = (relay.state / "enrollment" / "tokens.json").read_text()
         self.assertNotIn(token, stored)
         self.assertIn(token_hash(token), stored)
