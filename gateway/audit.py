@@ -65,6 +65,14 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "limit.reached": (SR_AUDIT, SR_RESOURCE),
     # Gateway and relay: the configuration reloaded on SIGHUP (or refused: result "refused").
     "config.reloaded": (SR_AUDIT,),
+    # Relay: enrollment, renewal and revocation of gateway certificates (gateway.enrollment).
+    "enrollment.token_issued": (SR_AUDIT, SR_AUTHENTICATION),
+    "enrollment.token_used": (SR_AUDIT, SR_AUTHENTICATION),
+    "enrollment.token_failed": (SR_AUDIT, SR_LOGIN_FAILURES, SR_AUTHENTICATION),
+    "gateway.enrolled": (SR_AUDIT, SR_AUTHENTICATION),
+    "gateway.renewed": (SR_AUDIT, SR_AUTHENTICATION),
+    "gateway.renewal_refused": (SR_AUDIT, SR_AUTHENTICATION),
+    "gateway.revoked": (SR_AUDIT, SR_AUTHENTICATION, SR_AUTHORISATION),
     # The trail itself (written by gateway.auditlog, not by callers).
     "audit.rotated": (SR_AUDIT, SR_AUDIT_STORAGE),
     "audit.lost": (SR_AUDIT, SR_AUDIT_FAILURE),

@@ -314,6 +314,20 @@ class EngineerListener:
 
 
 @frozen
+class EnrollmentSettings:
+    """``[enrollment]`` in relay.toml: the relay signs gateway certificates (issue 19).
+
+    ``ca_key`` is the gateway CA's private key (0600, the relay's user's); ``ca_cert`` its
+    certificate, by default ``[gateways] ca``.  ``certificate_days``: the life of a certificate
+    it issues (fractions allowed, for tests); gateways renew at two thirds of it.
+    """
+
+    ca_cert: Path
+    ca_key: Path
+    certificate_days: float = 90.0
+
+
+@frozen
 class RelayConfig:
     path: Path
     gateways: GatewayListener
@@ -326,6 +340,9 @@ class RelayConfig:
     """``[service] half_close_timeout``: a backstop for a half-closed stream gone quiet.  Each
     gateway enforces its plant's own (default 30 s); the relay's only catches what no gateway
     ends, so it is longer than any gateway should need."""
+    enrollment: EnrollmentSettings | None = None
+    """``[enrollment]``: None, and the relay enrolls no gateway (and its gateway listener
+    demands a certificate in the TLS handshake, as before)."""
 
 
 def _default_state_dir(config: GatewayConfig | RelayConfig) -> Path:
@@ -960,6 +977,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
     eng.finish()
 
     metrics = _listener(top, "metrics")
+    enrollment = _enrollment(top, gateways)
     service = top.table("service", required=False)
     drain, half_close = 10.0, 300.0
     state_dir = _state_dir(service, file)
@@ -976,7 +994,25 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         drain_timeout=drain,
         state_dir=state_dir,
         half_close_timeout=half_close,
+        enrollment=enrollment,
     )
+
+
+def _enrollment(top: _Table, gateways: GatewayListener) -> EnrollmentSettings | None:
+    """``[enrollment] ca_key``, ``ca_cert`` (default ``[gateways] ca``), ``certificate_days``."""
+    table = top.table("enrollment", required=False)
+    if table is None:
+        return None
+    key = _required(table.path("ca_key"))
+    cert = table.path("ca_cert", required=False) or gateways.ca
+    days = table._get("certificate_days", float, "a number of days", 90.0)
+    if isinstance(days, int) and not isinstance(days, bool):
+        days = float(days)
+    assert days is not None
+    if not 0.0002 <= days <= 825:  # 0.0002 days: 17 s, for tests of renewal
+        raise table.error("certificate_days", f"must be between 0.0002 and 825, not {days}")
+    table.finish()
+    return EnrollmentSettings(ca_cert=cert, ca_key=key, certificate_days=days)
 
 
 def _login_limits(eng: _Table) -> LoginLimits:

@@ -12,7 +12,10 @@ from gateway.checks.tls import name_of
 from gateway.tls import TLSFileError, load_identity
 
 RENEW_WITHIN_DAYS = 14
-"""Fail this early before expiry: time enough to get a new certificate from the vendor."""
+"""Fail this early before expiry: time enough to get a new certificate from the vendor.  A short
+certificate (the relay's enrollment may issue them) fails in its last quarter instead: the
+gateway renews it itself at two thirds of its life (`gateway.edge.renewal`), so by then its
+renewals have been failing for a while."""
 
 
 def check_certificate(env: CheckEnv) -> CheckResult:
@@ -34,8 +37,10 @@ def check_certificate(env: CheckEnv) -> CheckResult:
         f"{name_of(certificate.issuer)!r})"
     )
     renew = (
-        f"ask the vendor for a new certificate for gateway {name_of(certificate.subject)!r} and "
-        f"install it as {link.cert} and {link.key}"
+        "the gateway renews it itself through the relay (look for 'certificate renewal failed' "
+        "in its log); or enroll again with a new token (gateway enroll), or ask the vendor for "
+        f"a new certificate for gateway {name_of(certificate.subject)!r} and install it as "
+        f"{link.cert} and {link.key}"
     )
     clock_first = "; but if this gateway's clock is wrong (see the clock check), set the clock"
     if now < start:
@@ -53,7 +58,7 @@ def check_certificate(env: CheckEnv) -> CheckResult:
             renew + clock_first,
         )
     left = end - now
-    if left < RENEW_WITHIN_DAYS * 86400:
+    if left < min(RENEW_WITHIN_DAYS * 86400, (end - start) / 4):
         return failed(
             CERTIFICATE, f"{who} expires on {_day(end)}, in {_days(left)}", renew + " now"
         )

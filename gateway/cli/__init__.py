@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import TextIO
 
 from gateway import __version__
-from gateway.cli import audit, check, connect, control, demo, pki, relay, run, snapshot
+from gateway.cli import audit, check, connect, control, demo, enroll, pki, relay, run, snapshot
 from gateway.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -40,6 +40,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     audit,
     check,
     snapshot,
+    enroll,
 )
 """In the order ``gateway --help`` lists them."""
 
@@ -108,11 +109,14 @@ def _user_mistake(error: Exception) -> CommandError | None:
     from twisted.internet.error import CannotListenError
 
     from gateway.config import ConfigError
+    from gateway.enrollment.files import StateFileError
     from gateway.relay.credentials import CredentialFileError
     from gateway.tls import TLSFileError
 
     if isinstance(error, ConfigError | TLSFileError | CredentialFileError):
         return UsageError(str(error))
+    if isinstance(error, StateFileError):
+        return Refused(str(error))
     if isinstance(error, CannotListenError):
         return Refused(f"cannot listen on {error.interface}:{error.port}: {error.socketError}")
     return None

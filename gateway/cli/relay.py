@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from attrs import frozen
 
@@ -269,7 +270,218 @@ def _audit_view(config: RelayConfig, words: list[str], console: Console) -> int:
     return audit(config, words, argparse.Namespace(since=None, json=False, verify=False), console)
 
 
+# -- enrollment, revocation (issue 19; gateway.enrollment) ---------------------------------------
+
+
+def enroll_token(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """A one-time enrollment token for GATEWAY_ID: printed once, only its hash is kept."""
+    import json
+    import time
+    from datetime import UTC, datetime
+
+    from gateway.cli.common import Refused
+    from gateway.enrollment.revocations import Revocations
+    from gateway.enrollment.tokens import DEFAULT_HOURS, MAX_HOURS, TokenStore
+    from gateway.identity import InvalidGatewayId, validate_gateway_id
+
+    (gateway_id,) = words
+    try:
+        validate_gateway_id(gateway_id)
+    except InvalidGatewayId as e:
+        raise UsageError(str(e)) from None
+    if config.enrollment is None:
+        raise Refused(f"{config.path}: no [enrollment] table: this relay does not enroll gateways")
+    hours = DEFAULT_HOURS if getattr(args, "hours", None) is None else args.hours
+    minutes = getattr(args, "minutes", None)
+    seconds = hours * 3600 if minutes is None else minutes * 60
+    if not 60 <= seconds <= MAX_HOURS * 3600:
+        raise UsageError(f"--hours/--minutes: from 1 minute to {MAX_HOURS:g} hours")
+    why = Revocations(config.state_dir).why_revoked(gateway_id, None)
+    if why is not None:
+        raise Refused(f"{why}; a revoked id stays revoked: enroll the machine under a new id")
+    issued = TokenStore(config.state_dir, time.time).issue(gateway_id, seconds=seconds)
+    expires = datetime.fromtimestamp(issued.expires, UTC).isoformat(timespec="seconds")
+    _relay_audit(config, "enrollment.token_issued", gateway_id, expires=expires)
+    if getattr(args, "json", False):
+        console.print(
+            json.dumps({"gateway": gateway_id, "token": issued.token, "expires": expires})
+        )
+        return 0
+    console.tell(
+        f"Enrollment token for gateway {gateway_id!r}, valid once until {expires} "
+        "(shown once; any older unused token for this id no longer works). On the gateway:"
+    )
+    console.tell(
+        f"  gateway enroll --relay {_public_address(config)} --ca relay-ca.pem --token TOKEN "
+        "-c /etc/gateway/gateway.toml"
+    )
+    console.print(issued.token)
+    return 0
+
+
+def _public_address(config: RelayConfig) -> str:
+    """HOST:PORT a gateway dials: the first DNS name of the relay's certificate (the listener
+    itself usually listens on every address) and the gateway listener's port."""
+    from cryptography import x509
+
+    port = config.gateways.listen.port
+    try:
+        cert = x509.load_pem_x509_certificate(config.gateways.cert.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = names.get_values_for_type(x509.DNSName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        dns = []
+    return f"{dns[0]}:{port}" if dns else f"RELAY:{port}"
+
+
+def _enroll_token_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return enroll_token(config, words, argparse.Namespace(json=False), console)
+
+
+def revoke(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """Revoke a gateway id for good (or one certificate with --serial); a running relay cuts
+    its tunnel within a second."""
+    import time
+
+    from gateway.enrollment.revocations import revoke as record
+    from gateway.enrollment.tokens import TokenStore
+    from gateway.identity import InvalidGatewayId, validate_gateway_id
+
+    (gateway_id,) = words
+    try:
+        validate_gateway_id(gateway_id)
+    except InvalidGatewayId as e:
+        raise UsageError(str(e)) from None
+    serial = getattr(args, "serial", None)
+    if serial is not None:
+        try:
+            int(serial, 16)
+        except ValueError:
+            raise UsageError(f"--serial: {serial!r} is not a hexadecimal serial number") from None
+    new = record(config.state_dir, gateway_id, now=time.time(), serial=serial)
+    withdrawn = (
+        0 if serial is not None else TokenStore(config.state_dir, time.time).withdraw(gateway_id)
+    )
+    what = (
+        f"certificate {serial} of gateway {gateway_id!r}" if serial else f"gateway {gateway_id!r}"
+    )
+    if new:
+        _relay_audit(
+            config, "gateway.revoked", gateway_id, serial=serial, tokens_withdrawn=withdrawn
+        )
+    console.tell(
+        f"{what} {'revoked' if new else 'was revoked already'}: a running relay closes its "
+        "tunnel within a second and refuses its tunnels and renewals from now on"
+        + (f"; {withdrawn} unused enrollment token(s) withdrawn" if withdrawn else "")
+    )
+    return 0
+
+
+def _revoke_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return revoke(config, words, argparse.Namespace(serial=None), console)
+
+
+def revocations(
+    config: RelayConfig, words: list[str], args: argparse.Namespace, console: Console
+) -> int:
+    """The revoked gateway ids and certificate serials, with when."""
+    import json
+
+    from gateway.enrollment.revocations import listed
+
+    data = listed(config.state_dir)
+    rows = [
+        {"gateway": gateway_id, "serial": None, "revoked": _moment(entry.get("revoked", 0))}
+        for gateway_id, entry in sorted(data["gateways"].items())
+    ] + [
+        {
+            "gateway": entry.get("gateway"),
+            "serial": serial,
+            "revoked": _moment(entry.get("revoked", 0)),
+        }
+        for serial, entry in sorted(data["serials"].items())
+    ]
+    if getattr(args, "json", False):
+        console.print(json.dumps({"revoked": rows}, indent=1))
+        return 0
+    if not rows:
+        console.print("nothing is revoked")
+        return 0
+    for row in rows:
+        what = f"certificate {row['serial']}" if row["serial"] else "every certificate"
+        console.print(f"{row['gateway']}  {what}  revoked {row['revoked']}")
+    return 0
+
+
+def _revocations_view(config: RelayConfig, words: list[str], console: Console) -> int:
+    return revocations(config, words, argparse.Namespace(json=False), console)
+
+
+def _relay_audit(config: RelayConfig, event: str, who: str, **details: Any) -> None:
+    """Record in the relay's audit trail (the CLI writes beside the running relay, locked)."""
+    from gateway.auditlog.writer import open_daemon_trail
+    from gateway.cli.process import global_reactor
+
+    trail = open_daemon_trail(config.state_dir, config_file=config.path, clock=global_reactor())
+    try:
+        trail.record(event, who=who, by=_operator(), **details)
+    finally:
+        trail.close()
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _enrollment_flags(parser: argparse.ArgumentParser) -> None:
+    have = set(parser._option_string_actions)
+    if "--hours" not in have:
+        parser.add_argument(
+            "--hours",
+            type=float,
+            metavar="N",
+            help="enroll-token: the token works for N hours (default 24)",
+        )
+        parser.add_argument(
+            "--minutes", type=float, metavar="N", help="enroll-token: N minutes instead"
+        )
+        parser.add_argument(
+            "--serial", metavar="HEX", help="revoke: only the certificate with this serial"
+        )
+    _json_flag(parser)
+
+
 ACTIONS: dict[str, Action] = {
+    "enroll-token": Action(
+        "enroll-token GATEWAY_ID [--hours N] [--json]",
+        1,
+        _enroll_token_view,
+        flags=_enrollment_flags,
+        run_with_flags=enroll_token,
+    ),
+    "revoke": Action(
+        "revoke GATEWAY_ID [--serial HEX]",
+        1,
+        _revoke_view,
+        flags=_enrollment_flags,
+        run_with_flags=revoke,
+    ),
+    "revocations": Action(
+        "revocations [--json]",
+        0,
+        _revocations_view,
+        flags=_enrollment_flags,
+        run_with_flags=revocations,
+    ),
     "add-engineer": Action(
         "add-engineer NAME --gateways PATTERN,... [--expires DAYS]",
         1,

@@ -382,6 +382,7 @@ class ConfigReloader:
             keys = ", ".join(f"relay.{k}" for k in plan.reconnect)
             why = f"{keys} changed by a reload"
         daemon.tunnel.use_link(new.relay, reconnect=why)
+        daemon.renewal.link = new.relay  # renewals use the new files and relay too
         relay = str(new.relay.address)
         daemon.observer.relay = relay
         daemon.tunnel_status.relay = relay

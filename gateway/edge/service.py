@@ -180,6 +180,7 @@ class EdgeDaemon(MultiService):
                 listener.setServiceParent(self)
                 self.listeners[kind] = listener
         self.tunnel.setServiceParent(self)
+        self._renew_certificate(reactor)
         # After the tunnel, so it stops first: engineers hear why before the tunnel drains.
         self.consent.setServiceParent(self)
         # SIGHUP: gateway.toml again, applied without dropping the tunnel (gateway.edge.reload).
@@ -241,6 +242,21 @@ class EdgeDaemon(MultiService):
         if old is not None:
             old.disownServiceParent()
         return None
+
+    def _renew_certificate(self, reactor: IGatewayReactor) -> None:
+        """At two thirds of its life the certificate is renewed through the relay, and the
+        tunnel dials with the new one from its next connection (`gateway.edge.renewal`)."""
+        from gateway.edge.renewal import CertificateRenewal
+
+        def renewed(pem: bytes) -> None:
+            # The renewal replaced the files the link names: present them from the next dial.
+            link = self.tunnel.link
+            self.use_identity(link.cert, link.key)
+
+        self.renewal = CertificateRenewal(
+            self.config.relay, reactor, self.registry, renewed=renewed
+        )
+        self.renewal.setServiceParent(self)
 
     def _tunnel_path(self) -> PathReport | None:
         """The path of the tunnel that is up now, for the metrics (None while it is down)."""

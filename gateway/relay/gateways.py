@@ -158,7 +158,10 @@ class GatewayPeer:
         guard: ConnectionGuard | None = None,
         audit: IAuditTrail | None = None,
         lines: RateLimitedLog | None = None,
+        revoked: Callable[[str, int | None], str | None] | None = None,
     ) -> None:
+        self.revoked = revoked
+        """Why a gateway id or certificate serial is revoked, or None (`gateway.enrollment`)."""
         self.tunnels = tunnels
         self.directory = directory
         self.metrics = metrics
@@ -190,6 +193,12 @@ class GatewayPeer:
         except InvalidGatewayId as e:
             self._refuse_certificate(connection, str(e))
             return
+        if self.revoked is not None:
+            why = self.revoked(gateway_id, _peer_serial(connection))
+            if why is not None:
+                self.gateway_id = gateway_id
+                self._refuse_certificate(connection, why)
+                return
         self.gateway_id, self._connection = gateway_id, connection
         if self.guard is not None:
             self.guard.authenticated(connection)
@@ -305,6 +314,8 @@ class GatewayPeer:
             self.tunnels.answered(self.gateway_id, connection, connection.clock.seconds())
 
     def tunnel_lost(self, connection: TunnelConnection, reason: Failure) -> None:
+        if connection.handed_off is not None:
+            return  # an enrollment request (gateway.relay.enrollment): it logs its own
         if self._waiting_on is not None:
             self._connection = None
             self._heard(News.LOST)  # only clears the wait: this connection is gone
@@ -345,3 +356,10 @@ class GatewayPeer:
                 what=what,
             )
         )
+
+
+def _peer_serial(connection: TunnelConnection) -> int | None:
+    """The serial number of the peer's certificate, if it sent one."""
+    get = getattr(connection.transport, "getPeerCertificate", None)
+    peer = get() if get is not None else None
+    return None if peer is None else int(peer.to_cryptography().serial_number)

@@ -171,7 +171,10 @@ class RelayReloader:
             gateway_tls = engineer_tls = None
             gw, eng = new.gateways, new.engineers
             if plan.gateways_tls:
-                gateway_tls = _options(new, "gateways.cert", gw.cert, gw.key, gw.ca)
+                # Enrollment is not reloaded: the listener keeps taking what it took.
+                gateway_tls = _options(
+                    new, "gateways.cert", gw.cert, gw.key, gw.ca, enrollment=old.enrollment
+                )
             if plan.engineers_tls:
                 engineer_tls = _options(new, "engineers.cert", eng.cert, eng.key, None)
         except ConfigError as e:
@@ -218,9 +221,15 @@ class RelayReloader:
 
 
 def _options(
-    config: RelayConfig, key: str, cert: Path, private: Path, ca: Path | None
+    config: RelayConfig,
+    key: str,
+    cert: Path,
+    private: Path,
+    ca: Path | None,
+    *,
+    enrollment: object | None = None,
 ) -> CertificateOptions:
     try:
-        return server_options(cert, private, client_ca=ca)
+        return server_options(cert, private, client_ca=ca, enrollment=enrollment is not None)
     except TLSFileError as e:
         raise ConfigError(config.path, key, str(e)) from None

@@ -37,6 +37,7 @@ from gateway.relay.desk import SupportDesk
 from gateway.relay.dialer import LocalDialer
 from gateway.relay.directory import MemoryGatewayDirectory
 from gateway.relay.engineers import EngineerStreams
+from gateway.relay.enrollment import EnrollmentDesk, choose_protocol
 from gateway.relay.gateways import GatewayPeer, GatewayTunnels
 from gateway.relay.lastused import LastUsed, last_used_path
 from gateway.relay.logins import LoginGuard
@@ -44,7 +45,8 @@ from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import EngineerPath
 from gateway.relay.reload import RelayReloader, RelayReloadOutcome, SwappableOptions
 from gateway.relay.revocation import AccessWatch, LiveStreams
-from gateway.tls import server_options
+from gateway.relay.revoked import RevocationWatch
+from gateway.tls import load_ca, server_options
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import TunnelConnection
 
@@ -92,6 +94,7 @@ class RelayDaemon(MultiService):
         metrics = self.metrics
         self._watch_engineer_access()
         self._guard_connections()
+        handoff = self._enrollment()
         # One batch for both listeners: an engineer's bytes reach the gateway's tunnel in the
         # same reactor turn as they arrived (gateway.tunnel.batch).
         batch = WriteBatch()
@@ -108,12 +111,14 @@ class RelayDaemon(MultiService):
                     guard=self.gateway_guard,
                     audit=self.audit,
                     lines=self.lines,
+                    revoked=self.revocations.why_revoked,
                 ),
                 heartbeat_interval=heartbeat.interval,
                 heartbeat_timeout=heartbeat.timeout,
                 ready_timeout=heartbeat.interval + heartbeat.timeout,
                 batch=batch,
                 lines=self.lines,
+                handoff=handoff,
             )
 
         dialer = LocalDialer(self.tunnels)
@@ -158,7 +163,10 @@ class RelayDaemon(MultiService):
         gw = config.gateways
         eng = config.engineers
         # Swappable: a SIGHUP's new certificates serve every handshake from then on.
-        self.gateway_tls = SwappableOptions(server_options(gw.cert, gw.key, client_ca=gw.ca))
+        enrolling = config.enrollment is not None
+        self.gateway_tls = SwappableOptions(
+            server_options(gw.cert, gw.key, client_ca=gw.ca, enrollment=enrolling)
+        )
         self.engineer_tls = SwappableOptions(server_options(eng.cert, eng.key, client_ca=None))
         gateway_tls = cast(CertificateOptions, self.gateway_tls)
         engineer_tls = cast(CertificateOptions, self.engineer_tls)
@@ -222,6 +230,49 @@ class RelayDaemon(MultiService):
             last_used=self.last_used,
         )
         self.access_watch.setServiceParent(self)
+
+    def _enrollment(self) -> object:
+        """Revocations (always watched) and, with ``[enrollment]``, the enrollment desk on the
+        gateway listener; the tunnel's ``handoff`` for it, or None."""
+        from gateway._files import private_file_problem
+        from gateway.enrollment.revocations import Revocations
+        from gateway.enrollment.tokens import TokenStore
+        from gateway.tls import TLSFileError
+
+        config, reactor = self.config, self._reactor
+        self.revocations = Revocations(config.state_dir)
+        RevocationWatch(
+            self.revocations, self.tunnels, reactor, self.metrics, audit=self.audit
+        ).setServiceParent(self)
+        settings = config.enrollment
+        if settings is not None:
+            problem = private_file_problem(settings.ca_key, "gateway CA key")
+            if problem is not None:
+                raise TLSFileError(problem)
+        from gateway.pki import PKIError
+
+        try:
+            self.enrollment = EnrollmentDesk(
+                settings,
+                tokens=TokenStore(config.state_dir, reactor.seconds),
+                revocations=self.revocations,
+                clock=reactor,
+                metrics=self.metrics,
+                audit=self.audit,
+            )
+        except PKIError as e:
+            raise TLSFileError(f"[enrollment]: {e}") from None
+        if settings is None:
+            return None
+        signer = self.enrollment.signer
+        assert signer is not None
+        trusted = load_ca(config.gateways.ca).original.to_cryptography()
+        if signer.ca != trusted:
+            raise TLSFileError(
+                f"{settings.ca_cert}: [enrollment] ca_cert is not the CA in [gateways] ca "
+                f"({config.gateways.ca}): gateways it enrolled could not open their tunnel"
+            )
+        return choose_protocol(self.enrollment, reactor, self.metrics, self.lines)
 
     def _guard_connections(self) -> None:
         """Per-source connection limits, the engineers' token deadline and idle timeout, stream

@@ -110,22 +110,40 @@ class _ServerOptions(CertificateOptions):
 
 
 def server_options(
-    cert_path: Path, key_path: Path, *, client_ca: Path | None
+    cert_path: Path,
+    key_path: Path,
+    *,
+    client_ca: Path | None,
+    enrollment: bool = False,
 ) -> CertificateOptions:
-    """TLS options for a relay listener; with ``client_ca`` a client certificate is required."""
+    """TLS options for a relay listener; with ``client_ca`` a client certificate is required.
+
+    ``enrollment`` (the gateway listener of a relay that enrolls gateways): a client certificate
+    is asked for and, if sent, must verify against ``client_ca``, but one without may finish the
+    handshake, and ALPN ``http/1.1`` is offered beside ``h2``.  The relay then serves such a
+    connection one enrollment request and nothing else (`gateway.relay.enrollment`).
+    """
     identity = load_identity(cert_path, key_path)
     extra: dict[str, Any] = {}
+    protocols = [ALPN_H2]
     if client_ca is not None:
         extra["trustRoot"] = load_ca(client_ca)  # also makes the certificate mandatory
+        if enrollment:
+            protocols.append(b"http/1.1")
     # cryptography objects: pyOpenSSL deprecated its own PKey/X509 (Twisted's hints still name them)
-    return _ServerOptions(
+    options = _ServerOptions(
         privateKey=identity.privateKey.original.to_cryptography_key(),
         certificate=identity.original.to_cryptography(),
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=TLS12_CIPHERS,
-        acceptableProtocols=[ALPN_H2],
+        acceptableProtocols=protocols,
         **extra,
     )
+    if client_ca is not None and enrollment:
+        # Asked for and verified if sent (VERIFY_PEER), no longer demanded: Twisted takes
+        # trustRoot and requireCertificate only one at a time, so the flag is set after.
+        options.requireCertificate = False
+    return options
 
 
 def client_options(
@@ -134,8 +152,10 @@ def client_options(
     *,
     cert_path: Path | None = None,
     key_path: Path | None = None,
+    protocols: list[bytes] | None = None,
 ) -> interfaces.IOpenSSLClientConnectionCreator:
-    """TLS options for dialling a relay: pinned CA, host name checked, optional client cert."""
+    """TLS options for dialling a relay: pinned CA, host name checked, optional client cert;
+    ALPN ``h2`` (the tunnel) unless ``protocols`` says otherwise (enrollment: ``http/1.1``)."""
     identity = None
     if cert_path is not None and key_path is not None:
         identity = load_identity(cert_path, key_path)
@@ -143,7 +163,7 @@ def client_options(
         server_name,
         trustRoot=load_ca(ca_path),
         clientCertificate=identity,
-        acceptableProtocols=[ALPN_H2],
+        acceptableProtocols=protocols or [ALPN_H2],
         extraCertificateOptions={
             "raiseMinimumTo": TLSVersion.TLSv1_2,
             "acceptableCiphers": TLS12_CIPHERS,

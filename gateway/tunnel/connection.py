@@ -25,7 +25,13 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -110,11 +116,18 @@ class NullObserver:
         pass
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class TunnelConnection(Protocol):
-    """One HTTP/2 connection carrying many ``TunnelStream``s, with heartbeats and drain."""
+    """One HTTP/2 connection carrying many ``TunnelStream``s, with heartbeats and drain.
+
+    ``handoff`` (the relay's gateway listener, where enrollment shares the port): HTTP/2 starts
+    only once the TLS handshake is done, and first ``handoff(transport)`` may return another
+    protocol to take the connection instead (`handed_off`); this connection then only passes
+    bytes on, and stays what the listener's guard and drain see.
+    """
 
     transport: Any  # the TLS transport (tests: iosim or StringTransport)
+    handed_off: IProtocol | None = None
 
     def __init__(
         self,
@@ -128,8 +141,10 @@ class TunnelConnection(Protocol):
         ready_timeout: float | None = 20.0,
         batch: WriteBatch | None = None,
         lines: RateLimitedLog | None = None,
+        handoff: Any = None,
     ) -> None:
         self.client_side = client_side
+        self.handoff = handoff
         # Lines a peer can make us write at will go through ``lines`` when a program shares one
         # among its connections (see gateway.logsafe); streams find it here too.
         self.lines = lines
@@ -183,6 +198,25 @@ class TunnelConnection(Protocol):
             # TLS handshake and the peer's SETTINGS must arrive in time: a connection that
             # stalls before HTTP/2 (half a ClientHello, silence) would otherwise hold a socket.
             self._ready_deadline = self.clock.callLater(self.ready_timeout, self._not_ready)
+        if self.handoff is None:
+            self._start_h2()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: HTTP/2 starts now, unless ``handoff`` gives the connection to another."""
+        if self.handoff is None or self.closed:
+            return
+        other = self.handoff(self.transport)
+        if other is None:
+            self._start_h2()
+            return
+        self.handed_off = other
+        self.heartbeat.stop()
+        if self._ready_deadline is not None and self._ready_deadline.active():
+            self._ready_deadline.cancel()  # the other protocol keeps its own deadline
+        self._ready_deadline = None
+        other.makeConnection(self.transport)
+
+    def _start_h2(self) -> None:
         self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self.h2.initiate_connection()
@@ -245,6 +279,9 @@ class TunnelConnection(Protocol):
             # After we hung up, TLS keeps reading until the peer answers our close_notify;
             # whatever still arrives is dropped, not buffered (a hostile peer keeps sending).
             return
+        if self.handed_off is not None:
+            self.handed_off.dataReceived(data)
+            return
         self.heartbeat.peer_active()
         self.batch.begin()
         try:
@@ -302,6 +339,8 @@ class TunnelConnection(Protocol):
         if self.closed:
             return
         self.closed = True
+        if self.handed_off is not None:
+            self.handed_off.connectionLost(reason)
         self.heartbeat.stop()
         if self._ready_deadline is not None and self._ready_deadline.active():
             self._ready_deadline.cancel()
@@ -356,6 +395,13 @@ class TunnelConnection(Protocol):
     def close(self, error_code: int = ErrorCodes.NO_ERROR, why: str = "") -> None:
         """Send GOAWAY (with ``why`` as its debug data) and close; open streams end."""
         if self.closed:
+            return
+        if self.handed_off is not None or (self.handoff is not None and not self.is_ready):
+            # No HTTP/2 on this connection (yet): nothing to say a GOAWAY in.
+            if self.transport is not None:
+                self._hanging_up = self.handed_off is None
+                self.transport.loseConnection()
+                self._abort_later()
             return
         self.heartbeat.stop()
         try:

@@ -395,9 +395,19 @@ class CertificateTests(Fixture):
         self.assertTrue(result.remedy.startswith("set this gateway's clock if it is wrong"))
 
     def test_expiring_within_two_weeks_fails(self) -> None:
-        result = check_certificate(self.env(self.with_certificate(days=5)))
+        config = self.with_certificate(days=90, now=datetime.now(UTC) - timedelta(days=85))
+        result = check_certificate(self.env(config))
         self.assertFalse(result.ok)
         self.assertIn("now", result.remedy)
+        self.assertIn("renews it itself", result.remedy)
+
+    def test_a_short_certificate_fails_only_in_its_last_quarter(self) -> None:
+        # The relay's enrollment may issue short certificates; the gateway renews them at
+        # two thirds of their life, so only a renewal that kept failing is a problem.
+        fresh = check_certificate(self.env(self.with_certificate(days=8)))
+        self.assertTrue(fresh.ok, fresh.detail)
+        late = self.with_certificate(days=8, now=datetime.now(UTC) - timedelta(days=7))
+        self.assertFalse(check_certificate(self.env(late)).ok)
 
 
 class TunnelTests(Fixture):

@@ -36,6 +36,7 @@ from gateway.cli.common import (
 COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
 COMMANDS += ["access", "code", "requests", "approve", "deny", "sessions", "end", "audit"]
 COMMANDS += ["check", "snapshot"]
+COMMANDS += ["enroll"]
 
 
 class Run:
@@ -73,7 +74,7 @@ class RegistryTests(SynchronousTestCase):
     def test_every_command_module_registers_its_commands(self) -> None:
         _, commands = build()
         self.assertEqual(list(commands.handlers), COMMANDS)
-        self.assertEqual(len(COMMAND_MODULES), 9)
+        self.assertEqual(len(COMMAND_MODULES), 10)
         for module in COMMAND_MODULES:
             self.assertTrue(callable(getattr(module, "register", None)), module)
 
@@ -96,6 +97,7 @@ class RegistryTests(SynchronousTestCase):
             "audit": "audit -c gateway.toml",
             "check": "check -c gateway.toml --json",
             "snapshot": "snapshot -c gateway.toml -o s.tar.gz",
+            "enroll": "enroll --relay r:1 --ca ca.pem --token t -c gateway.toml",
         }
         for name in COMMANDS:
             args = top.parse_args(argv[name].split())
