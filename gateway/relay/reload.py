@@ -23,9 +23,10 @@ import attrs
 from attrs import frozen
 from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gateway.audit import AuditWriteError, IAuditTrail
 from gateway.config import ConfigError, RelayConfig
@@ -35,6 +36,7 @@ from gateway.tls import TLSFileError, server_options
 log = Logger()
 
 
+@implementer(IOpenSSLContextFactory)
 class SwappableOptions:
     """A listener's TLS options that a reload can replace: each new connection asks for the
     context of the options current then (Twisted calls ``getContext`` per connection)."""

@@ -1,59 +1,17 @@
-"""After a renewal the tunnel dials with the new certificate from its next connection on,
-and ``gateway enroll``'s one request reads the relay's answer or refusal."""
+"""``gateway enroll``'s one request reads the relay's answer or refusal.  (That the tunnel dials
+with a renewed certificate from its next connection on: test_reload's use_identity tests.)"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
-from gateway.config import Address, RelayLink
-from gateway.edge.link import GatewayTunnelService, TunnelObserver
-from gateway.edge.testing import RecordingEvents
 from gateway.enrollment.client import _OneRequest
 from gateway.enrollment.wire import ENROLL_PATH, EnrollmentRefused
-
-
-@implementer(IStreamClientEndpoint)
-class CountingEndpoint:
-    def __init__(self) -> None:
-        self.dials = 0
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        self.dials += 1
-        return fail(ConnectionRefusedError("test"))
-
-
-class DialWithRenewedCertificateTests(SynchronousTestCase):
-    def test_the_next_dial_uses_the_new_endpoint(self) -> None:
-        from pathlib import Path
-
-        clock = Clock()
-        link = RelayLink(Address("relay", 443), Path("ca"), Path("c"), Path("k"))
-        old, new = CountingEndpoint(), CountingEndpoint()
-        service = GatewayTunnelService(
-            link=link,
-            reactor=clock,  # type: ignore[arg-type]
-            endpoint=old,
-            make_protocol=Factory(),
-            observer=TunnelObserver("relay:443", RecordingEvents()),
-            drain_timeout=1,
-        )
-        service.startService()
-        self.assertEqual((old.dials, new.dials), (1, 0))
-        service.dial_with_renewed_certificate(new)
-        clock.advance(60)
-        self.assertEqual(old.dials, 1)
-        self.assertGreaterEqual(new.dials, 1)
-        service.stopService()
 
 
 def exchange(answer: bytes) -> tuple[_OneRequest, StringTransport, list[Any]]:
