@@ -96,6 +96,9 @@ def test_notify_watchdog_restart_reload(name: str) -> None:
         assert s[key] == ["yes"], key
     assert s["ProtectSystem"] == ["strict"]
     assert "DynamicUser" not in s  # state must keep its owner across restarts and upgrades
+    # pyOpenSSL's verify and ALPN callbacks (cffi) need write+execute memory: the TLS
+    # handshake fails under MemoryDenyWriteExecute (seen in tests/e2e/test_package.py).
+    assert "MemoryDenyWriteExecute" not in s
 
 
 def test_gateway_has_no_capability_and_its_own_user() -> None:
