@@ -184,6 +184,12 @@ def test_install_start_upgrade_remove_purge(debs: Path) -> None:
         journal = box.journal("gateway")
         assert re.search(r"tunnel \w+ -> up: connected to relay 127\.0\.0\.1:\d+", journal), journal
         assert "Traceback" not in journal, journal
+        if "bbr" in Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split():
+            # setsockopt(TCP_CONGESTION) passes the unit's system call filter (a refused one
+            # would be EPERM, and this warning).
+            assert "tunnel congestion control:" not in journal, journal
+        # The plant's control commands reach the daemon through its state directory.
+        assert "unattended" in box.out("gateway", "access", "-c", "/etc/gateway/gateway.toml")
         # An engineer's request through the relay on the host and the packaged gateway.
         s.start_connect()
         assert b"<html" in http_get(s.url("forward", "/")).lower()
