@@ -4,7 +4,8 @@ systemd-nspawn container (debootstrap'd bookworm, cached under /var/cache/gatewa
 
 One test, in steps, since each needs the one before: install (files, owners, modes, the user,
 enabled but not started), configure and start (READY, the tunnel's STATUS, watchdog pings under
-the unit's hardening, the journal, an engineer's request through the tunnel), upgrade (the
+the unit's hardening, the journal, an engineer's request through the tunnel), a stuck daemon
+restarted by the watchdog, upgrade (the
 plant's edited conffile kept, the daemon restarted on the new package), the relay's package
 (its unit binds a port below 1024 as its unprivileged user), remove (config and state kept),
 purge (both gone).
@@ -168,7 +169,9 @@ def test_install_start_upgrade_remove_purge(debs: Path) -> None:
         edited = configure_gateway(box, s)
         dropin = box.path("/etc/systemd/system/gateway.service.d/test.conf")
         dropin.parent.mkdir(parents=True)
-        dropin.write_text("[Service]\nWatchdogSec=2s\n")  # pings every second, to see them
+        # Pings every second, to see them; a stuck daemon is killed 3 s after the abort signal
+        # and restarted 1 s later (the package's own: 30 s, 30 s, 5 s).
+        dropin.write_text("[Service]\nWatchdogSec=2s\nTimeoutAbortSec=3s\nRestartSec=1s\n")
         box.run("systemctl", "daemon-reload")
         # Type=notify: start returns once the daemon said READY=1.
         box.start("gateway")
@@ -196,6 +199,18 @@ def test_install_start_upgrade_remove_purge(debs: Path) -> None:
         s.procs.pop("connect").stop()
         audit = box.out("ls", "/var/lib/gateway/audit")
         assert audit, "the audit trail is kept in the state directory"
+
+        # A stuck event loop (here: stopped) pings no more; systemd aborts it and restarts it.
+        stuck = box.show("gateway", "MainPID")
+        box.run("sh", "-c", f"kill -STOP {stuck}")
+        wait_until(
+            "systemd to restart the stuck gateway",
+            lambda: box.show("gateway", "NRestarts") == "1",
+            deadline=40,
+        )
+        assert box.show("gateway", "MainPID") != stuck
+        wait_active_and_up(box, s)
+        assert "Watchdog timeout" in box.run("journalctl", "--no-pager", "-u", "gateway").stdout
 
         # --- upgrade: the plant's edit kept, the daemon restarted on the new package --------
         pid = box.show("gateway", "MainPID")
