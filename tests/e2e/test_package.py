@@ -191,6 +191,14 @@ def test_install_start_upgrade_remove_purge(debs: Path) -> None:
             # setsockopt(TCP_CONGESTION) passes the unit's system call filter (a refused one
             # would be EPERM, and this warning).
             assert "tunnel congestion control:" not in journal, journal
+        # The network check read the interface table: netlink passes the unit's filters.
+        wait_until(
+            "the packaged gateway's network check",
+            lambda: any(c["name"] == "network" for c in s.status()["checks"]),
+            deadline=30,
+        )
+        [network] = [c for c in s.status()["checks"] if c["name"] == "network"]
+        assert network["ok"], network
         # The plant's control commands reach the daemon through its state directory.
         assert "unattended" in box.out("gateway", "access", "-c", "/etc/gateway/gateway.toml")
         # An engineer's request through the relay on the host and the packaged gateway.
