@@ -11,8 +11,9 @@ unit counts as started.  The daemons send:
 * ``WATCHDOG=1`` from a reactor ``LoopingCall`` at half of ``WATCHDOG_USEC``, only when
   ``WATCHDOG_USEC`` is set (and ``WATCHDOG_PID``, when set, is this process): a reactor that is
   stuck stops pinging and systemd restarts the service (``WatchdogSec=`` in the unit);
-* ``STOPPING=1`` when the service tree stops; `Notifier.reloading` sends ``RELOADING=1`` for the
-  reload (SIGHUP) code.
+* ``STOPPING=1`` when the service tree stops; for the reload (SIGHUP) code,
+  `NotifyService.reloading` sends ``RELOADING=1`` and `NotifyService.reloaded` ``READY=1`` again
+  (the service is the daemon's child named ``sd_notify``: ``daemon.getServiceNamed(NAME)``).
 
 A datagram to a non-blocking socket never waits: if systemd's queue is full (or nobody listens
 any more) the message is dropped and logged once, the reactor goes on.  Without
@@ -32,6 +33,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 log = Logger()
+
+NAME = "sd_notify"
+"""The `NotifyService`'s name in the daemon's service tree."""
 
 STATUS_POLL_SECONDS = 1.0
 """How often the daemon's state line is read; a changed line is sent at once."""
@@ -149,7 +153,7 @@ class NotifyService(Service):
     them in reverse (so STOPPING is the first thing systemd hears of the shutdown).
     """
 
-    name = "sd_notify"
+    name = NAME
 
     def __init__(
         self,
@@ -196,6 +200,18 @@ class NotifyService(Service):
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)
+
+    def reloading(self, what: str = "reloading the configuration") -> None:
+        """Before a reload (SIGHUP) is applied: systemd shows the unit "reloading"."""
+        if self.running and self.notifier.enabled:
+            self.notifier.reloading(what)
+
+    def reloaded(self) -> None:
+        """After the reload, applied or refused (the old config still runs): ready again, with
+        the current state line."""
+        if self.running and self.notifier.enabled:
+            self._last_status = self._read_status()
+            self.notifier.ready(self._last_status)
 
     def stopService(self) -> None:
         super().stopService()

@@ -17,6 +17,7 @@ from gateway.edge.events import ITunnelEvents
 from gateway.edge.sdstatus import TunnelLine
 from gateway.relay.sdstatus import relay_line
 from gateway.sdnotify import (
+    NAME,
     Notifier,
     NotifyService,
     notify_address,
@@ -203,3 +204,23 @@ def test_relay_line() -> None:
     tunnels.append(object())
     streams["n"] = 3.0
     assert line() == "2 gateways connected, 3 engineer streams"
+
+
+def test_reloading_then_ready_again(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    state = {"line": "tunnel up to relay r:443"}
+    top = MultiService()
+    NotifyService(Notifier(path), Clock(), lambda: state["line"]).setServiceParent(top)
+    service = top.getServiceNamed(NAME)
+    assert isinstance(service, NotifyService)
+    service.reloading()  # not started yet: nothing to tell
+    top.startService()
+    received(sock)
+    service.reloading("reloading gateway.toml")
+    [message] = received(sock)
+    assert message.startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert message.endswith("\nSTATUS=reloading gateway.toml")
+    state["line"] = "connecting to relay s:443"
+    service.reloaded()
+    assert received(sock) == ["READY=1\nSTATUS=connecting to relay s:443"]
+    top.stopService()
