@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from twisted.application.service import Service
@@ -36,6 +37,9 @@ log = Logger()
 
 NAME = "sd_notify"
 """The `NotifyService`'s name in the daemon's service tree."""
+
+SENT_KEPT = 32
+"""How many of the last messages a `Notifier` remembers (for tests and debugging)."""
 
 STATUS_POLL_SECONDS = 1.0
 """How often the daemon's state line is read; a changed line is sent at once."""
@@ -67,8 +71,8 @@ class Notifier:
         self.address = address
         self._sock = sock
         self._failing = False
-        self.sent: list[str] = []
-        """Every message sent (or attempted), newest last: what the status line was, for tests."""
+        self.sent: deque[str] = deque(maxlen=SENT_KEPT)
+        """The last messages sent (or attempted), newest last (a daemon pings for months)."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Notifier:

@@ -18,6 +18,7 @@ from gateway.edge.sdstatus import TunnelLine
 from gateway.relay.sdstatus import relay_line
 from gateway.sdnotify import (
     NAME,
+    SENT_KEPT,
     Notifier,
     NotifyService,
     notify_address,
@@ -100,7 +101,16 @@ def test_without_a_socket_nothing_is_sent() -> None:
     n = Notifier.from_environ({})
     assert not n.enabled
     assert not n.ready()
-    assert n.sent == []
+    assert list(n.sent) == []
+
+
+def test_months_of_pings_keep_only_the_last_messages(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    n = Notifier(path)
+    for _ in range(SENT_KEPT * 3):
+        n.watchdog()
+        received(sock)
+    assert len(n.sent) == SENT_KEPT
 
 
 def test_a_missing_socket_does_not_raise(tmp_path: Path) -> None:
@@ -146,7 +156,7 @@ def test_service_is_inert_without_notify_socket() -> None:
     service.startService()
     assert clock.getDelayedCalls() == []
     service.stopService()
-    assert service.notifier.sent == []
+    assert list(service.notifier.sent) == []
 
 
 def test_ready_only_after_the_listeners_started(listener: tuple[socket.socket, str]) -> None:
