@@ -199,6 +199,10 @@ def test_install_start_upgrade_remove_purge(debs: Path) -> None:
         )
         [network] = [c for c in s.status()["checks"] if c["name"] == "network"]
         assert network["ok"], network
+        # Process metrics under ProtectProc=/ProcSubset= (what soak and leak alerts watch).
+        metrics = http_get(s.url("gw_metrics", "/metrics")).decode()
+        for name in ("process_resident_memory_bytes", "process_open_fds"):
+            assert f"\n{name} " in metrics, name
         # The plant's control commands reach the daemon through its state directory.
         assert "unattended" in box.out("gateway", "access", "-c", "/etc/gateway/gateway.toml")
         # An engineer's request through the relay on the host and the packaged gateway.

@@ -99,6 +99,9 @@ def test_notify_watchdog_restart_reload(name: str) -> None:
     # pyOpenSSL's verify and ALPN callbacks (cffi) need write+execute memory: the TLS
     # handshake fails under MemoryDenyWriteExecute (seen in tests/e2e/test_package.py).
     assert "MemoryDenyWriteExecute" not in s
+    # ProcSubset=pid hides /proc/stat, and with it every process_* metric.
+    assert "ProcSubset" not in s
+    assert s["ProtectProc"] == ["invisible"]
 
 
 def test_gateway_has_no_capability_and_its_own_user() -> None:
