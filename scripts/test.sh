@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 # OpenSSH (the benchmark's peers), a C compiler (the benchmark's load generator), procps; chromium
 # (the status page's browser tests, driven by Playwright), prometheus (promtool and a real server
 # scraping the daemons), systemd-container, debootstrap, dpkg-dev and fakeroot (the package and
-# its systemd units).
+# its systemd units; shellcheck for its scripts).
 APT_PACKAGES=(python3-venv squid faketime testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev procps iproute2
-  chromium chromium-driver prometheus systemd-container debootstrap dpkg-dev fakeroot)
+  chromium chromium-driver prometheus systemd-container debootstrap dpkg-dev fakeroot shellcheck)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -67,9 +67,19 @@ def relay(args: argparse.Namespace, console: Console) -> int:
         if action.run_with_flags is not None:
             return action.run_with_flags(config, words, args, console)
         return action.run(config, words, console)
+    from gateway.relay.sdstatus import relay_line
     from gateway.relay.service import makeService
+    from gateway.sdnotify import notify_service
 
-    return serve(console, args, makeService(config, global_reactor()))
+    reactor = global_reactor()
+    daemon = makeService(config, reactor)
+    # systemd (Type=notify): READY once the listeners are up, gateways connected, the watchdog.
+    registry = daemon.metrics.registry
+    line = relay_line(
+        daemon.tunnels, lambda: registry.get_sample_value("relay_streams_active") or 0.0
+    )
+    notify_service(reactor, line).setServiceParent(daemon)
+    return serve(console, args, daemon)
 
 
 def add_engineer(

@@ -19,6 +19,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from gateway.config import load_gateway_config
 
     config = load_gateway_config(args.config)
+    from gateway.edge.sdstatus import TunnelLine
     from gateway.edge.service import makeService
+    from gateway.sdnotify import notify_service
 
-    return serve(console, args, makeService(config, global_reactor()))
+    reactor = global_reactor()
+    daemon = makeService(config, reactor)
+    # systemd (Type=notify): READY once the listeners are up, the tunnel's state, the watchdog.
+    line = TunnelLine(str(config.relay.address))
+    daemon.events.add(line)
+    notify_service(reactor, line).setServiceParent(daemon)
+    return serve(console, args, daemon)
