@@ -84,9 +84,9 @@ def reload_on_sighup(reactor: Any, service: Any) -> None:
     """
 
     def reload_now() -> None:
-        announce_reloading()
+        announce_reloading(service)
         outcome = service.reload()
-        announce_reloaded(outcome)
+        announce_reloaded(service, outcome)
 
     def handler(signum: int, frame: object) -> None:
         reactor.callFromThread(reload_now)
@@ -94,14 +94,28 @@ def reload_on_sighup(reactor: Any, service: Any) -> None:
     signal.signal(signal.SIGHUP, handler)
 
 
-def announce_reloading() -> None:
-    """Called before every reload: the service manager's hook (sd_notify ``RELOADING=1`` with
-    ``MONOTONIC_USEC``) goes here; nothing to do without one."""
+def _notifier(service: Any) -> Any:
+    """The daemon's systemd notifier (`gateway.sdnotify`), or None."""
+    try:
+        return service.getServiceNamed("sd_notify")
+    except (KeyError, AttributeError):
+        return None
 
 
-def announce_reloaded(outcome: Any) -> None:
-    """Called after every reload with its outcome (``applied``, ``problem``): the service
-    manager's hook (sd_notify ``READY=1``, a ``STATUS=`` line) goes here."""
+def announce_reloading(service: Any) -> None:
+    """Before every reload: systemd shows the unit reloading (``RELOADING=1`` with
+    ``MONOTONIC_USEC``, so ``systemctl reload`` waits for the answer)."""
+    notifier = _notifier(service)
+    if notifier is not None:
+        notifier.reloading()
+
+
+def announce_reloaded(service: Any, outcome: Any) -> None:
+    """After every reload, applied or refused (the old configuration runs on): ready again,
+    with the current state line."""
+    notifier = _notifier(service)
+    if notifier is not None:
+        notifier.reloaded()
 
 
 def serve(console: Console, args: argparse.Namespace, service: Any) -> int:

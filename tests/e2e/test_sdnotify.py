@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -133,6 +134,17 @@ def test_ready_status_watchdog_and_stopping(
             gaps = [b - a for a, b in itertools.pairwise(seen)]
             assert all(0.2 < g < 1.0 for g in gaps), (proc.name, gaps)
             assert seen[-1] - start_at < 5
+
+        # SIGHUP (systemctl reload): RELOADING, then READY again with the state line, and the
+        # daemons keep running.
+        for sock, proc in ((gateway_sock, gateway), (relay_sock, relay)):
+            sock.forget()
+            proc.popen.send_signal(signal.SIGHUP)
+            reloading = sock.wait_for("RELOADING", lambda f: f.get("RELOADING") == "1", proc)
+            assert int(reloading["MONOTONIC_USEC"]) > 0
+            again = sock.wait_for("READY after the reload", lambda f: f.get("READY") == "1", proc)
+            assert again["STATUS"], again
+            assert proc.popen.poll() is None, proc.tail()
 
         # The relay goes away: STOPPING from it, "tunnel down" from the gateway.
         relay.stop()
