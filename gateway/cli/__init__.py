@@ -16,7 +16,18 @@ from types import ModuleType
 from typing import TextIO
 
 from gateway import __version__
-from gateway.cli import audit, check, connect, control, demo, pki, relay, run, snapshot
+from gateway.cli import (
+    audit,
+    check,
+    connect,
+    control,
+    demo,
+    operator,
+    pki,
+    relay,
+    run,
+    snapshot,
+)
 from gateway.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -40,6 +51,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     audit,
     check,
     snapshot,
+    operator,
 )
 """In the order ``gateway --help`` lists them."""
 

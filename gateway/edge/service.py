@@ -29,6 +29,7 @@ from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
+from gateway.edge.recent import RecentAudit
 from gateway.edge.requestaudit import RequestAudit
 from gateway.edge.sessions import ConsentService, starting_mode
 from gateway.edge.state import StateDirectory
@@ -45,8 +46,10 @@ from gateway.web.api import (
     api_root,
     api_site,
     control_socket_user,
-    loopback_operator,
 )
+from gateway.web.page import page_root
+from gateway.web.pageauth import PageAuth
+from gateway.web.pagetls import page_tls_options
 from gateway.web.site import local_listener
 from gateway.web.status import status_root
 
@@ -65,7 +68,10 @@ class EdgeDaemon(MultiService):
         self.audit_file = open_daemon_trail(
             config.state_dir, config_file=config.path, clock=reactor
         )
-        self.audit: IAuditTrail = self.audit_file
+        # The status page's "Recent events": a copy of the last records, seeded from the trail.
+        self.recent = RecentAudit(self.audit_file, reactor)
+        self.recent.seed(config.state_dir)
+        self.audit: IAuditTrail = self.recent
         link = config.relay
         relay = str(link.address)
         identity = load_identity(link.cert, link.key)  # fails early on an unreadable pair
@@ -128,6 +134,7 @@ class EdgeDaemon(MultiService):
             self.connections,
             self.consent,
             recent_requests=self.request_audit.recent,
+            recent_events=self.recent.recent,
         )
         # Connectivity checks: at start, on a schedule, after tunnel failures and on demand; their
         # results in the status report and gateway_check_ok (gateway.checks.daemon).
@@ -161,14 +168,19 @@ class EdgeDaemon(MultiService):
         self.control_socket.setServiceParent(self)
         # Both web listeners under the rules of gateway.web.site (deadlines, body and connection
         # limits, Host allowlist, security headers), with a warning if others can reach them.
-        # The API acts for loopback callers only.
+        # The page acts for loopback callers, and for others once they logged in with the
+        # operator password (gateway.web.pageauth).
         if config.status_listen is not None:
+            self.page_auth = PageAuth(config.state_dir, reactor, self.audit)
+            page, self.page_events = page_root(self.view, self.consent, self.page_auth, reactor)
             local_listener(
                 reactor,
                 "status",
                 config.status_listen,
-                status_root(self.view, api_root(self.view, self.consent, loopback_operator)),
+                page,
                 config.status_allowed_hosts,
+                tls=page_tls_options(config),
+                login=True,
             ).setServiceParent(self)
         if config.metrics_listen is not None:
             root = Resource()
@@ -188,6 +200,9 @@ class EdgeDaemon(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop everything, then flush and close the audit trail (records made while streams
         drain still reach it)."""
+        events = getattr(self, "page_events", None)
+        if events is not None:
+            events.stop()  # live pages' streams would hold the listener's shutdown
         stopped: Deferred[None] = super().stopService()
         stopped.addBoth(self._close_audit)
         return stopped

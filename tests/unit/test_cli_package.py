@@ -35,7 +35,7 @@ from gateway.cli.common import (
 
 COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
 COMMANDS += ["access", "code", "requests", "approve", "deny", "sessions", "end", "audit"]
-COMMANDS += ["check", "snapshot"]
+COMMANDS += ["check", "snapshot", "operator-password"]
 
 
 class Run:
@@ -73,7 +73,7 @@ class RegistryTests(SynchronousTestCase):
     def test_every_command_module_registers_its_commands(self) -> None:
         _, commands = build()
         self.assertEqual(list(commands.handlers), COMMANDS)
-        self.assertEqual(len(COMMAND_MODULES), 9)
+        self.assertEqual(len(COMMAND_MODULES), 10)
         for module in COMMAND_MODULES:
             self.assertTrue(callable(getattr(module, "register", None)), module)
 
@@ -96,6 +96,7 @@ class RegistryTests(SynchronousTestCase):
             "audit": "audit -c gateway.toml",
             "check": "check -c gateway.toml --json",
             "snapshot": "snapshot -c gateway.toml -o s.tar.gz",
+            "operator-password": "operator-password -c gateway.toml --stdin",
         }
         for name in COMMANDS:
             args = top.parse_args(argv[name].split())
