@@ -71,6 +71,7 @@ const STRINGS = {
     sessionEnds: "ends in {left}",
     sessionNoEnd: "no end time (always-on access)",
     sessionApprovedBy: "Approved by {who}",
+    sessionApprovedByCode: "Came in with a session code made by {who}",
     sessionNoConnections: "Not using any machine at this moment.",
     connectionLine: "{target} · since {ago} ({duration})",
     connectionBytes: "Received by engineer: {from} · sent to machine: {to}",
@@ -130,7 +131,7 @@ function t(key, vars = {}) {
     text = vars.n === 1 ? text.one : text.other;
   }
   if (typeof text !== "string") return key;
-  return text.replace(/\{(\w+)\}/g, (_, name) => (vars[name] == null ? "" : String(vars[name])));
+  return fill(text, vars);
 }
 
 // -- formatting ------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ async function refresh() {
       checkAuth();
     }
   } catch (e) {
-    // counted as silence by the watchdog
+    setLost(true); // the daemon did not answer at all
   }
 }
 
@@ -691,7 +692,13 @@ function updateSession(node, session) {
   const [before, after] = text.split("\u0000");
   meta.replaceChildren(before, timeEl(session.started), after);
   const approved = node.querySelector(".approved");
-  approved.textContent = session.approved_by && !session.implicit ? t("sessionApprovedBy", { who: session.approved_by }) : "";
+  // A code's first digits are in approved_by: the page never shows any code but the one just made.
+  const byCode = /^code \S+ from (.*)$/.exec(session.approved_by || "");
+  approved.textContent = session.implicit || !session.approved_by
+    ? ""
+    : byCode
+      ? t("sessionApprovedByCode", { who: byCode[1] })
+      : t("sessionApprovedBy", { who: session.approved_by });
   approved.hidden = !approved.textContent;
   node.querySelector(".idle").hidden = session.live.length > 0;
   keyed(node.querySelector(".conns"), session.live, (c) => c.id, buildConnection, updateConnection);
@@ -713,16 +720,20 @@ function updateConnection(node, c) {
   node.dataset.fromTarget = String(c.bytes_from_target);
 }
 
+function fill(text, vars) {
+  return text.replace(/\{(\w+)\}/g, (_, name) => (vars[name] == null ? "" : String(vars[name])));
+}
+
 function eventText(event) {
+  const engineer = event.engineer || event.who || "";
   const vars = {
-    engineer: event.engineer || "",
+    engineer,
     target: event.target || targetsText(event.targets),
     old: event.old ? t(`mode_${event.old}`) : "",
     new: event.new ? t(`mode_${event.new}`) : "",
     event: event.event,
   };
-  const known = S.ev[event.event];
-  return known ? t(`ev.${event.event}`, vars) : t("ev.other", vars);
+  return fill(S.ev[event.event] || S.ev.other, vars);
 }
 
 function renderEvents(events) {
@@ -730,13 +741,15 @@ function renderEvents(events) {
   const list = $("events");
   list.replaceChildren(
     ...events.map((event) => {
-      const refused = event.result && event.result !== "ok";
+      const refused = event.result === "refused";
+      const by = event.who && event.who !== (event.engineer || event.who) ? event.who : null;
+      const showBy = event.who && !/^stream\.|^session\.started|^code\.used|^session\.requested/.test(event.event);
       return el(
         "li",
         {},
         timeEl(event.time),
         el("span", { class: refused ? "refused" : "", text: eventText(event) + (refused ? ` (${t("event_refused")})` : "") }),
-        event.who ? el("span", { class: "none", text: t("eventBy", { who: event.who }) }) : null,
+        showBy || by ? el("span", { class: "none", text: t("eventBy", { who: event.who }) }) : null,
       );
     }),
   );
