@@ -46,7 +46,7 @@ def artifact(name: str) -> Path:
 
 def axe_serious(page: Any) -> list[dict[str, Any]]:
     """axe-core's serious and critical violations on ``page`` as it is now."""
-    from axe_playwright_python.sync_playwright import Axe
+    from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
 
     results = Axe().run(page)
     violations: list[dict[str, Any]] = results.response["violations"]
