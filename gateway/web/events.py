@@ -8,7 +8,8 @@ the page within half a second and nothing is sent while nothing changes (byte co
 download do change: then twice a second).  A reader that got nothing for `HEARTBEAT` seconds gets
 a comment line, so that the page and any proxy know the stream is alive.  At most `MAX_CLIENTS`
 readers at once (a 503 beyond: the page then polls ``/api/status``); a reader that goes away is
-dropped when Twisted says so (``notifyFinish``), and one whose login ended is closed.
+dropped when Twisted says so (``notifyFinish``), one whose login ended is closed, and one that
+does not read what it is sent (its transport paused us) is skipped until it does.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from gateway.edge.status import IStatusView
 
@@ -37,12 +39,26 @@ RETRY_MS = 2000
 """What the browser waits before reconnecting a dropped stream."""
 
 
+@implementer(IPushProducer)
 @define(eq=False)
 class _Reader:
+    """One live page; the producer of its stream, so that a page that does not read (a frozen
+    tab, a stalled network) is skipped instead of piling up statuses in the gateway's memory."""
+
     request: Request
     allowed: Callable[[], bool]
     last_sent: float
     seen: str | None = None
+    paused: bool = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
 
 class EventStream(Resource):
@@ -88,6 +104,7 @@ class EventStream(Resource):
         request.setHeader(b"x-accel-buffering", b"no")
         reader = _Reader(request, self._allowed(request), self._clock.seconds())
         self.readers.append(reader)
+        request.registerProducer(reader, True)
         request.notifyFinish().addBoth(self._gone, reader)
         request.write(b"retry: %d\n\n" % RETRY_MS)
         self._send(reader, self._status())
@@ -102,6 +119,10 @@ class EventStream(Resource):
     def _gone(self, _: object, reader: _Reader) -> None:
         if reader in self.readers:
             self.readers.remove(reader)
+            try:
+                reader.request.unregisterProducer()
+            except Exception:  # the connection is gone already
+                pass
         if not self.readers and self._loop is not None:
             loop, self._loop = self._loop, None
             if loop.running:
@@ -125,6 +146,8 @@ class EventStream(Resource):
         for reader in list(self.readers):
             if not reader.allowed():
                 self._close(reader)
+            elif reader.paused:
+                continue  # it has not taken what it was sent; the latest goes when it has
             elif reader.seen != status:
                 self._send(reader, status)
             elif now - reader.last_sent >= self._heartbeat:

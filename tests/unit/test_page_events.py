@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from attrs import evolve
 from twisted.internet.task import Clock
@@ -20,6 +21,18 @@ from gateway.auditlog.writer import FileAuditTrail
 from gateway.edge.recent import KEEP, RecentAudit
 from gateway.web.events import HEARTBEAT, INTERVAL, EventStream
 from tests.unit.test_api import REPORT, FixedView
+
+
+class StreamRequest(DummyRequest):
+    """A `DummyRequest` that keeps a push producer (DummyRequest would pull it in a loop)."""
+
+    producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
 
 
 def statuses(request: DummyRequest) -> list[dict[str, object]]:
@@ -37,8 +50,8 @@ class EventStreamTests(SynchronousTestCase):
         self.view = FixedView()
         self.stream = EventStream(self.view, self.clock, max_clients=2)
 
-    def open(self) -> DummyRequest:
-        request = DummyRequest([])
+    def open(self) -> StreamRequest:
+        request = StreamRequest([])
         self.assertEqual(self.stream.render_GET(request), NOT_DONE_YET)
         return request
 
@@ -64,7 +77,7 @@ class EventStreamTests(SynchronousTestCase):
 
     def test_readers_are_capped_and_a_gone_one_frees_its_place_and_the_timer(self) -> None:
         first, _second = self.open(), self.open()
-        third = DummyRequest([])
+        third = StreamRequest([])
         self.stream.render_GET(third)
         self.assertEqual(third.responseCode, 503)
         first.processingFailed(Exception("the browser went away"))  # notifyFinish errback
@@ -76,7 +89,7 @@ class EventStreamTests(SynchronousTestCase):
     def test_a_reader_whose_login_ended_is_closed(self) -> None:
         allowed = [True]
         stream = EventStream(self.view, self.clock, allowed=lambda r: lambda: allowed[0])
-        request = DummyRequest([])
+        request = StreamRequest([])
         stream.render_GET(request)
         allowed[0] = False
         self.clock.advance(INTERVAL)
@@ -110,3 +123,21 @@ class RecentEventsTests(SynchronousTestCase):
         [event] = recent.recent()
         self.assertEqual((event["event"], event["engineer"]), ("session.denied", "ed"))
         self.assertNotIn("prev", event)
+
+
+class SlowReaderTests(SynchronousTestCase):
+    def test_a_reader_that_does_not_read_is_skipped_until_it_does(self) -> None:
+        clock, view = Clock(), FixedView()
+        stream = EventStream(view, clock)
+        request = StreamRequest([])
+        stream.render_GET(request)
+        producer = request.producer
+        self.assertIsNotNone(producer)
+        producer.pauseProducing()  # the transport's buffer is full
+        view.current = evolve(REPORT, id="plant8-gw")
+        clock.advance(INTERVAL * 3)
+        self.assertEqual(len(statuses(request)), 1)
+        producer.resumeProducing()
+        clock.advance(INTERVAL)
+        self.assertEqual([s["id"] for s in statuses(request)], ["plant7-gw", "plant8-gw"])
+        stream.stop()
