@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.demo.stack import python_gateway
+from gateway.pki import issue_relay_certificate
 from tests.helpers.browser import PANEL, browser
 from tests.helpers.consent import audit_records, control_json, records_of
 from tests.helpers.processes import Stack, fresh_stack, wait_until
@@ -97,9 +99,18 @@ def send(
     body: Any = None,
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection(LAN_IP, stack.ports["status"], timeout=10)
-    sent = {"Origin": base(stack), "Sec-Fetch-Site": "same-origin"} if method == "POST" else {}
+    connection: http.client.HTTPConnection
+    origin = base(stack)
+    if tls is None:
+        connection = http.client.HTTPConnection(LAN_IP, stack.ports["status"], timeout=10)
+    else:
+        connection = http.client.HTTPSConnection(
+            LAN_IP, stack.ports["status"], timeout=10, context=tls
+        )
+        origin = origin.replace("http://", "https://")
+    sent = {"Origin": origin, "Sec-Fetch-Site": "same-origin"} if method == "POST" else {}
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     if body is not None:
         sent["Content-Type"] = "application/json"
@@ -232,3 +243,32 @@ def test_wrong_passwords_lock_the_login_out(stack: Stack) -> None:
     records = audit_records(stack, "gateway")
     assert len(records_of(records, "operator.login_failed")) >= 5
     assert records_of(records, "operator.locked_out", who=f"operator ({LAN_IP})")
+
+
+def test_the_page_over_https_with_the_plants_certificate(stack: Stack) -> None:
+    """``[status] cert``/``key``: a certificate for the page's address from the test CA, checked
+    by the client as a browser would (CA pinned, name checked); the cookie is then Secure."""
+    pki = stack.pki
+    cert, key = stack.workdir / "status.pem", stack.workdir / "status.key"
+    issue_relay_certificate(pki.ca_cert, pki.ca_key, cert, key, names=[LAN_IP])
+    config = stack.layout.gateway_config
+    text = config.read_text()
+    listen = f'listen = "{LAN_IP}:{stack.ports["status"]}"'
+    config.write_text(text.replace(listen, f'{listen}\ncert = "{cert}"\nkey = "{key}"'))
+    stack.procs["gateway"].stop()  # also forgets the lockout of the test before
+    gateway = stack.start_gateway(wait_up=False)
+    tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+    wait_until("the page over HTTPS", lambda: https_answers(stack, tls), proc=gateway)
+    status, headers, answer = send(stack, "POST", "/api/login", {"password": PASSWORD}, tls=tls)
+    assert status == 200, answer
+    cookie = [p.strip().lower() for p in headers["set-cookie"].split(";")]
+    assert {"secure", "httponly", "samesite=strict"} <= set(cookie), cookie
+    with pytest.raises((http.client.HTTPException, OSError)):
+        send(stack, "GET", "/api/auth")  # plain HTTP on the HTTPS port gets no page
+
+
+def https_answers(stack: Stack, tls: ssl.SSLContext) -> bool:
+    try:
+        return send(stack, "GET", "/api/auth", tls=tls)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
