@@ -21,7 +21,15 @@ from attrs import define
 
 from gateway.cli.control import CONTROL_SOCKET
 from tests.helpers.browser import PANEL, PHONE, artifact, axe_serious, browser, overflows
-from tests.helpers.consent import Download, add_engineer, audit_records, finished, records_of, told
+from tests.helpers.consent import (
+    Download,
+    add_engineer,
+    audit_records,
+    control_json,
+    finished,
+    records_of,
+    told,
+)
 from tests.helpers.processes import Proc, Stack, fresh_stack, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -227,6 +235,21 @@ def test_switching_access_off_cuts_live_streams(site: Site) -> None:
     # Back on, with the switch.
     page.get_by_label("Ask me").check()
     wait_until("attended again", lambda: site.stack.status()["access"]["mode"] == "attended")
+
+
+def test_without_the_event_stream_the_page_polls_and_stays_current(site: Site) -> None:
+    """A proxy that cuts server-sent events, or too many pages open: /api/status is polled."""
+    page = site.page.context.new_page()
+    page.route("**/api/events", lambda route: route.abort())
+    try:
+        page.goto(site.stack.url("status"))
+        page.get_by_text("Ready: remote support is possible").wait_for(timeout=WAIT_MS)
+        assert page.locator("#link-state").inner_text() == "Updating every few seconds"
+        assert control_json(site.stack, "access", "unattended")["mode"] == "unattended"
+        wait_until("the change", lambda: page.locator("#mode-unattended").is_checked(), deadline=6)
+        assert control_json(site.stack, "access", "attended")["mode"] == "attended"
+    finally:
+        page.close()
 
 
 def test_the_page_says_when_the_gateway_stops_answering(site: Site) -> None:
