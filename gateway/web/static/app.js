@@ -639,9 +639,9 @@ function buildRequest(request, allTargets) {
     el("div", { class: "actions" }, approve),
     el(
       "div",
-      { class: "decide" },
-      el("div", {}, el("label", { class: "field", for: `deny-${id}`, text: t("denyReasonLabel") }), reason),
-      el("div", { class: "actions" }, deny),
+      { class: "deny" },
+      el("label", { class: "field", for: `deny-${id}`, text: t("denyReasonLabel") }),
+      el("div", { class: "deny-row" }, reason, deny),
     ),
   );
 }
