@@ -4,7 +4,8 @@ The page needs it when opened from another machine than the gateway itself (loop
 login).  Asked twice at a terminal (not echoed), or read as one line from standard input with
 ``--stdin`` (for an installer).  Only a salted scrypt hash is kept, in the state directory
 (``operator-password``, mode 0600); the running daemon reads it at the next login, so no restart
-is needed.  Setting it logs out nobody and is recorded in the audit trail.
+is needed.  Setting it ends every login made with the old one (those pages ask again) and is
+recorded in the audit trail.
 """
 
 from __future__ import annotations

@@ -98,6 +98,11 @@ def check_password(stored: str, password: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
+def password_tag(stored: str | None) -> str:
+    """A short digest of the stored hash, to tell whether the password changed."""
+    return "" if stored is None else hashlib.sha256(stored.encode()).hexdigest()[:32]
+
+
 def password_file(state_dir: Path) -> Path:
     return state_dir / PASSWORD_FILE
 
@@ -187,6 +192,8 @@ class OperatorSession:
     address: str
     created: float
     last_used: float
+    password: str = ""
+    """A tag of the stored hash it logged in with: a new password ends the session."""
 
 
 class OperatorSessions:
@@ -196,7 +203,7 @@ class OperatorSessions:
         self._clock = clock
         self._sessions: OrderedDict[str, OperatorSession] = OrderedDict()
 
-    def create(self, address: str) -> OperatorSession:
+    def create(self, address: str, password: str = "") -> OperatorSession:
         now = self._clock.seconds()
         session = OperatorSession(
             id=secrets.token_urlsafe(32),
@@ -204,6 +211,7 @@ class OperatorSessions:
             address=address,
             created=now,
             last_used=now,
+            password=password,
         )
         self._sessions[session.id] = session
         while len(self._sessions) > MAX_SESSIONS:

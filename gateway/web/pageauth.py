@@ -48,6 +48,7 @@ from gateway.web.operator import (
     OperatorSession,
     OperatorSessions,
     check_password,
+    password_tag,
     read_password,
 )
 
@@ -116,8 +117,13 @@ class PageAuth:
     def session_of(self, request: Request) -> OperatorSession | None:
         value = request.getCookie(COOKIE)
         session = self.sessions.get(value.decode("ascii", "replace") if value else None)
-        if session is not None and session.address != client_host(request):
+        if session is None:
+            return None
+        if session.address != client_host(request):
             return None  # a cookie carried to another machine is no login there
+        if session.password != password_tag(read_password(self.state_dir)):
+            self.sessions.end(session.id)  # the password was changed (or removed)
+            return None
         return session
 
     def may_read(self, request: Request) -> bool:
@@ -133,7 +139,10 @@ class PageAuth:
         session = self.session_of(request)
         if session is None:
             return lambda: False
-        return lambda: self.sessions.alive(session) and self.password_set()
+        tag = session.password
+        return lambda: (
+            self.sessions.alive(session) and password_tag(read_password(self.state_dir)) == tag
+        )
 
     def same_origin(self, request: Request) -> bool:
         """Whether a browser says the request comes from a page of this listener."""
@@ -213,7 +222,7 @@ class PageAuth:
 
             def decided(ok: bool) -> None:
                 self._checking -= 1
-                done.callback(self._decided(request, address, who, ok))
+                done.callback(self._decided(request, address, who, ok, password_tag(stored)))
 
             def failed(reason: Any) -> None:
                 self._checking -= 1
@@ -233,7 +242,7 @@ class PageAuth:
         }
 
     def _decided(
-        self, request: Request, address: str, who: str, ok: bool
+        self, request: Request, address: str, who: str, ok: bool, tag: str
     ) -> tuple[int, dict[str, Any]]:
         if not ok:
             locked = self.limiter.failed(address)
@@ -243,7 +252,7 @@ class PageAuth:
                 return self._locked(request, locked)
             return 401, {"error": "wrong-password", "reason": "that is not the operator password"}
         self.limiter.succeeded(address)
-        session = self.sessions.create(address)
+        session = self.sessions.create(address, tag)
         self.record("operator.login", who)
         request.addCookie(
             COOKIE,

@@ -337,3 +337,9 @@ class PageAuthTests(SynchronousTestCase):
         self.assertEqual(
             self.send("GET", "/app.js").header("content-type"), "text/javascript; charset=utf-8"
         )
+
+    def test_a_new_password_ends_the_logins_made_with_the_old_one(self) -> None:
+        cookie, _ = self.logged_in()
+        self.assertEqual(self.send("GET", "/api/status", cookie=cookie).status, 200)
+        write_password(self.state, "another long password")
+        self.assertEqual(self.send("GET", "/api/status", cookie=cookie).status, 401)
