@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -188,9 +189,9 @@ def test_an_operator_logs_in_and_acts_and_is_named_in_the_audit(stack: Stack) ->
         page.get_by_role("button", name="Log in").click()
         page.get_by_text("Ready: remote support is possible").wait_for(timeout=WAIT_MS)
         assert page.locator("#link-state").inner_text() == "Live"
-        page.get_by_label("Always on").check()
+        page.get_by_role("button", name=re.compile("^Always on")).click()
         wait_until("unattended", lambda: mode(stack) == "unattended", deadline=10)
-        page.get_by_label("Ask me").check()
+        page.get_by_role("button", name=re.compile("^Ask me")).click()
         wait_until("attended", lambda: mode(stack) == "attended", deadline=10)
     records = audit_records(stack, "gateway")
     assert records_of(records, "operator.login", who=f"operator ({LAN_IP})")

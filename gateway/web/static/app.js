@@ -450,16 +450,19 @@ function setupStatic() {
   $("rtt-label").textContent = t("rttLabel");
   $("mode-title").textContent = t("modeTitle");
   $("mode-legend").textContent = t("modeLegend");
+  // One button per mode (not radio buttons: arrow keys would switch access on the way past).
   const mode = $("mode");
   for (const m of MODES) {
-    const id = `mode-${m}`;
-    const input = el("input", { type: "radio", name: "mode", id, value: m });
-    input.addEventListener("change", () => {
-      if (input.checked) setMode(m);
-    });
-    mode.append(
-      el("label", { for: id }, input, el("span", {}, t(`mode_${m}`), el("small", { text: t(`mode_${m}_help`) }))),
+    const button = el(
+      "button",
+      { type: "button", id: `mode-${m}`, class: `mode mode-${m}`, "aria-pressed": "false" },
+      el("span", { class: "mode-name", text: t(`mode_${m}`) }),
+      el("small", { text: t(`mode_${m}_help`) }),
     );
+    button.addEventListener("click", () => {
+      if (button.getAttribute("aria-pressed") !== "true") setMode(m);
+    });
+    mode.append(button);
   }
   $("switch-off").textContent = t("switchOff");
   $("switch-off").addEventListener("click", () => setMode("disabled"));
@@ -563,8 +566,7 @@ function renderTunnel(tunnel) {
 
 function renderMode(mode) {
   for (const m of MODES) {
-    const input = $(`mode-${m}`);
-    if (document.activeElement !== input) input.checked = m === mode;
+    $(`mode-${m}`).setAttribute("aria-pressed", String(m === mode));
   }
   $("switch-off").hidden = mode === "disabled";
 }
