@@ -21,7 +21,7 @@ import pytest
 
 from gateway.demo.stack import python_gateway
 from gateway.pki import issue_relay_certificate
-from tests.helpers.browser import PANEL, browser
+from tests.helpers.browser import PANEL, artifact, axe_serious, browser
 from tests.helpers.consent import audit_records, control_json, records_of
 from tests.helpers.processes import Stack, fresh_stack, wait_until
 
@@ -157,6 +157,8 @@ def test_without_a_password_the_page_is_read_only_and_every_action_is_refused(
         page.get_by_text("Ready: remote support is possible").wait_for(timeout=WAIT_MS)
         assert page.locator("#switch-off").is_disabled()
         assert page.locator("#code-button").is_disabled()
+        serious = axe_serious(page)
+        assert not serious, [(v["id"], v["help"]) for v in serious]
 
 
 def set_password(stack: Stack) -> None:
@@ -185,6 +187,11 @@ def test_an_operator_logs_in_and_acts_and_is_named_in_the_audit(stack: Stack) ->
     with browser() as chromium:
         page = chromium.new_page(viewport=PANEL)
         page.goto(base(stack))
+        page.get_by_label("Operator password").wait_for(timeout=WAIT_MS)
+        assert page.locator("#panel").is_hidden()  # nothing of the status before the login
+        serious = axe_serious(page)
+        assert not serious, [(v["id"], v["help"]) for v in serious]
+        page.screenshot(path=str(artifact("status-page-login.png")))
         page.get_by_label("Operator password").fill(PASSWORD)
         page.get_by_role("button", name="Log in").click()
         page.get_by_text("Ready: remote support is possible").wait_for(timeout=WAIT_MS)
