@@ -257,6 +257,17 @@ def test_without_the_event_stream_the_page_polls_and_stays_current(site: Site) -
         page.close()
 
 
+def test_the_page_says_when_remote_support_is_not_possible(site: Site) -> None:
+    page = site.page
+    site.stack.procs["relay"].stop()
+    page.get_by_text("Not connected: remote support is not possible right now").wait_for(
+        timeout=WAIT_MS
+    )
+    assert page.locator("#tunnel-state.down").is_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(artifact("status-page-tunnel-down.png")))
+
+
 def test_the_page_says_when_the_gateway_stops_answering(site: Site) -> None:
     page = site.page
     site.stack.procs["gateway"].stop()

@@ -31,6 +31,9 @@ const STRINGS = {
     rttLabel: "Round trip",
     rttValue: "{ms} ms",
     unknown: "not known",
+    lastError: "Last problem: {error}",
+    checkFailed: "{name}: {detail}",
+    checkRemedy: "What to do: {remedy}",
     modeTitle: "Remote access",
     modeLegend: "Who may connect",
     mode_disabled: "Off",
@@ -241,11 +244,15 @@ async function api(method, path, body) {
   return { ok: response.ok, status: response.status, answer };
 }
 
+let noticeTimer = null;
+
 function notify(text, bad = false) {
   const box = $("notice");
   box.textContent = text;
   box.className = bad ? "banner banner-bad" : "banner";
   box.hidden = !text;
+  clearTimeout(noticeTimer);
+  if (text && !bad) noticeTimer = setTimeout(() => notify(""), 10000); // done: no need to stay
 }
 
 async function act(path, body, done) {
@@ -543,6 +550,7 @@ function render(status) {
   $("gateway-id").textContent = status.id;
   $("gateway-version").textContent = t("version", { version: status.version });
   renderTunnel(status.tunnel);
+  renderChecks(status.checks);
   renderMode(status.access.mode);
   renderRequests(status.access);
   renderSessions(status);
@@ -561,7 +569,27 @@ function renderTunnel(tunnel) {
   line.className = `state ${up ? "up" : "down"}`;
   $("tunnel-relay").textContent = tunnel.relay;
   $("tunnel-since").replaceChildren(timeEl(tunnel.since));
-  $("tunnel-rtt").textContent = tunnel.rtt_ms == null ? t("unknown") : t("rttValue", { ms: Math.round(tunnel.rtt_ms) });
+  $("tunnel-rtt").textContent = !up || tunnel.rtt_ms == null ? t("unknown") : t("rttValue", { ms: Math.round(tunnel.rtt_ms) });
+  const error = $("tunnel-error");
+  error.hidden = up || !tunnel.last_error;
+  error.textContent = error.hidden ? "" : t("lastError", { error: tunnel.last_error });
+}
+
+function renderChecks(checks) {
+  // Failing connectivity checks, with what to do: "why can't support reach us?"
+  const failing = (checks || []).filter((c) => !c.ok);
+  const list = $("checks-failing");
+  list.hidden = failing.length === 0;
+  list.replaceChildren(
+    ...failing.map((c) =>
+      el(
+        "li",
+        {},
+        el("span", { text: t("checkFailed", { name: c.name, detail: c.detail }) }),
+        c.remedy ? el("span", { class: "remedy", text: t("checkRemedy", { remedy: c.remedy }) }) : null,
+      ),
+    ),
+  );
 }
 
 function renderMode(mode) {
