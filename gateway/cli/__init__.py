@@ -16,18 +16,7 @@ from types import ModuleType
 from typing import TextIO
 
 from gateway import __version__
-from gateway.cli import (
-    audit,
-    check,
-    connect,
-    control,
-    demo,
-    operator,
-    pki,
-    relay,
-    run,
-    snapshot,
-)
+from gateway.cli import audit, check, connect, control, demo, operator, pki, relay, run, snapshot
 from gateway.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
