@@ -442,6 +442,7 @@ function permissionChoices(fieldset, name, chosen) {
 }
 
 function setupStatic() {
+  document.documentElement.lang = LANG;
   document.title = t("appName");
   $("heading").textContent = t("appName");
   $("logout").textContent = t("logout");
