@@ -45,6 +45,12 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "session.started": (SR_AUDIT, SR_REMOTE_APPROVAL),
     "session.changed": (SR_AUDIT, SR_AUTHORISATION),
     "session.ended": (SR_AUDIT, SR_REMOTE_SESSION_END),
+    # Gateway: the status page's operator login (off loopback).
+    "operator.login": (SR_AUDIT, SR_AUTHENTICATION),
+    "operator.login_failed": (SR_AUDIT, SR_LOGIN_FAILURES, SR_AUTHENTICATION),
+    "operator.locked_out": (SR_AUDIT, SR_LOGIN_FAILURES),
+    "operator.logout": (SR_AUDIT, SR_AUTHENTICATION),
+    "operator.password_set": (SR_AUDIT, SR_AUTHENTICATION),
     # Gateway and relay: streams.
     "stream.opened": (SR_AUDIT, SR_ZONE_BOUNDARY),
     "stream.closed": (SR_AUDIT, SR_ZONE_BOUNDARY),

@@ -215,6 +215,15 @@ class StreamLimits:
 
 
 @frozen
+class StatusTLS:
+    """``[status] cert`` / ``key``: the certificate (PEM, chain after it) the page is served
+    with, and its private key."""
+
+    cert: Path
+    key: Path
+
+
+@frozen
 class GatewayConfig:
     path: Path
     relay: RelayLink
@@ -236,6 +245,8 @@ class GatewayConfig:
     """``[status] allowed_hosts``: host names the status listener answers to besides its own."""
     metrics_allowed_hosts: tuple[str, ...] = ()
     """``[metrics] allowed_hosts``: the same for the metrics listener."""
+    status_tls: StatusTLS | None = None
+    """``[status] cert`` and ``key``: serve the status page over HTTPS (None: plain HTTP)."""
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -707,6 +718,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     if access is not None:
         access.finish()
 
+    status_tls = _status_tls(top)
     status, status_hosts = _web_listener(top, "status")
     metrics, metrics_hosts = _web_listener(top, "metrics")
     limits = _stream_limits(top)
@@ -734,6 +746,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         limits=limits,
         status_allowed_hosts=status_hosts,
         metrics_allowed_hosts=metrics_hosts,
+        status_tls=status_tls,
     )
 
 
@@ -896,6 +909,21 @@ def _listener(top: _Table, name: str) -> Address | None:
     return address
 
 
+def _status_tls(top: _Table) -> StatusTLS | None:
+    """``[status] cert`` and ``key`` (both or neither), read before `_web_listener` finishes
+    the table."""
+    data = top.data.get("status")
+    if not isinstance(data, dict) or ("cert" not in data and "key" not in data):
+        return None
+    table = _Table(top.file, "status", data)
+    cert = table.path("cert", required=False)
+    key = table.path("key", required=False)
+    if cert is None or key is None:
+        missing = "key" if key is None else "cert"
+        raise table.error(missing, "is required when the other of cert/key is set")
+    return StatusTLS(cert, key)
+
+
 def _web_listener(top: _Table, name: str) -> tuple[Address | None, tuple[str, ...]]:
     """``[status]`` or ``[metrics]``: ``listen``, and ``allowed_hosts`` (the host names, besides
     its own, that a browser may use to reach it: anything else is refused, DNS rebinding)."""
@@ -903,6 +931,8 @@ def _web_listener(top: _Table, name: str) -> tuple[Address | None, tuple[str, ..
     if table is None:
         return None, ()
     address = table.address("listen", listen=True)
+    if name == "status":
+        table.used.update({"cert", "key"})  # _status_tls
     table.used.add("allowed_hosts")
     value = table.data.get("allowed_hosts", [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

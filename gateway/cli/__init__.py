@@ -16,7 +16,19 @@ from types import ModuleType
 from typing import TextIO
 
 from gateway import __version__
-from gateway.cli import audit, check, connect, control, demo, enroll, pki, relay, run, snapshot
+from gateway.cli import (
+    audit,
+    check,
+    connect,
+    control,
+    demo,
+    enroll,
+    operator,
+    pki,
+    relay,
+    run,
+    snapshot,
+)
 from gateway.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -41,6 +53,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     check,
     snapshot,
     enroll,
+    operator,
 )
 """In the order ``gateway --help`` lists them."""
 

@@ -655,6 +655,7 @@ def ways_in_attended(info: dict[str, Any], ask: str, with_code: str) -> list[str
     approve_url = f"{info['status_url']}api/requests/{request}/approve"
     curl = ["curl", "-X", "POST", "-H", "content-type: application/json", "-d", "{}"]
     return [
+        f"        click Approve on the gateway status page ({info['status_url']}), or run:",
         f"        {control_line(info, 'gateway', 'approve', request)}",
         f"      what is waiting:  {control_line(info, 'gateway', 'requests')}",
         f"      or approve through the status listener ({info['status_url']}), from this machine:",

@@ -35,6 +35,7 @@ from gateway.edge.forwarder import StreamForwarder, tcp_connector
 from gateway.edge.limits import StreamLimiter
 from gateway.edge.link import GatewayTunnelService, TunnelObserver, TunnelStatus, relay_endpoint
 from gateway.edge.metrics import GatewayMetrics
+from gateway.edge.recent import RecentAudit
 from gateway.edge.reload import ConfigReloader, ListenerKind, ReloadOutcome, fingerprints
 from gateway.edge.requestaudit import RequestAudit
 from gateway.edge.sessions import ConsentService, starting_mode
@@ -52,8 +53,11 @@ from gateway.web.api import (
     api_root,
     api_site,
     control_socket_user,
-    loopback_operator,
 )
+from gateway.web.events import EventStream
+from gateway.web.page import page_root
+from gateway.web.pageauth import PageAuth
+from gateway.web.pagetls import page_tls_options
 from gateway.web.site import local_listener
 from gateway.web.status import status_root
 
@@ -74,7 +78,10 @@ class EdgeDaemon(MultiService):
         self.audit_file = open_daemon_trail(
             config.state_dir, config_file=config.path, clock=reactor
         )
-        self.audit: IAuditTrail = self.audit_file
+        # The status page's "Recent events": a copy of the last records, seeded from the trail.
+        self.recent = RecentAudit(self.audit_file, reactor)
+        self.recent.seed(config.state_dir)
+        self.audit: IAuditTrail = self.recent
         link = config.relay
         relay = str(link.address)
         identity = load_identity(link.cert, link.key)  # fails early on an unreadable pair
@@ -137,6 +144,7 @@ class EdgeDaemon(MultiService):
             self.connections,
             self.consent,
             recent_requests=self.request_audit.recent,
+            recent_events=self.recent.recent,
         )
         # Connectivity checks: at start, on a schedule, after tunnel failures and on demand; their
         # results in the status report and gateway_check_ok (gateway.checks.daemon).
@@ -171,8 +179,11 @@ class EdgeDaemon(MultiService):
         self.control_socket.setServiceParent(self)
         # Both web listeners under the rules of gateway.web.site (deadlines, body and connection
         # limits, Host allowlist, security headers), with a warning if others can reach them.
-        # The API acts for loopback callers only.
+        # The page acts for loopback callers, and for others once they logged in with the
+        # operator password (gateway.web.pageauth).
         self._reactor = reactor
+        self.page_auth = PageAuth(config.state_dir, reactor, self.audit)
+        self.page_events: EventStream | None = None
         self.listeners: dict[ListenerKind, StreamServerEndpointService] = {}
         for kind in ("status", "metrics"):
             listener = self._listener(kind, config)
@@ -205,24 +216,35 @@ class EdgeDaemon(MultiService):
         address = config.status_listen if kind == "status" else config.metrics_listen
         if address is None:
             return None
-        hosts = config.status_allowed_hosts if kind == "status" else config.metrics_allowed_hosts
-        return local_listener(self._reactor, kind, address, self._web_root(kind), hosts)
-
-    def _web_root(self, kind: ListenerKind) -> Resource:
         if kind == "status":
-            return status_root(self.view, api_root(self.view, self.consent, loopback_operator))
+            page, self.page_events = page_root(
+                self.view, self.consent, self.page_auth, self._reactor
+            )
+            return local_listener(
+                self._reactor,
+                "status",
+                address,
+                page,
+                config.status_allowed_hosts,
+                tls=page_tls_options(config),
+                login=True,
+            )
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.registry))
-        return root
+        return local_listener(
+            self._reactor, "metrics", address, root, config.metrics_allowed_hosts
+        )
 
     def rebind(self, kind: ListenerKind, config: GatewayConfig, *, hosts_only: bool) -> str | None:
         """Move the ``kind`` listener to ``config``'s address: the new one is bound before the
         old one closes, and if it cannot be, the old one stays (the problem is returned and
         logged).  ``hosts_only``: the same address, new ``allowed_hosts`` for new connections."""
         old = self.listeners.get(kind)
+        old_events = self.page_events
         new = self._listener(kind, config)
         if hosts_only and old is not None and new is not None:
             cast(Any, old.factory).rules = cast(Any, new.factory).rules
+            self.page_events = old_events  # the old page keeps serving
             return None
         if new is not None:
             new._raiseSynchronously = True
@@ -230,6 +252,7 @@ class EdgeDaemon(MultiService):
                 new.setServiceParent(self)
             except CannotListenError as e:
                 self.removeService(new)
+                self.page_events = old_events
                 problem = (
                     f"{config.path}: {kind}.listen: cannot listen on "
                     f"{e.interface or '*'}:{e.port} ({e.socketError}); still on the old address"
@@ -241,6 +264,8 @@ class EdgeDaemon(MultiService):
             self.listeners.pop(kind, None)
         if old is not None:
             old.disownServiceParent()
+        if kind == "status" and old_events is not None and old_events is not self.page_events:
+            old_events.stop()  # the moved page's live readers reconnect to the new address
         return None
 
     def _renew_certificate(self, reactor: IGatewayReactor) -> None:
@@ -266,6 +291,9 @@ class EdgeDaemon(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop everything, then flush and close the audit trail (records made while streams
         drain still reach it)."""
+        events = getattr(self, "page_events", None)
+        if events is not None:
+            events.stop()  # live pages' streams would hold the listener's shutdown
         stopped: Deferred[None] = super().stopService()
         stopped.addBoth(self._close_audit)
         return stopped

@@ -107,6 +107,9 @@ class StatusReport:
     sessions: list[SessionReport]
     connections: list[ConnectionReport]
     checks: list[CheckReport]
+    recent_events: list[dict[str, Any]] = field(factory=list)
+    """The last audit events, newest first (`gateway.edge.recent`): ``time``, ``event``,
+    ``who``, ``result`` and a few plain details; never a token, key or code."""
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -197,8 +200,10 @@ class StatusView:
         consent: IConsent | None = None,
         *,
         recent_requests: Callable[[str], list[dict[str, Any]]] | None = None,
+        recent_events: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._recent = recent_requests
+        self._recent_events = recent_events
         self._gateway_id = gateway_id
         self._tunnel = tunnel
         self._policy = policy
@@ -245,4 +250,5 @@ class StatusView:
                 for c in self._connections
             ],
             checks=[],
+            recent_events=[] if self._recent_events is None else self._recent_events(),
         )

@@ -40,8 +40,15 @@ from typing import Any, Literal, cast
 
 from attrs import frozen
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -168,8 +175,11 @@ def is_loopback(address: Address) -> bool:
         return False  # a host name: it may well resolve to an address others reach
 
 
-def exposure_warning(address: Address, rules: ListenerRules, offers: str) -> str | None:
-    """One line for the log when ``address`` can be reached from other machines, or None."""
+def exposure_warning(
+    address: Address, rules: ListenerRules, offers: str, *, login: bool = False
+) -> str | None:
+    """One line for the log when ``address`` can be reached from other machines, or None;
+    ``login``: the listener asks others for the operator password (the status page)."""
     if is_loopback(address):
         return None
     where = {"0.0.0.0": "every IPv4 network of this machine", "::": "every network of this machine"}
@@ -177,8 +187,15 @@ def exposure_warning(address: Address, rules: ListenerRules, offers: str) -> str
     names = ", ".join(sorted(rules.allowed_hosts))
     return (
         f"the {rules.name} on {address} can be reached from {reach}, not only from this "
-        f"machine: anyone there can {offers}. It has no login; what protects it is the network, "
-        f"the host names it answers to (an IP address or {names}; more in {rules.hosts_key}) "
+        f"machine: anyone there can {offers}. "
+        + (
+            "Off loopback it asks for the operator password (gateway operator-password -c "
+            "gateway.toml; read-only until one is set); besides that, what protects it is the "
+            "network, "
+            if login
+            else "It has no login; what protects it is the network, "
+        )
+        + f"the host names it answers to (an IP address or {names}; more in {rules.hosts_key}) "
         f"and its limits ({rules.max_connections} connections, requests within "
         f"{rules.request_timeout:g}s, bodies up to {rules.max_body // 1024} KiB). "
         "Listen on 127.0.0.1 unless the plant network needs it."
@@ -483,9 +500,11 @@ _OFFERS = {
 class _LocalListener(StreamServerEndpointService):
     """A listener that says at start-up who can reach it, when that is more than this machine."""
 
-    def __init__(self, endpoint: Any, site: GuardedSite, address: Address, offers: str) -> None:
+    def __init__(
+        self, endpoint: Any, site: GuardedSite, address: Address, offers: str, login: bool = False
+    ) -> None:
         super().__init__(endpoint, site)
-        self._warning = exposure_warning(address, site.rules, offers)
+        self._warning = exposure_warning(address, site.rules, offers, login=login)
 
     def startService(self) -> None:
         if self._warning is not None:
@@ -499,9 +518,18 @@ def local_listener(
     address: Address,
     root: Resource,
     allowed_hosts: Iterable[str] = (),
+    *,
+    tls: Any = None,
+    login: bool = False,
 ) -> StreamServerEndpointService:
     """The ``[status]`` or ``[metrics]`` listener on ``address``, serving ``root`` under
-    `ListenerRules`, with the start-up warning when other machines can reach it."""
+    `ListenerRules`, with the start-up warning when other machines can reach it; ``tls``:
+    Twisted TLS options to serve HTTPS with (`gateway.web.pagetls.page_tls_options`)."""
     rules = rules_for(f"{kind} listener", f"{kind}.allowed_hosts", address, allowed_hosts)
     site = GuardedSite(root, rules, reactor=cast(IReactorTime, reactor))
-    return _LocalListener(listen_endpoint(reactor, address), site, address, _OFFERS[kind])
+    endpoint: Any = listen_endpoint(reactor, address)
+    if tls is not None:
+        endpoint = SSL4ServerEndpoint(
+            cast(IReactorSSL, reactor), address.port, tls, interface=address.host
+        )
+    return _LocalListener(endpoint, site, address, _OFFERS[kind], login=login)

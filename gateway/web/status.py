@@ -1,8 +1,7 @@
-"""The gateway's local status listener: ``/api/status`` (JSON contract) and a plain page.
+"""``/api/status`` (the JSON contract) and a plain read-only page, for the control socket.
 
-This is the read-only first cut: tunnel health and who is connected to what.  Both read one
-``IStatusView``; the attended-session controls (allow, approve, end, switch off) come with the
-consent work, through one control interface, and will sit on this page.
+The status listener serves the live page with its controls instead (`gateway.web.page`); both
+read one ``IStatusView``.
 """
 
 from __future__ import annotations

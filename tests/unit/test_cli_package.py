@@ -35,7 +35,7 @@ from gateway.cli.common import (
 
 COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
 COMMANDS += ["access", "code", "requests", "approve", "deny", "sessions", "end", "audit"]
-COMMANDS += ["check", "snapshot"]
+COMMANDS += ["check", "snapshot", "operator-password"]
 COMMANDS += ["enroll"]
 
 
@@ -98,6 +98,7 @@ class RegistryTests(SynchronousTestCase):
             "check": "check -c gateway.toml --json",
             "snapshot": "snapshot -c gateway.toml -o s.tar.gz",
             "enroll": "enroll --relay r:1 --ca ca.pem --token t -c gateway.toml",
+            "operator-password": "operator-password -c gateway.toml --stdin",
         }
         for name in COMMANDS:
             args = top.parse_args(argv[name].split())

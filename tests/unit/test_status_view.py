@@ -71,6 +71,7 @@ class StatusViewTests(SynchronousTestCase):
                 "sessions": [],
                 "connections": [],
                 "checks": [],
+                "recent_events": [],
             },
         )
 

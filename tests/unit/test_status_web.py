@@ -83,7 +83,17 @@ class StatusResourceTests(SynchronousTestCase):
         report = json.loads(body)
         self.assertEqual(report, REPORT.to_json())
         self.assertEqual(
-            list(report), ["id", "version", "tunnel", "access", "sessions", "connections", "checks"]
+            list(report),
+            [
+                "id",
+                "version",
+                "tunnel",
+                "access",
+                "sessions",
+                "connections",
+                "checks",
+                "recent_events",
+            ],
         )
         self.assertEqual(
             list(report["connections"][0]),

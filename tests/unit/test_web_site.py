@@ -383,6 +383,13 @@ class ExposureTests(SynchronousTestCase):
         ):
             self.assertIn(part, text)
 
+    def test_the_status_listeners_warning_names_the_operator_password(self) -> None:
+        text = exposure_warning(Address("0.0.0.0", 8081), RULES, "see the page", login=True)
+        assert text is not None
+        self.assertIn("gateway operator-password", text)
+        self.assertIn("read-only until one is set", text)
+        self.assertNotIn("no login", text)
+
     def test_the_listener_warns_at_start_only_when_exposed(self) -> None:
         for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
             reactor = MemoryReactorClock()
