@@ -231,9 +231,7 @@ class EdgeDaemon(MultiService):
             )
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.registry))
-        return local_listener(
-            self._reactor, "metrics", address, root, config.metrics_allowed_hosts
-        )
+        return local_listener(self._reactor, "metrics", address, root, config.metrics_allowed_hosts)
 
     def rebind(self, kind: ListenerKind, config: GatewayConfig, *, hosts_only: bool) -> str | None:
         """Move the ``kind`` listener to ``config``'s address: the new one is bound before the

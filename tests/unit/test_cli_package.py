@@ -35,8 +35,7 @@ from gateway.cli.common import (
 
 COMMANDS = ["run", "relay", "connect", "pki", "demo", "demo-processor"]
 COMMANDS += ["access", "code", "requests", "approve", "deny", "sessions", "end", "audit"]
-COMMANDS += ["check", "snapshot", "operator-password"]
-COMMANDS += ["enroll"]
+COMMANDS += ["check", "snapshot", "enroll", "operator-password"]
 
 
 class Run:
