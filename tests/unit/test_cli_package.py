@@ -73,7 +73,7 @@ class RegistryTests(SynchronousTestCase):
     def test_every_command_module_registers_its_commands(self) -> None:
         _, commands = build()
         self.assertEqual(list(commands.handlers), COMMANDS)
-        self.assertEqual(len(COMMAND_MODULES), 10)
+        self.assertEqual(len(COMMAND_MODULES), 11)
         for module in COMMAND_MODULES:
             self.assertTrue(callable(getattr(module, "register", None)), module)
 
