@@ -50,6 +50,13 @@ GATEWAY: Contract = {
     "gateway_session_codes_failed_total": _c("counter", "reason"),
     "gateway_audit_write_failures_total": _c("counter"),
     "gateway_reactor_delayed_calls": _c("gauge"),
+    # Renewal through the relay and SIGHUP reloads (issue 19).
+    "gateway_certificate_renewal_failures_total": _c("counter"),
+    "gateway_certificate_renewals_total": _c("counter"),
+    "gateway_certificate_renewal_next_timestamp_seconds": _c("gauge"),
+    "gateway_config_reloads_total": _c("counter", "result"),
+    "gateway_config_last_reload_successful": _c("gauge"),
+    "gateway_config_last_reload_success_timestamp_seconds": _c("gauge"),
 }
 
 RELAY: Contract = {
@@ -64,6 +71,9 @@ RELAY: Contract = {
     "relay_sessions_active": _c("gauge"),
     "relay_build_info": _c("gauge", "version"),
     "relay_reactor_delayed_calls": _c("gauge"),
+    "relay_config_reloads_total": _c("counter", "result"),
+    "relay_config_last_reload_successful": _c("gauge"),
+    "relay_config_last_reload_success_timestamp_seconds": _c("gauge"),
 }
 
 UNBOUNDED_LABELS = frozenset(
