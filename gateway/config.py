@@ -314,6 +314,19 @@ class EngineerListener:
 
 
 @frozen
+class PortalConfig:
+    """The relay's engineer portal (``[portal]``): HTTPS for browsers, one origin per target."""
+
+    listen: Address
+    domain: str
+    """The portal's own host name; each (gateway, target) is ``<target>--<gateway>.<domain>``."""
+    cert: Path
+    key: Path
+    login_minutes: int = 480
+    """How long a portal login lasts (then the engineer logs in again)."""
+
+
+@frozen
 class RelayConfig:
     path: Path
     gateways: GatewayListener
@@ -326,6 +339,8 @@ class RelayConfig:
     """``[service] half_close_timeout``: a backstop for a half-closed stream gone quiet.  Each
     gateway enforces its plant's own (default 30 s); the relay's only catches what no gateway
     ends, so it is longer than any gateway should need."""
+    portal: PortalConfig | None = None
+    """``[portal]``: the engineers' portal in the browser; None: no portal."""
 
 
 def _default_state_dir(config: GatewayConfig | RelayConfig) -> Path:
@@ -960,6 +975,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
     eng.finish()
 
     metrics = _listener(top, "metrics")
+    portal = _portal(top, gateways)
     service = top.table("service", required=False)
     drain, half_close = 10.0, 300.0
     state_dir = _state_dir(service, file)
@@ -976,6 +992,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         drain_timeout=drain,
         state_dir=state_dir,
         half_close_timeout=half_close,
+        portal=portal,
     )
 
 
@@ -1039,3 +1056,35 @@ def _required(value: T | None) -> T:
     """Narrow a getter's result that was asked for with ``required=True``."""
     assert value is not None
     return value
+
+
+# -- [portal] (the engineers' portal in the browser) ---------------------------------------------
+
+_DOMAIN = re.compile(
+    r"(?=.{1,200}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def _portal(top: _Table, gateways: GatewayListener) -> PortalConfig | None:
+    """``[portal] listen, domain, cert, key, login_minutes``; cert and key default to the
+    relay's own (``[gateways]``)."""
+    table = top.table("portal", required=False)
+    if table is None:
+        return None
+    domain = table.required_str("domain").strip().lower().rstrip(".")
+    if not _DOMAIN.fullmatch(domain) or "--" in domain.split(".")[0]:
+        raise table.error("domain", f"{domain!r} is not a host name such as relay.example.com")
+    cert = table.path("cert", required=False)
+    key = table.path("key", required=False)
+    if (cert is None) != (key is None):
+        missing = "key" if key is None else "cert"
+        raise table.error(missing, "is required when the other of cert/key is set")
+    config = PortalConfig(
+        listen=_required(table.address("listen", listen=True)),
+        domain=domain,
+        cert=cert or gateways.cert,
+        key=key or gateways.key,
+        login_minutes=_whole_number(table, "login_minutes", 480, 1, 7 * 24 * 60),
+    )
+    table.finish()
+    return config

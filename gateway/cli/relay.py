@@ -268,6 +268,38 @@ def _audit_view(config: RelayConfig, words: list[str], console: Console) -> int:
     return audit(config, words, argparse.Namespace(since=None, json=False, verify=False), console)
 
 
+def set_password(config: RelayConfig, words: list[str], console: Console) -> int:
+    """The engineer's portal password: asked twice on a terminal, else one line of stdin; only
+    its slow salted hash is stored (`gateway.relay.portal.passwords`)."""
+    import getpass
+    import sys
+
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import CredentialFileError, EngineerNotFound
+    from gateway.relay.portal.passwords import password_problem
+    from gateway.relay.portal.passwords import set_password as store
+
+    (name,) = words
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"portal password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise Refused("the two passwords differ; nothing changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    problem = password_problem(password)
+    if problem is not None:
+        raise Refused(problem)
+    tokens = config.engineers.tokens
+    try:
+        stored = store(tokens, name, password)
+    except EngineerNotFound as e:
+        raise Refused(str(e)) from None
+    except CredentialFileError as e:
+        raise Refused(str(e)) from None
+    console.tell(f"Portal password for {stored!r} set in {tokens} (only its scrypt hash).")
+    return 0
+
+
 ACTIONS: dict[str, Action] = {
     "add-engineer": Action(
         "add-engineer NAME --gateways PATTERN,... [--expires DAYS]",
@@ -279,6 +311,7 @@ ACTIONS: dict[str, Action] = {
     "remove-engineer": Action(
         "remove-engineer NAME", 1, _remove_engineer_view, run_with_flags=remove_engineer
     ),
+    "set-password": Action("set-password NAME", 1, set_password),
     "engineers": Action(
         "engineers [--json]", 0, _engineers_view, flags=_engineer_flags, run_with_flags=engineers
     ),

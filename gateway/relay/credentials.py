@@ -51,7 +51,7 @@ GATEWAY_PATTERN_RULE = (
 )
 _PATTERN = re.compile(r"(?:[a-z0-9-]|\*|\?|\[!?[a-z0-9-]+\])+")
 _MAX_PATTERN = 100
-_KEYS = frozenset({"name", "token_sha256", "gateways", "created", "expires"})
+_KEYS = frozenset({"name", "token_sha256", "gateways", "created", "expires", "password"})
 _ENGINEER_HEADER = re.compile(r"^\s*\[\[\s*engineer\s*\]\]", re.MULTILINE)
 _TABLE_HEADER = re.compile(r"^\s*\[")
 
@@ -160,6 +160,8 @@ class EngineerEntry:
     """Where the section starts in the file (1-based; 0 if unknown)."""
     has_gateways: bool = True
     """False when the section has no ``gateways`` key at all (warned about at load)."""
+    password: str | None = field(default=None, repr=False)
+    """The portal password's slow salted hash (`gateway.relay.portal.passwords`), if set."""
 
     @property
     def key(self) -> str:
@@ -377,6 +379,9 @@ def _entry(section: object, where: str, line: int) -> EngineerEntry:
         raise CredentialFileError(f"{who}: {unknown[0]}: unknown key")
     if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
         raise CredentialFileError(f"{who}: token_sha256 must be 64 hex digits")
+    password = section.get("password")
+    if password is not None and not isinstance(password, str):
+        raise CredentialFileError(f"{who}: password must be text (gateway relay set-password)")
     patterns = section.get("gateways")
     if patterns is not None:
         if not isinstance(patterns, list):
@@ -393,6 +398,7 @@ def _entry(section: object, where: str, line: int) -> EngineerEntry:
         expires=_expires(section.get("expires"), who),
         line=line,
         has_gateways=patterns is not None,
+        password=password,
     )
 
 

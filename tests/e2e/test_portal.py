@@ -1,0 +1,197 @@
+"""The engineers' portal in a real browser (issue 20): log in, open the processor's page on its
+own origin through relay, tunnel and gateway, see its WebSocket echo live, download 100 MiB
+byte-exact, a wrong password refused and counted, and no portal cookie reaching the processor.
+
+Real relay, gateway and demo processor processes on loopback, unattended; headless Chromium
+(Debian's) through Playwright.  The portal has its own certificate from the test CA for
+``portal.localhost`` and ``*.portal.localhost`` (Chromium resolves ``*.localhost`` to loopback);
+Chromium is given that certificate's key as a pin (``--ignore-certificate-errors-spki-list``),
+which accepts exactly this certificate and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.demo.stack import free_port
+from gateway.pki import issue_relay_certificate
+from tests.helpers.processes import Stack, fresh_stack
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+DOMAIN = "portal.localhost"
+PASSWORD = "correct horse battery"
+TIMEOUT_MS = 20_000
+DOWNLOAD = 100 * 1024 * 1024
+
+
+def spki_pin(cert: Path) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)): Chromium's form of a certificate key pin."""
+    public = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+class Portal:
+    def __init__(self, stack: Stack, port: int, pin: str) -> None:
+        self.stack, self.port, self.pin = stack, port, pin
+
+    @property
+    def url(self) -> str:
+        return f"https://{DOMAIN}:{self.port}/"
+
+    def target_url(self, target: str = "web") -> str:
+        return f"https://{target}--{self.stack.gateway_id}.{DOMAIN}:{self.port}/"
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[Portal]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium")
+    with fresh_stack() as stack:
+        pki = stack.pki
+        cert, key = pki.directory / "portal.pem", pki.directory / "portal.key"
+        issue_relay_certificate(pki.ca_cert, pki.ca_key, cert, key, names=[DOMAIN, f"*.{DOMAIN}"])
+        port = free_port()
+        config = stack.layout.relay_config
+        config.write_text(
+            config.read_text()
+            + f'\n[portal]\nlisten = "127.0.0.1:{port}"\ndomain = "{DOMAIN}"\n'
+            + f'cert = "{cert}"\nkey = "{key}"\n'
+        )
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "relay", "set-password", "erin", "-c", str(config)],
+            input=PASSWORD + "\n",
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        stack.start_processor()
+        stack.start_relay()
+        stack.start_gateway()
+        yield Portal(stack, port, spki_pin(cert))
+
+
+@pytest.fixture(scope="module")
+def browser(portal: Portal) -> Iterator[object]:
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[f"--ignore-certificate-errors-spki-list={portal.pin}"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(browser: object, portal: Portal, password: str = PASSWORD) -> object:
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(portal.url)
+    page.fill("#name", "erin")
+    page.fill("#password", password)
+    page.click("#login")
+    return page
+
+
+def test_a_wrong_password_is_refused_and_counted(browser: object, portal: Portal) -> None:
+    before = portal.stack.relay_metric('relay_auth_failures_total{kind="portal_password"}') or 0.0
+    page = log_in(browser, portal, password="not the password")
+    page.wait_for_selector("#problem")  # type: ignore[attr-defined]
+    assert "wrong engineer name or password" in page.inner_text("#problem")  # type: ignore[attr-defined]
+    assert page.query_selector("#who") is None  # type: ignore[attr-defined]
+    after = portal.stack.relay_metric('relay_auth_failures_total{kind="portal_password"}')
+    assert after == before + 1
+    page.context.close()  # type: ignore[attr-defined]
+
+
+def test_the_portal_lists_the_gateway_and_opens_its_page_with_a_live_websocket(
+    browser: object, portal: Portal
+) -> None:
+    page = log_in(browser, portal)
+    page.wait_for_selector("#who")  # type: ignore[attr-defined]
+    card = f"#gw-{portal.stack.gateway_id}"
+    page.wait_for_selector(f"{card} a.open[data-target=web]")  # type: ignore[attr-defined]
+    assert page.inner_text(f"{card} .mode") == "unattended"  # type: ignore[attr-defined]
+    with page.context.expect_page() as opened:  # type: ignore[attr-defined]
+        page.click(f"{card} a.open[data-target=web]")  # type: ignore[attr-defined]
+    target = opened.value
+    target.set_default_timeout(TIMEOUT_MS)
+    target.wait_for_load_state()
+    assert target.url == portal.target_url()
+    target.wait_for_function("Number(document.getElementById('count').textContent) >= 2")
+    state = target.inner_text("#state")
+    assert state.strip().lower() == "connected", state
+    page.context.close()  # type: ignore[attr-defined]
+
+
+def test_100_mib_download_arrives_byte_exact(browser: object, portal: Portal) -> None:
+    page = log_in(browser, portal)
+    page.wait_for_selector("#who")  # type: ignore[attr-defined]
+    with page.context.expect_page() as opened:  # type: ignore[attr-defined]
+        page.click(f"#gw-{portal.stack.gateway_id} a.open[data-target=web]")  # type: ignore[attr-defined]
+    target = opened.value
+    target.wait_for_load_state()
+    result = target.evaluate(
+        """async (size) => {
+          const r = await fetch('/download?size=' + size, {cache: 'no-store'});
+          const reader = r.body.getReader();
+          let at = 0, wrong = -1;
+          for (;;) {
+            const {done, value} = await reader.read();
+            if (done) break;
+            for (let i = 0; i < value.length && wrong < 0; i++) {
+              if (value[i] !== (at + i) % 251) wrong = at + i;
+            }
+            at += value.length;
+          }
+          return {status: r.status, bytes: at, wrong: wrong};
+        }""",
+        DOWNLOAD,
+    )
+    assert result == {"status": 200, "bytes": DOWNLOAD, "wrong": -1}
+    page.context.close()  # type: ignore[attr-defined]
+
+
+def test_no_portal_cookie_or_credential_reaches_the_processor(
+    browser: object, portal: Portal
+) -> None:
+    page = log_in(browser, portal)
+    page.wait_for_selector("#who")  # type: ignore[attr-defined]
+    with page.context.expect_page() as opened:  # type: ignore[attr-defined]
+        page.click(f"#gw-{portal.stack.gateway_id} a.open[data-target=web]")  # type: ignore[attr-defined]
+    target = opened.value
+    target.wait_for_load_state()
+    cookies = {c["name"] for c in page.context.cookies()}  # type: ignore[attr-defined]
+    assert {"__Host-portal", "__Host-portal-pass"} <= cookies, cookies
+    seen = target.evaluate(
+        """async () => {
+          document.cookie = 'processor_own=kept; path=/; secure';
+          const r = await fetch('/headers', {headers: {'Authorization': 'Bearer leak'}});
+          return await r.json();
+        }"""
+    )
+    text = str(seen).lower()
+    assert "__host-portal" not in text, seen
+    assert "leak" not in text, seen
+    assert "processor_own=kept" in text, seen
+    headers = {k.lower(): v for k, v in seen.items()}
+    assert headers.get("x-forwarded-proto") == "https", seen
+    assert headers.get("x-forwarded-host", "").startswith(f"web--{portal.stack.gateway_id}."), seen
+    page.context.close()  # type: ignore[attr-defined]

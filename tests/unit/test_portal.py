@@ -1,0 +1,377 @@
+"""The engineers' portal (issue 20): its config section, passwords, logins and tickets, and what
+the proxy does to a browser's request on a target's origin before the processor sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.audit import MemoryAuditTrail
+from gateway.config import LoginLimits
+from gateway.relay.authorisation import PatternAuthorisation
+from gateway.relay.credentials import (
+    CredentialFileError,
+    EngineerNotFound,
+    TokenFile,
+    add_engineer,
+    read_entries,
+)
+from gateway.relay.gateways import GatewayTunnels
+from gateway.relay.logins import LoginGuard
+from gateway.relay.metrics import RelayMetrics
+from gateway.relay.portal.core import Portal
+from gateway.relay.portal.logins import TICKET_SECONDS, Login, PortalLogins
+from gateway.relay.portal.passwords import hash_password, set_password, verify_password
+from gateway.relay.portal.proxy import (
+    PASS_COOKIE,
+    OriginProxy,
+    split_host,
+    without_portal_cookies,
+)
+from gateway.relay.refusals import Refused
+from gateway.relay.revocation import LiveStreams
+from tests.unit.test_config import GATEWAYS_SECTION, ConfigTestCase, relay_toml
+
+FAST = 2**4  # scrypt's cost in these tests: the format is what is tested, not the cost
+
+
+class PortalConfigTests(ConfigTestCase):
+    def test_the_portal_section_is_read_with_the_relays_certificate_by_default(self) -> None:
+        config = self.load_relay(
+            relay_toml(rest='[portal]\nlisten = "0.0.0.0:8443"\ndomain = "Relay.Example.com"\n')
+        )
+        assert config.portal is not None
+        self.assertEqual(config.portal.listen.port, 8443)
+        self.assertEqual(config.portal.domain, "relay.example.com")
+        self.assertEqual(config.portal.cert, config.gateways.cert)
+        self.assertEqual(config.portal.key, config.gateways.key)
+        self.assertEqual(config.portal.login_minutes, 480)
+
+    def test_without_the_section_there_is_no_portal(self) -> None:
+        self.assertIsNone(self.load_relay(relay_toml()).portal)
+
+    def test_a_domain_that_is_no_host_name_is_refused(self) -> None:
+        error = self.relay_refused(
+            relay_toml(rest='[portal]\nlisten = "0.0.0.0:8443"\ndomain = "a b"\n')
+        )
+        self.assertProblem(error, "portal.domain", "is not a host name")
+
+    def test_a_cert_without_its_key_is_refused(self) -> None:
+        error = self.relay_refused(
+            relay_toml(
+                rest='[portal]\nlisten = "0.0.0.0:8443"\ndomain = "r.example"\ncert = "relay.pem"\n'
+            )
+        )
+        self.assertProblem(error, "portal.key", "is required")
+
+    def test_an_unknown_key_is_refused(self) -> None:
+        error = self.relay_refused(
+            relay_toml(rest='[portal]\nlisten = "0.0.0.0:8443"\ndomain = "r.example"\nport = 1\n')
+        )
+        self.assertProblem(error, "portal.port", "unknown key")
+        self.assertIn("[gateways]", GATEWAYS_SECTION)
+
+
+class PasswordTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        add_engineer(self.path, "Alice", gateways=["plant-*"])
+        add_engineer(self.path, "bob", gateways=["lab"])
+
+    def test_a_password_is_stored_as_a_salted_hash_that_checks_it(self) -> None:
+        set_password(self.path, "alice", "a long enough secret", n=FAST)
+        text = self.path.read_text()
+        self.assertNotIn("a long enough secret", text)
+        alice, bob = read_entries(self.path)
+        self.assertTrue(verify_password("a long enough secret", alice.password))
+        self.assertFalse(verify_password("a long enough secreT", alice.password))
+        self.assertIsNone(bob.password)
+        self.assertEqual(alice.gateways, ("plant-*",))
+
+    def test_the_same_password_hashes_differently_each_time(self) -> None:
+        self.assertNotEqual(
+            hash_password("same password", n=FAST), hash_password("same password", n=FAST)
+        )
+
+    def test_setting_it_again_replaces_it(self) -> None:
+        set_password(self.path, "alice", "the first password", n=FAST)
+        set_password(self.path, "alice", "the second password", n=FAST)
+        self.assertEqual(self.path.read_text().count("password ="), 1)
+        alice = read_entries(self.path)[0]
+        self.assertFalse(verify_password("the first password", alice.password))
+        self.assertTrue(verify_password("the second password", alice.password))
+        # the relay reads the file with the key in it
+        self.assertIsNotNone(TokenFile(self.path).entry("alice"))
+
+    def test_an_unknown_engineer_or_a_short_password_is_refused(self) -> None:
+        self.assertRaises(EngineerNotFound, set_password, self.path, "carol", "long enough pw")
+        self.assertRaises(CredentialFileError, set_password, self.path, "alice", "short")
+
+    def test_garbage_never_verifies(self) -> None:
+        for stored in (None, "", "scrypt$x", "bcrypt$1$2$3$4$5", "scrypt$16$8$1$!!$!!"):
+            self.assertFalse(verify_password("anything", stored))
+
+
+class LoginTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.logins = PortalLogins(self.clock, lifetime=3600)
+        self.login = self.logins.create("alice")
+
+    def test_a_ticket_works_once_and_only_for_its_own_origin(self) -> None:
+        ticket = self.logins.ticket(self.login, "plant-1", "web")
+        self.assertIsNone(self.logins.redeem(ticket, "plant-1", "hmi"))
+        ticket = self.logins.ticket(self.login, "plant-1", "web")
+        token = self.logins.redeem(ticket, "plant-1", "web")
+        self.assertIsNotNone(token)
+        self.assertIsNone(self.logins.redeem(ticket, "plant-1", "web"))
+        self.assertIs(self.logins.by_pass(token, "plant-1", "web"), self.login)
+        self.assertIsNone(self.logins.by_pass(token, "plant-2", "web"))
+
+    def test_a_ticket_expires(self) -> None:
+        ticket = self.logins.ticket(self.login, "plant-1", "web")
+        self.clock.advance(TICKET_SECONDS + 1)
+        self.assertIsNone(self.logins.redeem(ticket, "plant-1", "web"))
+
+    def test_logging_out_or_expiring_ends_the_origin_passes(self) -> None:
+        token = self.logins.redeem(self.logins.ticket(self.login, "p", "web"), "p", "web")
+        self.logins.end(self.login.id)
+        self.assertIsNone(self.logins.by_pass(token, "p", "web"))
+        other = self.logins.create("alice")
+        token = self.logins.redeem(self.logins.ticket(other, "p", "web"), "p", "web")
+        self.clock.advance(3600)
+        self.assertIsNone(self.logins.by_pass(token, "p", "web"))
+        self.assertIsNone(self.logins.get(other.id))
+
+    def test_csrf_tokens_are_compared(self) -> None:
+        self.assertTrue(self.login.csrf_ok(self.login.csrf))
+        self.assertFalse(self.login.csrf_ok("x"))
+        self.assertFalse(self.login.csrf_ok(None))
+
+
+class HostTests(SynchronousTestCase):
+    def test_hosts_name_the_portal_or_one_target_of_one_gateway(self) -> None:
+        self.assertIs(split_host("relay.example.com", "relay.example.com"), True)
+        self.assertIs(split_host("Relay.Example.com:8443", "relay.example.com"), True)
+        self.assertEqual(
+            split_host("web--plant17.relay.example.com", "relay.example.com"), ("web", "plant17")
+        )
+        self.assertIsNone(split_host("web.relay.example.com", "relay.example.com"))
+        self.assertIsNone(split_host("a.web--p.relay.example.com", "relay.example.com"))
+        self.assertIsNone(split_host("evil.com", "relay.example.com"))
+        self.assertIsNone(split_host("xrelay.example.com", "relay.example.com"))
+
+    def test_only_the_portals_cookies_are_taken_out(self) -> None:
+        self.assertEqual(
+            without_portal_cookies(b"a=1; __Host-portal=x; __Host-portal-pass=y; b=2"), b"a=1; b=2"
+        )
+
+
+class _FakeStream:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.finished = False
+        self.response: Deferred[Any] = Deferred()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def attach(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def loseConnection(self) -> None:
+        self.finished = True
+
+    def abortConnection(self) -> None:
+        self.finished = True
+
+
+class _FakePortal:
+    domain = "portal.example"
+
+    def __init__(self) -> None:
+        self.login = Login("L", "alice", "c", 0, 100)
+        self.streams: list[_FakeStream] = []
+        self.refuse: Refused | None = None
+
+    def portal_origin(self) -> str:
+        return "https://portal.example/"
+
+    def login_for_pass(self, token: str | None, gateway: str, target: str) -> Login | None:
+        return self.login if token == "good" and (gateway, target) == ("p1", "web") else None
+
+    def redeem(self, ticket: str, gateway: str, target: str) -> str | None:
+        return "good" if ticket == "t1" else None
+
+    def open_stream(self, login: Login, gateway: str, target: str, peer: str) -> Any:
+        if self.refuse is not None:
+            raise self.refuse
+        stream = _FakeStream()
+        self.streams.append(stream)
+        return stream
+
+    def page_opened(self, engineer: str, gateway: str, page: Any) -> None:
+        pass
+
+    def page_closed(self, engineer: str, gateway: str, page: Any) -> None:
+        pass
+
+
+class ProxyTests(SynchronousTestCase):
+    HOST = b"web--p1.portal.example"
+
+    def proxy(self) -> tuple[_FakePortal, OriginProxy, StringTransport]:
+        portal, transport = _FakePortal(), StringTransport()
+        proxy = OriginProxy(portal, "web", "p1", self.HOST.decode(), "192.0.2.7")
+        proxy.makeConnection(transport)
+        return portal, proxy, transport
+
+    def test_the_processor_gets_no_portal_credential_and_the_forwarded_headers(self) -> None:
+        portal, proxy, _ = self.proxy()
+        proxy.dataReceived(
+            b"POST /form HTTP/1.1\r\nHost: " + self.HOST + b"\r\n"
+            b"Cookie: own=1; " + PASS_COOKIE.encode() + b"=good\r\n"
+            b"Authorization: Basic eDp5\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n"
+            b"X-Forwarded-For: 6.6.6.6\r\nContent-Length: 5\r\n\r\nhel"
+        )
+        proxy.dataReceived(b"lo")
+        (stream,) = portal.streams
+        head, *body = stream.written
+        self.assertEqual(b"".join(body), b"hello")  # passed on as it came, not gathered
+        self.assertEqual(len(body), 2)
+        lower = head.lower()
+        self.assertTrue(head.startswith(b"POST /form HTTP/1.1\r\n"))
+        for gone in (b"authorization", b"__host-portal", b"keep-alive", b"6.6.6.6", b"connection:"):
+            self.assertNotIn(gone, lower)
+        self.assertIn(b"cookie: own=1\r\n", lower)
+        self.assertIn(b"x-forwarded-for: 192.0.2.7\r\n", lower)
+        self.assertIn(b"x-forwarded-proto: https\r\n", lower)
+        self.assertIn(b"x-forwarded-host: " + self.HOST + b"\r\n", lower)
+        self.assertIn(b"content-length: 5\r\n", lower)
+
+    def test_a_websocket_upgrade_keeps_its_upgrade_headers_then_bytes_pass_unread(self) -> None:
+        portal, proxy, transport = self.proxy()
+        proxy.dataReceived(
+            b"GET /ws HTTP/1.1\r\nHost: " + self.HOST + b"\r\nCookie: __Host-portal-pass=good\r\n"
+            b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: abc\r\n\r\n"
+        )
+        (stream,) = portal.streams
+        self.assertIn(b"Connection: Upgrade\r\nUpgrade: websocket\r\n", stream.written[0])
+        proxy.dataReceived(b"\x81\x02hi")  # held until the processor answers
+        self.assertEqual(len(stream.written), 1)
+        stream.protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        self.assertEqual(stream.written[1], b"\x81\x02hi")
+        proxy.dataReceived(b"\x81\x01!")
+        self.assertEqual(stream.written[2], b"\x81\x01!")
+        self.assertIn(b"101 Switching", transport.value())
+
+    def test_without_an_origin_pass_the_browser_is_sent_to_the_portal(self) -> None:
+        portal, proxy, transport = self.proxy()
+        proxy.dataReceived(b"GET /page?x=1 HTTP/1.1\r\nHost: " + self.HOST + b"\r\n\r\n")
+        self.assertEqual(portal.streams, [])
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 302 "))
+        self.assertIn(
+            b"Location: https://portal.example/open?gateway=p1&target=web&next=%2Fpage%3Fx%3D1",
+            answer,
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_ticket_becomes_a_host_only_http_only_cookie_for_this_origin(self) -> None:
+        _, proxy, transport = self.proxy()
+        proxy.dataReceived(
+            b"GET /.portal/ticket?t=t1&next=/x HTTP/1.1\r\nHost: " + self.HOST + b"\r\n\r\n"
+        )
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 303 "))
+        self.assertIn(b"Location: /x\r\n", answer)
+        self.assertIn(
+            b"Set-Cookie: __Host-portal-pass=good; Path=/; Secure; HttpOnly; SameSite=Strict\r\n",
+            answer,
+        )
+        self.assertNotIn(b"Domain", answer)
+
+    def test_a_used_ticket_or_another_hosts_request_is_refused(self) -> None:
+        _, proxy, transport = self.proxy()
+        proxy.dataReceived(
+            b"GET /.portal/ticket?t=old HTTP/1.1\r\nHost: " + self.HOST + b"\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "))
+        _, proxy, transport = self.proxy()
+        proxy.dataReceived(b"GET / HTTP/1.1\r\nHost: hmi--p1.portal.example\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 421 "))
+
+    def test_a_refusal_before_the_dial_is_a_page_not_a_cut(self) -> None:
+        from gateway.wire import Refusal
+
+        portal, proxy, transport = self.proxy()
+        portal.refuse = Refused(Refusal.NOT_AUTHORISED, "not for you")
+        proxy.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: " + self.HOST + b"\r\nCookie: __Host-portal-pass=good\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "))
+        self.assertIn(b"not for you", transport.value())
+
+
+class PortalLoginTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        add_engineer(path, "alice", gateways=["plant-*"])
+        set_password(path, "alice", "the right password", n=FAST)
+        credentials = TokenFile(path)
+        self.metrics = RelayMetrics(CollectorRegistry())
+        self.audit = MemoryAuditTrail()
+        self.portal = Portal(
+            domain="portal.example",
+            port=443,
+            clock=self.clock,
+            credentials=credentials,
+            authorisation=PatternAuthorisation(credentials, self.clock),
+            tunnels=GatewayTunnels(),
+            dialer=None,  # type: ignore[arg-type]
+            metrics=self.metrics,
+            logins=LoginGuard(LoginLimits(failures=3), self.clock, self.metrics, self.audit),
+            audit=self.audit,
+            live=LiveStreams(),
+            admission=None,
+            login_seconds=600,
+            check_password=lambda pw, stored: succeed(verify_password(pw, stored)),
+        )
+
+    def failures(self) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "relay_auth_failures_total", {"kind": "portal_password"}
+        )
+        return value or 0.0
+
+    def test_the_right_password_logs_in_and_is_audited(self) -> None:
+        login = self.successResultOf(self.portal.log_in("ALICE", "the right password", "192.0.2.1"))
+        self.assertEqual(login.engineer, "alice")
+        self.assertIs(self.portal.logins.get(login.id), login)
+        self.assertEqual(self.audit.records[-1]["event"], "engineer.portal_login")
+        self.assertEqual(
+            self.portal.target_url("web", "plant-1"), "https://web--plant-1.portal.example/"
+        )
+
+    def test_a_wrong_password_or_name_is_refused_counted_and_locks_the_source_out(self) -> None:
+        for name in ("alice", "nobody", "alice"):
+            self.failureResultOf(self.portal.log_in(name, "wrong", "192.0.2.1"), Refused)
+        self.assertEqual(self.failures(), 3)
+        self.assertIn("engineer.login_failed", [r["event"] for r in self.audit.records])
+        locked = self.failureResultOf(
+            self.portal.log_in("alice", "the right password", "192.0.2.1"), Refused
+        )
+        self.assertIn("too many failed logins", str(locked.value))
+        self.successResultOf(self.portal.log_in("alice", "the right password", "192.0.2.2"))
