@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.demo.stack import free_port
 from gateway.pki import issue_relay_certificate
-from tests.helpers.processes import Stack, fresh_stack
+from tests.helpers.consent import control, control_json
+from tests.helpers.processes import Stack, fresh_stack, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -195,3 +196,49 @@ def test_no_portal_cookie_or_credential_reaches_the_processor(
     assert headers.get("x-forwarded-proto") == "https", seen
     assert headers.get("x-forwarded-host", "").startswith(f"web--{portal.stack.gateway_id}."), seen
     page.context.close()  # type: ignore[attr-defined]
+
+
+def test_in_attended_mode_the_portals_request_is_approved_by_the_plant_and_ended_by_it(
+    browser: object, portal: Portal
+) -> None:
+    """Last in this file: it switches the gateway to attended and back."""
+    stack = portal.stack
+    card = f"#gw-{stack.gateway_id}"
+    control_json(stack, "access", "attended")
+    try:
+        page = log_in(browser, portal)
+        page.wait_for_selector(f"{card}[data-mode=attended]")  # type: ignore[attr-defined]
+        page.fill(f"{card} .reason", "ticket 4711: camera drifts")  # type: ignore[attr-defined]
+        page.click(f"{card} .request")  # type: ignore[attr-defined]
+        page.wait_for_selector(f"{card} .state:has-text('Waiting for the plant')")  # type: ignore[attr-defined]
+        requests: list[dict[str, object]] = []
+
+        def listed() -> bool:
+            requests[:] = [r for r in control_json(stack, "requests") if r["engineer"] == "erin"]
+            return bool(requests)
+
+        wait_until("the portal's request at the gateway", listed)
+        assert requests[0]["reason"] == "ticket 4711: camera drifts", requests
+        session = control_json(stack, "approve", str(requests[0]["id"]), "--minutes", "30")
+        # The portal's page polls: the approval shows without a reload.
+        page.wait_for_selector(f"{card} .state:has-text('approved')")  # type: ignore[attr-defined]
+        assert "min left" in page.inner_text(f"{card} .state")  # type: ignore[attr-defined]
+        with page.context.expect_page() as opened:  # type: ignore[attr-defined]
+            page.click(f"{card} a.open[data-target=web]")  # type: ignore[attr-defined]
+        target = opened.value
+        target.set_default_timeout(TIMEOUT_MS)
+        target.wait_for_load_state()
+        target.wait_for_function("Number(document.getElementById('count').textContent) >= 2")
+        # The plant ends it: the open page's WebSocket closes, and the page is the portal's
+        # notice from then on.
+        ended = control(stack, "end", str(session["id"]), "--reason", "done for today")
+        assert ended.returncode == 0, ended.stderr
+        target.wait_for_function(
+            "document.getElementById('state').textContent.trim() !== 'connected'"
+        )
+        page.wait_for_selector(f"{card} .state:has-text('Session ended')")  # type: ignore[attr-defined]
+        target.reload()
+        assert "ended" in target.inner_text("#notice"), target.content()
+        page.context.close()  # type: ignore[attr-defined]
+    finally:
+        control_json(stack, "access", "unattended")

@@ -375,3 +375,61 @@ class PortalLoginTests(SynchronousTestCase):
         )
         self.assertIn("too many failed logins", str(locked.value))
         self.successResultOf(self.portal.log_in("alice", "the right password", "192.0.2.2"))
+
+
+class ProxyEndingTests(ProxyTests):
+    def open(self) -> tuple[_FakeStream, OriginProxy, StringTransport]:
+        portal, proxy, transport = self.proxy()
+        proxy.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: " + self.HOST + b"\r\nCookie: __Host-portal-pass=good\r\n\r\n"
+        )
+        (stream,) = portal.streams
+        return stream, proxy, transport
+
+    def test_the_stream_and_the_browser_are_each_others_producers(self) -> None:
+        stream, _, transport = self.open()
+        self.assertIs(transport.producer, stream)
+        self.assertIs(stream.producer, transport)
+
+    def test_the_processor_closing_closes_the_browsers_connection(self) -> None:
+        stream, _, transport = self.open()
+        stream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        stream.protocol.readConnectionLost()
+        self.assertIsNone(transport.producer)  # else TLS would wait for ever to shut down
+        self.assertTrue(transport.disconnecting)
+
+    def test_ending_a_page_cuts_its_stream(self) -> None:
+        stream, proxy, transport = self.open()
+        proxy.end("the session ended")
+        self.assertTrue(stream.finished)
+        self.assertTrue(transport.disconnecting)
+
+
+class PortalSessionTests(PortalLoginTests):
+    def test_a_session_ended_by_the_plant_cuts_the_open_pages_and_refuses_new_ones(self) -> None:
+        from gateway.relay.portal.core import PortalAsk
+        from gateway.wire import SessionEvent, SessionEventKind
+
+        login = self.successResultOf(self.portal.log_in("alice", "the right password", "x"))
+        ask = PortalAsk("alice", "plant-1", "reason", state="approved", session="s-1")
+        self.portal.asks[("alice", "plant-1")] = ask
+        ended: list[str] = []
+
+        class Page:
+            def end(self, why: str) -> None:
+                ended.append(why)
+
+        self.portal.page_opened("alice", "plant-1", Page())
+        self.portal._event(ask, SessionEvent(SessionEventKind.ENDED, why="ended by the plant"))
+        self.assertEqual(ended, ["ended by the plant"])
+        refused = self.assertRaises(
+            Refused, self.portal.open_stream, login, "plant-1", "web", "192.0.2.1"
+        )
+        self.assertIn("ended by the plant", refused.reason)
+        self.portal.forget_finished(login, "plant-1")
+        self.assertIsNone(self.portal.ask_of(login, "plant-1"))
+
+    def test_an_engineer_not_authorised_for_a_gateway_opens_nothing_there(self) -> None:
+        login = self.successResultOf(self.portal.log_in("alice", "the right password", "x"))
+        refused = self.assertRaises(Refused, self.portal.open_stream, login, "lab", "web", "x")
+        self.assertIn("not authorised", refused.reason)

@@ -240,6 +240,12 @@ class Portal:
             if refused is not None:
                 raise refused
         ask = self.asks.get((login.engineer.casefold(), gateway))
+        if ask is not None and ask.state == "ended":
+            raise Refused(
+                Refusal.SESSION_ENDED,
+                f"your session on gateway {gateway!r} ended ({ask.why or 'no reason given'}); "
+                "open the portal to ask for a new one",
+            )
         session = ask.session if ask is not None and ask.state == "approved" else None
         cid = new_connection_id()
         stream = self.dialer.dial(gateway, engineer, target, cid, session=session)
@@ -312,6 +318,14 @@ class Portal:
             if ask.stream is not None and not ask.stream.finished:
                 ask.stream.loseConnection()
         self._end_pages(login.engineer, gateway, "you ended the session")
+
+    def forget_finished(self, login: Login, gateway: str) -> None:
+        """An Open after a session ended or was denied starts afresh (unattended mode lets
+        the engineer straight in again; attended mode asks for a new request)."""
+        key = (login.engineer.casefold(), gateway)
+        ask = self.asks.get(key)
+        if ask is not None and ask.state in ("ended", "denied"):
+            del self.asks[key]
 
     def ask_of(self, login: Login, gateway: str) -> PortalAsk | None:
         return self.asks.get((login.engineer.casefold(), gateway))

@@ -38,8 +38,9 @@ async function refresh() {
     const r = await fetch('/fragment', {credentials: 'same-origin', cache: 'no-store'});
     if (r.status === 200) {
       const box = document.getElementById('gateways');
-      const focused = document.activeElement && box.contains(document.activeElement);
-      if (!focused) box.innerHTML = await r.text();
+      const active = document.activeElement;
+      const typing = active && box.contains(active) && active.tagName === 'INPUT' && active.value;
+      if (!typing) box.innerHTML = await r.text();
     } else if (r.status === 401) { location.reload(); }
   } catch (e) { /* the next poll tries again */ }
 }
@@ -212,7 +213,7 @@ class PortalPages(Resource):
         if card.targets:
             parts.append("<ul class=targets>")
             for target in card.targets:
-                link = "/open?" + urlencode({"gateway": card.id, "target": target})
+                link = "/open?" + urlencode({"gateway": card.id, "target": target, "fresh": "1"})
                 parts.append(
                     f"<li>{_e(target)} <a class=open target=_blank rel=noopener "
                     f"data-target='{_e(target)}' href='{_e(link)}'>Open</a></li>"
@@ -247,6 +248,8 @@ class PortalPages(Resource):
         if engineer is None or self.portal.authorisation.refusal(engineer, gateway) is not None:
             request.setResponseCode(403)
             return _page("Not authorised", "<p>You may not reach that gateway.</p>")
+        if self._arg(request, "fresh"):
+            self.portal.forget_finished(login, gateway)
         ticket = self.portal.logins.ticket(login, gateway, target)
         where = (
             self.portal.target_url(target, gateway).rstrip("/")

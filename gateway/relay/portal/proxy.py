@@ -246,6 +246,7 @@ class OriginProxy(Protocol):
         self._held = bytearray()
         self._answered = False
         self._closed = False
+        self._producing = False
         self.bytes_down = 0
 
     def _parser(self) -> h11.Connection:
@@ -410,6 +411,17 @@ class OriginProxy(Protocol):
         stream, self.stream = self.stream, None
         if stream is not None and not stream.finished:
             stream.loseConnection()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close the browser's connection once what was written has gone.
+
+        A TLS transport with a producer registered never shuts down (it waits for the producer
+        to be unregistered), so the stream stops being its producer first.
+        """
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     # -- the processor's bytes -------------------------------------------------------------------
@@ -417,6 +429,7 @@ class OriginProxy(Protocol):
     def _attach(self, stream: TunnelStream) -> None:
         stream.attach(_Upstream(self))
         self.transport.registerProducer(stream, True)
+        self._producing = True
         stream.registerProducer(self.transport, True)
         stream.response.addCallbacks(self._answered_ok, self._refused)
         stream.response.addErrback(lambda f: log.failure("portal: proxying", f))
@@ -450,7 +463,7 @@ class OriginProxy(Protocol):
         if self._closed:
             return
         self._closed = True
-        self.transport.loseConnection()
+        self._hang_up()
 
     def end(self, why: str) -> None:
         """The session or login ended: cut the page's connection."""
@@ -459,7 +472,7 @@ class OriginProxy(Protocol):
         self._closed = True
         if self.stream is not None and not self.stream.finished:
             self.stream.abortConnection()
-        self.transport.loseConnection()
+        self._hang_up()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._closed = True
