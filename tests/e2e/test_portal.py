@@ -242,3 +242,35 @@ def test_in_attended_mode_the_portals_request_is_approved_by_the_plant_and_ended
         page.context.close()  # type: ignore[attr-defined]
     finally:
         control_json(stack, "access", "unattended")
+
+
+def test_in_attended_mode_a_code_read_out_on_the_phone_opens_the_session(
+    browser: object, portal: Portal
+) -> None:
+    stack = portal.stack
+    card = f"#gw-{stack.gateway_id}"
+    control_json(stack, "access", "attended")
+    try:
+        code = str(control_json(stack, "code", "--minutes", "15")["code"])
+        page = log_in(browser, portal)
+        page.wait_for_selector(f"{card}[data-mode=attended]")  # type: ignore[attr-defined]
+        page.fill(f"{card} .code", code)  # type: ignore[attr-defined]
+        page.click(f"{card} .use-code")  # type: ignore[attr-defined]
+        page.wait_for_selector(f"{card} .state:has-text('approved')")  # type: ignore[attr-defined]
+        (live,) = [s for s in stack.status()["sessions"] if s["engineer"] == "erin"]
+        assert live["id"] in page.inner_text(f"{card} .state")  # type: ignore[attr-defined]
+        with page.context.expect_page() as opened:  # type: ignore[attr-defined]
+            page.click(f"{card} a.open[data-target=web]")  # type: ignore[attr-defined]
+        target = opened.value
+        target.set_default_timeout(TIMEOUT_MS)
+        target.wait_for_load_state()
+        target.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+        # End lets go of it: the engineer's open pages lose their connections at once.
+        page.bring_to_front()  # type: ignore[attr-defined]
+        page.click(f"{card} .end")  # type: ignore[attr-defined]
+        target.wait_for_function(
+            "document.getElementById('state').textContent.trim() !== 'connected'"
+        )
+        page.context.close()  # type: ignore[attr-defined]
+    finally:
+        control_json(stack, "access", "unattended")
