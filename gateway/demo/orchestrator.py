@@ -84,6 +84,10 @@ LOG_TAIL_LINES: Final = 10
 MARKER: Final = ".gateway-demo"
 WRITTEN_BY: Final = "`gateway demo`"
 
+PORTAL_DOMAIN: Final = "portal.localhost"
+"""The demo portal's host name: browsers resolve ``*.localhost`` to loopback, so each target's
+origin (``web--demo-gateway.portal.localhost``) works without DNS."""
+
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -341,12 +345,56 @@ def make_credentials(layout: Layout) -> str:
     return stack.make_engineer(layout.engineers, ENGINEER, gateways=[GATEWAY_ID])
 
 
+def make_portal_login(layout: Layout) -> str:
+    """The portal's certificate (the domain and ``*.domain``, from the throw-away CA) and a
+    fresh password for the demo's engineer; the password."""
+    import secrets
+
+    from gateway.pki import issue_relay_certificate
+    from gateway.relay.portal.passwords import set_password
+
+    issue_relay_certificate(
+        layout.ca,
+        layout.ca_key,
+        portal_cert(layout),
+        portal_key(layout),
+        names=[PORTAL_DOMAIN, f"*.{PORTAL_DOMAIN}"],
+        force=True,
+    )
+    password = secrets.token_urlsafe(12)
+    set_password(layout.engineers, ENGINEER, password)
+    return password
+
+
+def portal_cert(layout: Layout) -> Path:
+    return layout.pki / "portal.pem"
+
+
+def portal_key(layout: Layout) -> Path:
+    return layout.pki / "portal.key"
+
+
+def portal_url(port: int, target: str | None = None) -> str:
+    host = PORTAL_DOMAIN if target is None else f"{target}--{GATEWAY_ID}.{PORTAL_DOMAIN}"
+    return f"https://{host}:{port}/"
+
+
 def _addr(port: int) -> str:
     return str(loopback(port))
 
 
-def relay_toml(layout: Layout, ports: Ports) -> str:
-    return stack.relay_toml(layout, ports, written_by=WRITTEN_BY, service={"drain_timeout": 3})
+def relay_toml(layout: Layout, ports: Ports, portal_port: int | None = None) -> str:
+    portal: dict[str, Value] | None = None
+    if portal_port is not None:
+        portal = {
+            "listen": loopback(portal_port),
+            "domain": PORTAL_DOMAIN,
+            "cert": portal_cert(layout),
+            "key": portal_key(layout),
+        }
+    return stack.relay_toml(
+        layout, ports, written_by=WRITTEN_BY, service={"drain_timeout": 3}, portal=portal
+    )
 
 
 def gateway_toml(layout: Layout, ports: Ports, mode: str) -> str:
@@ -419,7 +467,12 @@ def control_command(*words: str) -> str:
 
 
 def demo_info(
-    layout: Layout, ports: Ports, token: str, mode: str, request: str | None
+    layout: Layout,
+    ports: Ports,
+    token: str,
+    mode: str,
+    request: str | None,
+    portal: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """demo.json: the contract in BRIEF section 3 (scripts and tests read it).
 
@@ -451,6 +504,19 @@ def demo_info(
             "relay": control_command("relay", PLACEHOLDER, "-c", str(layout.relay_config)),
         },
         "request": request,
+        **_portal_info(portal),
+    }
+
+
+def _portal_info(portal: tuple[int, str] | None) -> dict[str, Any]:
+    """demo.json's portal keys: its URL, the demo login and each target's own origin."""
+    if portal is None:
+        return {}
+    port, password = portal
+    return {
+        "portal_url": portal_url(port),
+        "portal_login": {"name": ENGINEER, "password": password},
+        "portal_target_urls": {TARGET: portal_url(port, TARGET)},
     }
 
 
@@ -630,6 +696,7 @@ def summary(info: dict[str, Any], mode: str, ways_in: Sequence[str]) -> str:
         ]
     lines += [*ways_in, ""]
     lines += [
+        *_portal_lines(info),
         f"  Gateway status page:   {info['status_url']}   (JSON: {info['status_url']}api/status)",
         f"  Gateway metrics:       {info['metrics_url']}",
         f"  Relay metrics:         {info['relay_metrics_url']}",
@@ -643,6 +710,20 @@ def summary(info: dict[str, Any], mode: str, ways_in: Sequence[str]) -> str:
         "Press Ctrl-C to stop.",
     ]
     return "\n".join(lines)
+
+
+def _portal_lines(info: dict[str, Any]) -> list[str]:
+    if "portal_url" not in info:
+        return []
+    login = info["portal_login"]
+    return [
+        f"  Engineer portal:       {info['portal_url']}",
+        f"      log in as {login['name']!r} with password {login['password']!r}; Open the",
+        f"      target, or go straight to {info['portal_target_urls'][TARGET]}",
+        "      (the certificate is from the demo's throw-away CA: the browser warns unless",
+        f"      {info['relay_ca']} is imported as a trusted authority)",
+        "",
+    ]
 
 
 def ways_in_unattended(another: str) -> list[str]:
@@ -710,13 +791,14 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
     try:
         layout.logs.mkdir(exist_ok=True)
         token = make_credentials(layout)
+        password = make_portal_login(layout)
     except (OSError, PKIError, CredentialFileError) as e:
         raise DemoError(f"cannot create the demo's certificates and token: {e}") from None
     _say(f"gateway demo: starting in {layout.workdir} ...")
     children = Children(layout, stop)
     try:
-        ports, request = _start_with_retries(children, layout, mode, token)
-        info = demo_info(layout, ports, token, mode, request)
+        ports, portal_port, request = _start_with_retries(children, layout, mode, token)
+        info = demo_info(layout, ports, token, mode, request, (portal_port, password))
         _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
         if mode == "attended":
             asking, coded = stack.free_ports(2)
@@ -778,15 +860,16 @@ def _write(path: Path, text: str, *, private: bool = False) -> None:
 
 def _start_with_retries(
     children: Children, layout: Layout, mode: str, token: str
-) -> tuple[Ports, str | None]:
-    """The ports the stack runs on, and the demo client's request (attended mode)."""
+) -> tuple[Ports, int, str | None]:
+    """The ports the stack runs on, the portal's, and the demo client's request (attended)."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         ports = Ports.pick()
-        _write(layout.relay_config, relay_toml(layout, ports))
+        portal_port = stack.free_port()
+        _write(layout.relay_config, relay_toml(layout, ports, portal_port))
         _write(layout.gateway_config, gateway_toml(layout, ports, mode))
         forget_earlier_mode(layout)
         try:
-            return ports, start_stack(children, layout, ports, mode, token)
+            return ports, portal_port, start_stack(children, layout, ports, mode, token)
         except PortTaken as e:
             children.stop()
             if attempt == PORT_ATTEMPTS:

@@ -274,3 +274,48 @@ def test_in_attended_mode_a_code_read_out_on_the_phone_opens_the_session(
         page.context.close()  # type: ignore[attr-defined]
     finally:
         control_json(stack, "access", "unattended")
+
+
+def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_directly() -> None:
+    """``gateway demo`` prints the portal and a login; demo.json has portal_url, portal_login
+    and portal_target_urls.  A target's link opened before logging in goes through the login
+    and lands on the processor's page."""
+    import shutil
+    import tempfile
+
+    from tests.e2e.test_demo import children, start_demo, stop, wait_for_demo
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium")
+    base = Path(tempfile.mkdtemp(prefix="gateway-demo-portal-"))
+    process, output = start_demo(base / "work")
+    kids: dict[int, int] = {}
+    try:
+        demo = wait_for_demo(process, base / "work", output)
+        kids = children(process.pid)
+        info = demo.info
+        assert info["portal_url"].startswith("https://portal.localhost:"), info
+        login = info["portal_login"]
+        assert login["name"] == "demo-engineer" and login["password"], info
+        target_url = info["portal_target_urls"]["web"]
+        assert target_url.startswith("https://web--demo-gateway.portal.localhost:"), info
+        assert info["portal_url"] in output.read_text()
+        pin = spki_pin(demo.workdir / "portal.pem")
+        with playwright_sync.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=[f"--ignore-certificate-errors-spki-list={pin}"]
+            )
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(target_url)
+                page.fill("#name", login["name"])
+                page.fill("#password", login["password"])
+                page.click("#login")
+                page.wait_for_url(target_url)
+                page.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+            finally:
+                browser.close()
+    finally:
+        stop(process, kids)
+        shutil.rmtree(base, ignore_errors=True)
