@@ -300,6 +300,41 @@ def set_password(config: RelayConfig, words: list[str], console: Console) -> int
     return 0
 
 
+def set_totp(config: RelayConfig, words: list[str], console: Console) -> int:
+    """Enrol a portal second factor: the QR code is shown once, for the engineer's app."""
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import CredentialFileError
+    from gateway.relay.portal.totp import enrol, provisioning_uri, qr_text
+
+    (name,) = words
+    try:
+        stored, secret = enrol(config.engineers.tokens, name)
+    except CredentialFileError as e:
+        raise Refused(str(e)) from None
+    uri = provisioning_uri(secret, stored)
+    console.print(qr_text(uri))
+    console.print(uri)
+    console.tell(
+        f"Second factor for {stored!r} set: scan the code above with an authenticator app now "
+        "(it is not shown again); the portal asks for its 6 digits at every login."
+    )
+    return 0
+
+
+def remove_totp(config: RelayConfig, words: list[str], console: Console) -> int:
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import CredentialFileError
+    from gateway.relay.portal.totp import remove
+
+    (name,) = words
+    try:
+        stored = remove(config.engineers.tokens, name)
+    except CredentialFileError as e:
+        raise Refused(str(e)) from None
+    console.tell(f"Second factor for {stored!r} removed; the portal asks only for the password.")
+    return 0
+
+
 ACTIONS: dict[str, Action] = {
     "add-engineer": Action(
         "add-engineer NAME --gateways PATTERN,... [--expires DAYS]",
@@ -312,6 +347,8 @@ ACTIONS: dict[str, Action] = {
         "remove-engineer NAME", 1, _remove_engineer_view, run_with_flags=remove_engineer
     ),
     "set-password": Action("set-password NAME", 1, set_password),
+    "set-totp": Action("set-totp NAME", 1, set_totp),
+    "remove-totp": Action("remove-totp NAME", 1, remove_totp),
     "engineers": Action(
         "engineers [--json]", 0, _engineers_view, flags=_engineer_flags, run_with_flags=engineers
     ),

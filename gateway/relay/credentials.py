@@ -51,7 +51,7 @@ GATEWAY_PATTERN_RULE = (
 )
 _PATTERN = re.compile(r"(?:[a-z0-9-]|\*|\?|\[!?[a-z0-9-]+\])+")
 _MAX_PATTERN = 100
-_KEYS = frozenset({"name", "token_sha256", "gateways", "created", "expires", "password"})
+_KEYS = frozenset({"name", "token_sha256", "gateways", "created", "expires", "password", "totp"})
 _ENGINEER_HEADER = re.compile(r"^\s*\[\[\s*engineer\s*\]\]", re.MULTILINE)
 _TABLE_HEADER = re.compile(r"^\s*\[")
 
@@ -162,6 +162,8 @@ class EngineerEntry:
     """False when the section has no ``gateways`` key at all (warned about at load)."""
     password: str | None = field(default=None, repr=False)
     """The portal password's slow salted hash (`gateway.relay.portal.passwords`), if set."""
+    totp: str | None = field(default=None, repr=False)
+    """The portal's second factor: a TOTP secret (base32), if the engineer enrolled one."""
 
     @property
     def key(self) -> str:
@@ -382,6 +384,11 @@ def _entry(section: object, where: str, line: int) -> EngineerEntry:
     password = section.get("password")
     if password is not None and not isinstance(password, str):
         raise CredentialFileError(f"{who}: password must be text (gateway relay set-password)")
+    totp = section.get("totp")
+    if totp is not None and (
+        not isinstance(totp, str) or not re.fullmatch(r"[A-Z2-7]{16,128}", totp)
+    ):
+        raise CredentialFileError(f"{who}: totp must be a base32 secret (gateway relay set-totp)")
     patterns = section.get("gateways")
     if patterns is not None:
         if not isinstance(patterns, list):
@@ -399,6 +406,7 @@ def _entry(section: object, where: str, line: int) -> EngineerEntry:
         line=line,
         has_gateways=patterns is not None,
         password=password,
+        totp=totp,
     )
 
 

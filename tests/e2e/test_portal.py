@@ -17,6 +17,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from cryptography import x509
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.demo.stack import free_port
 from gateway.pki import issue_relay_certificate
+from gateway.relay.credentials import add_engineer
 from tests.helpers.consent import control, control_json
 from tests.helpers.processes import Stack, fresh_stack, wait_until
 
@@ -48,8 +51,9 @@ def spki_pin(cert: Path) -> str:
 
 
 class Portal:
-    def __init__(self, stack: Stack, port: int, pin: str) -> None:
+    def __init__(self, stack: Stack, port: int, pin: str, tom_secret: str) -> None:
         self.stack, self.port, self.pin = stack, port, pin
+        self.tom_secret = tom_secret
 
     @property
     def url(self) -> str:
@@ -81,34 +85,83 @@ def portal() -> Iterator[Portal]:
             check=True,
             timeout=30,
         )
+        # tom has a second factor too
+        add_engineer(stack.layout.engineers, "tom", gateways=[stack.gateway_id])
+        relay = [sys.executable, "-m", "gateway", "relay"]
+        subprocess.run(
+            [*relay, "set-password", "tom", "-c", str(config)],
+            input=PASSWORD + "\n",
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        enrolled = subprocess.run(
+            [*relay, "set-totp", "tom", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        uri = next(line for line in enrolled.stdout.splitlines() if line.startswith("otpauth://"))
         stack.start_processor()
         stack.start_relay()
         stack.start_gateway()
-        yield Portal(stack, port, spki_pin(cert))
+        yield Portal(stack, port, spki_pin(cert), parse_qs(urlsplit(uri).query)["secret"][0])
 
 
 @pytest.fixture(scope="module")
-def browser(portal: Portal) -> Iterator[object]:
+def playwright() -> Iterator[Any]:
+    """One Playwright per module: its sync API cannot run twice at once."""
     with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[f"--ignore-certificate-errors-spki-list={portal.pin}"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+        yield p
 
 
-def log_in(browser: object, portal: Portal, password: str = PASSWORD) -> object:
+@pytest.fixture(scope="module")
+def browser(playwright: Any, portal: Portal) -> Iterator[object]:
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[f"--ignore-certificate-errors-spki-list={portal.pin}"],
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+def log_in(
+    browser: object, portal: Portal, password: str = PASSWORD, name: str = "erin", code: str = ""
+) -> object:
     context = browser.new_context()  # type: ignore[attr-defined]
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(portal.url)
-    page.fill("#name", "erin")
+    page.fill("#name", name)
     page.fill("#password", password)
+    if code:
+        page.fill("#code", code)
     page.click("#login")
     return page
+
+
+def test_a_missing_or_wrong_second_factor_is_refused_and_the_right_one_logs_in(
+    browser: object, portal: Portal
+) -> None:
+    import pyotp
+
+    metric = 'relay_auth_failures_total{kind="portal_totp"}'
+    before = portal.stack.relay_metric(metric) or 0.0
+    for code in ("", "000000"):
+        page = log_in(browser, portal, name="tom", code=code)
+        page.wait_for_selector("#problem")  # type: ignore[attr-defined]
+        assert "second-factor code" in page.inner_text("#problem")  # type: ignore[attr-defined]
+        page.context.close()  # type: ignore[attr-defined]
+    assert portal.stack.relay_metric(metric) == before + 2
+    page = log_in(browser, portal, name="tom", code=pyotp.TOTP(portal.tom_secret).now())
+    page.wait_for_selector("#who, #problem")  # type: ignore[attr-defined]
+    assert page.query_selector("#problem") is None, page.inner_text("#problem")  # type: ignore[attr-defined]
+    page.wait_for_selector("#who")  # type: ignore[attr-defined]
+    assert page.inner_text("#who") == "tom"  # type: ignore[attr-defined]
+    page.context.close()  # type: ignore[attr-defined]
 
 
 def test_a_wrong_password_is_refused_and_counted(browser: object, portal: Portal) -> None:
@@ -276,7 +329,9 @@ def test_in_attended_mode_a_code_read_out_on_the_phone_opens_the_session(
         control_json(stack, "access", "unattended")
 
 
-def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_directly() -> None:
+def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_directly(
+    playwright: Any,
+) -> None:
     """``gateway demo`` prints the portal and a login; demo.json has portal_url, portal_login
     and portal_target_urls.  A target's link opened before logging in goes through the login
     and lands on the processor's page."""
@@ -301,21 +356,20 @@ def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_direct
         assert target_url.startswith("https://web--demo-gateway.portal.localhost:"), info
         assert info["portal_url"] in output.read_text()
         pin = spki_pin(demo.workdir / "portal.pem")
-        with playwright_sync.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, args=[f"--ignore-certificate-errors-spki-list={pin}"]
-            )
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(target_url)
-                page.fill("#name", login["name"])
-                page.fill("#password", login["password"])
-                page.click("#login")
-                page.wait_for_url(target_url)
-                page.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
-            finally:
-                browser.close()
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=[f"--ignore-certificate-errors-spki-list={pin}"]
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(target_url)
+            page.fill("#name", login["name"])
+            page.fill("#password", login["password"])
+            page.click("#login")
+            page.wait_for_url(target_url)
+            page.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+        finally:
+            browser.close()
     finally:
         stop(process, kids)
         shutil.rmtree(base, ignore_errors=True)

@@ -433,3 +433,58 @@ class PortalSessionTests(PortalLoginTests):
         login = self.successResultOf(self.portal.log_in("alice", "the right password", "x"))
         refused = self.assertRaises(Refused, self.portal.open_stream, login, "lab", "web", "x")
         self.assertIn("not authorised", refused.reason)
+
+
+class SecondFactorTests(PortalLoginTests):
+    def enrol(self) -> str:
+        from gateway.relay.portal.totp import enrol
+
+        _, secret = enrol(self.portal.credentials.path, "alice")
+        self.portal.credentials.reload()
+        return secret
+
+    def code(self, secret: str, at: float | None = None) -> str:
+        import pyotp
+
+        return pyotp.TOTP(secret).at(self.clock.seconds() if at is None else at)
+
+    def totp_failures(self) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "relay_auth_failures_total", {"kind": "portal_totp"}
+        )
+        return value or 0.0
+
+    def test_with_a_second_factor_the_password_alone_is_refused_and_counted(self) -> None:
+        self.clock.advance(1_000_000)
+        self.enrol()
+        refused = self.failureResultOf(
+            self.portal.log_in("alice", "the right password", "192.0.2.1"), Refused
+        )
+        self.assertIn("second-factor code", str(refused.value))
+        self.assertEqual(self.totp_failures(), 1)
+        self.assertEqual(self.failures(), 0)
+
+    def test_the_current_code_logs_in_once(self) -> None:
+        self.clock.advance(1_000_000)
+        secret = self.enrol()
+        code = self.code(secret)
+        self.successResultOf(self.portal.log_in("alice", "the right password", "x", code))
+        self.failureResultOf(self.portal.log_in("alice", "the right password", "x", code), Refused)
+
+    def test_a_code_a_step_old_works_and_two_steps_old_does_not(self) -> None:
+        self.clock.advance(1_000_000)
+        secret = self.enrol()
+        now = self.clock.seconds()
+        old = self.code(secret, now - 60)
+        self.failureResultOf(self.portal.log_in("alice", "the right password", "x", old), Refused)
+        recent = self.code(secret, now - 30)
+        self.successResultOf(self.portal.log_in("alice", "the right password", "x", recent))
+
+    def test_removing_it_leaves_the_password(self) -> None:
+        from gateway.relay.portal.totp import remove
+
+        self.enrol()
+        remove(self.portal.credentials.path, "alice")
+        self.portal.credentials.reload()
+        self.assertIsNone(self.portal.credentials.entry("alice").totp)  # type: ignore[union-attr]
+        self.successResultOf(self.portal.log_in("alice", "the right password", "x"))

@@ -35,6 +35,7 @@ from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import new_connection_id
 from gateway.relay.portal.logins import Login, PortalLogins
 from gateway.relay.portal.passwords import verify_password
+from gateway.relay.portal.totp import CodeCheck
 from gateway.relay.refusals import Refused
 from gateway.relay.revocation import LiveStreams
 from gateway.tunnel.errors import TunnelClosed
@@ -121,6 +122,8 @@ class Portal:
             lambda password, stored: deferToThread(verify_password, password, stored)
         )
         self.password_failures = metrics.auth_failures.labels(kind="portal_password")
+        self.totp_failures = metrics.auth_failures.labels(kind="portal_totp")
+        self.codes = CodeCheck(clock)
         self.asks: dict[tuple[str, str], PortalAsk] = {}
         self.pages: dict[tuple[str, str], set[Any]] = {}
         """The proxied connections open per (engineer, gateway): ended with its session."""
@@ -138,8 +141,9 @@ class Portal:
 
     # -- logging in ------------------------------------------------------------------------------
 
-    def log_in(self, name: str, password: str, peer: str) -> Deferred[Login]:
-        """A login, or `Refused` (wrong name or password, locked out); failures are counted."""
+    def log_in(self, name: str, password: str, peer: str, code: str = "") -> Deferred[Login]:
+        """A login, or `Refused` (wrong name, password or second-factor code, locked out);
+        failures are counted.  ``code``: the TOTP code, for an engineer who enrolled one."""
         try:
             self.login_limits.check(peer, None)
         except Refused as refused:
@@ -154,6 +158,15 @@ class Portal:
             if not ok or entry is None:
                 self.password_failures.inc()
                 refused = Refused(Refusal.BAD_TOKEN, "wrong engineer name or password")
+                self.login_limits.failed(refused, peer, "", None)
+                raise refused
+            if entry.totp is not None and not self.codes.check(entry.name, entry.totp, code):
+                self.totp_failures.inc()
+                refused = Refused(
+                    Refusal.BAD_TOKEN,
+                    "the second-factor code is missing or wrong (the 6 digits your "
+                    "authenticator app shows now)",
+                )
                 self.login_limits.failed(refused, peer, "", None)
                 raise refused
             login = self.logins.create(entry.name)

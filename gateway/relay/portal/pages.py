@@ -156,6 +156,8 @@ class PortalPages(Resource):
             "<p><label>Name <input name=name id=name autocomplete=username required></label></p>"
             "<p><label>Password <input name=password id=password type=password "
             "autocomplete=current-password required></label></p>"
+            "<p><label>Second-factor code <input name=code id=code inputmode=numeric "
+            "autocomplete=one-time-code maxlength=6></label> (if you set one up)</p>"
             "<p><button type=submit id=login>Log in</button></p></form>",
         )
 
@@ -330,7 +332,9 @@ class PortalPages(Resource):
 
         return self._deferred(
             request,
-            self.portal.log_in(name, password, self._peer(request)).addCallbacks(ok, refused),
+            self.portal.log_in(
+                name, password, self._peer(request), self._arg(request, "code")
+            ).addCallbacks(ok, refused),
         )
 
 

@@ -30,7 +30,6 @@ MIN_LENGTH = 10
 MAX_LENGTH = 1024
 _HEADER = re.compile(r"^\s*\[\[\s*engineer\s*\]\]")
 _TABLE = re.compile(r"^\s*\[")
-_PASSWORD_LINE = re.compile(r"^\s*password\s*=")
 
 
 def _b64(data: bytes) -> str:
@@ -90,7 +89,14 @@ def set_password(path: Path, name: str, password: str, *, n: int = N) -> str:
     problem = password_problem(password)
     if problem is not None:
         raise CredentialFileError(problem)
-    line = f'password = "{hash_password(password, n=n)}"\n'
+    return set_key(path, name, "password", hash_password(password, n=n))
+
+
+def set_key(path: Path, name: str, key: str, value: str | None) -> str:
+    """Set (or, with None, remove) ``key = "value"`` in ``name``'s section, under the file's
+    lock; returns the name as written.  ``value`` must need no TOML escaping."""
+    line = None if value is None else f'{key} = "{value}"\n'
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
     with locked(path):
         text = path.read_text("utf-8") if path.exists() else ""
         entries = parse_entries(text, path)
@@ -101,10 +107,10 @@ def set_password(path: Path, name: str, password: str, *, n: int = N) -> str:
         headers = [i for i, text_line in enumerate(lines) if _HEADER.match(text_line)]
         start = headers[match[0]]
         end = next((i for i in range(start + 1, len(lines)) if _TABLE.match(lines[i])), len(lines))
-        body = [x for x in lines[start + 1 : end] if not _PASSWORD_LINE.match(x)]
-        if lines[start] and not lines[start].endswith("\n"):
+        body = [x for x in lines[start + 1 : end] if not pattern.match(x)]
+        if not lines[start].endswith("\n"):
             lines[start] += "\n"
-        new = [*lines[: start + 1], line, *body, *lines[end:]]
+        new = [*lines[: start + 1], *([line] if line else []), *body, *lines[end:]]
         try:
             write_private(path, "".join(new))
         except FileWriteError as e:
