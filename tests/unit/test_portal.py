@@ -8,8 +8,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.audit import MemoryAuditTrail
@@ -488,3 +490,72 @@ class SecondFactorTests(PortalLoginTests):
         self.portal.credentials.reload()
         self.assertIsNone(self.portal.credentials.entry("alice").totp)  # type: ignore[union-attr]
         self.successResultOf(self.portal.log_in("alice", "the right password", "x"))
+
+
+class PortalServiceTests(SynchronousTestCase):
+    def config(self) -> Any:
+        import attrs
+
+        from gateway.config import Address, PortalConfig
+        from tests.unit.test_relay_service import relay_config
+
+        base = relay_config(self)
+        portal = PortalConfig(
+            listen=Address("0.0.0.0", 8444),
+            domain="portal.example",
+            cert=base.gateways.cert,
+            key=base.gateways.key,
+        )
+        return attrs.evolve(base, portal=portal)
+
+    def test_the_relay_listens_for_browsers_with_http_1_1_only(self) -> None:
+        from typing import cast
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from gateway.reactor import IGatewayReactor
+        from gateway.relay.portal.service import PortalFactory
+        from gateway.relay.service import makeService
+
+        reactor = MemoryReactorClock()
+        relay = makeService(self.config(), cast(IGatewayReactor, reactor))
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        ((tls, interface),) = [(f, i) for port, f, _, i in reactor.tcpServers if port == 8444]
+        self.assertEqual(interface, "0.0.0.0")
+        self.assertIsInstance(getattr(tls, "wrappedFactory", None), PortalFactory)
+        from gateway.relay.portal.service import portal_tls
+
+        # browsers must not be offered HTTP/2: the proxy speaks HTTP/1.1
+        self.assertEqual(portal_tls(self.config().portal)._acceptableProtocols, [b"http/1.1"])
+        self.assertEqual(relay.portal.logins.lifetime, 480 * 60)
+        self.assertEqual(relay.portal.portal_origin(), "https://portal.example:8444/")
+
+    def test_connections_over_a_sources_limit_are_refused_before_tls(self) -> None:
+        from twisted.internet.address import IPv4Address
+
+        from gateway.relay.portal.service import PortalFactory, _LimitedTLS, portal_tls
+
+        clock = Clock()
+        factory = PortalFactory(None, None, clock, max_per_source=2)  # type: ignore[arg-type]
+        tls = _LimitedTLS(portal_tls(self.config().portal), False, factory, clock=clock)
+        addr = IPv4Address("TCP", "192.0.2.9", 5000)
+        first = tls.buildProtocol(addr)
+        second = tls.buildProtocol(addr)
+        self.assertIsNotNone(first)
+        self.assertIsNotNone(second)
+        self.assertIsNone(tls.buildProtocol(addr))
+        self.assertIsNotNone(tls.buildProtocol(IPv4Address("TCP", "192.0.2.10", 5000)))
+        second.wrappedProtocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(tls.buildProtocol(addr))
+
+    def test_a_connection_that_sends_no_request_is_closed(self) -> None:
+        from gateway.relay.portal.proxy import HEAD_TIMEOUT, PortalConnection
+
+        clock, transport = Clock(), StringTransport()
+        connection = PortalConnection(_FakePortal(), None, "192.0.2.9", clock)
+        connection.makeConnection(transport)
+        connection.dataReceived(b"GET / HT")
+        clock.advance(HEAD_TIMEOUT)
+        self.assertTrue(transport.disconnecting)  # StringTransport.abortConnection
+        self.assertEqual(clock.getDelayedCalls(), [])

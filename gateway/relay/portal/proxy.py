@@ -16,13 +16,14 @@ a slow side pauses the other; nothing is gathered.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 import h11
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +37,8 @@ from gateway.wire import StreamRefused
 log = Logger()
 
 MAX_HEAD = 32 * 1024
+HEAD_TIMEOUT = 30.0
+"""Seconds a new connection has to send its first request head (then it is closed)."""
 TICKET_PATH = "/.portal/ticket"
 LOGIN_COOKIE = "__Host-portal"
 """The portal origin's login cookie (``__Host-``: Secure, Path=/, no Domain, so host-only)."""
@@ -157,12 +160,31 @@ class PortalConnection(Protocol):
 
     transport: Any  # the TLS transport: a half-closeable push producer and consumer
 
-    def __init__(self, portal: IProxyPortal, pages: Any, peer: str) -> None:
+    def __init__(
+        self,
+        portal: IProxyPortal,
+        pages: Any,
+        peer: str,
+        clock: IReactorTime | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.portal = portal
         self.pages = pages
         self.peer = peer
         self._buffer = b""
         self._inner: Any = None
+        self._clock = clock
+        self._on_lost = on_lost
+        self._deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        if self._clock is not None:
+            self._deadline = self._clock.callLater(HEAD_TIMEOUT, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self._inner is None:
+            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -175,6 +197,9 @@ class PortalConnection(Protocol):
                 self.transport.write(simple_answer(431, "Too Large", "request head too large"))
                 self.transport.loseConnection()
             return
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
         host = _host_of(self._buffer[: end + 4])
         where = None if host is None else split_host(host, self.portal.domain)
         buffered, self._buffer = self._buffer, b""
@@ -193,6 +218,12 @@ class PortalConnection(Protocol):
         self._inner.dataReceived(buffered)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self._on_lost is not None:
+            on_lost, self._on_lost = self._on_lost, None
+            on_lost()
         if self._inner is not None:
             self._inner.connectionLost(reason)
 

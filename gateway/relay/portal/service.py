@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -17,16 +18,50 @@ from gateway.relay.portal.proxy import PortalConnection
 from gateway.tls import FastTLSFactory
 from gateway.tls.options import TLS12_CIPHERS, load_identity
 
+MAX_PER_SOURCE = 256
+"""Browser connections from one address at once: a browser opens about six per origin, and an
+engineer may have a few dozen pages of several targets open; more is someone else."""
 
-class _PortalFactory(Factory):
+
+class PortalFactory(Factory):
+    """Builds each browser connection's router; bounds the connections per source address."""
+
     noisy = False
 
-    def __init__(self, portal: Portal, pages: Site) -> None:
+    def __init__(
+        self, portal: Portal, pages: Site, clock: Any, max_per_source: int = MAX_PER_SOURCE
+    ) -> None:
         self.portal = portal
         self.pages = pages
+        self.clock = clock
+        self.max_per_source = max_per_source
+        self.open: Counter[str] = Counter()
+
+    def admits(self, addr: Any) -> bool:
+        return self.open[str(getattr(addr, "host", addr))] < self.max_per_source
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        return PortalConnection(self.portal, self.pages, str(getattr(addr, "host", addr)))
+        host = str(getattr(addr, "host", addr))
+        self.open[host] += 1
+        return PortalConnection(
+            self.portal, self.pages, host, self.clock, on_lost=lambda: self._lost(host)
+        )
+
+    def _lost(self, host: str) -> None:
+        self.open[host] -= 1
+        if self.open[host] <= 0:
+            del self.open[host]
+
+
+class _LimitedTLS(FastTLSFactory):
+    """TLS for the portal, refusing a connection over its source's limit before any TLS work
+    (None from ``buildProtocol``: Twisted closes the socket at once)."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self.wrappedFactory
+        if isinstance(wrapped, PortalFactory) and not wrapped.admits(addr):
+            return None
+        return super().buildProtocol(addr)
 
 
 def portal_tls(config: PortalConfig) -> CertificateOptions:
@@ -46,5 +81,6 @@ def portal_service(
 ) -> StreamServerEndpointService:
     site = Site(PortalPages(portal), reactor=reactor)
     site.displayTracebacks = False
-    tls = FastTLSFactory(portal_tls(config), False, _PortalFactory(portal, site), clock=reactor)
+    factory = PortalFactory(portal, site, reactor)
+    tls = _LimitedTLS(portal_tls(config), False, factory, clock=reactor)
     return StreamServerEndpointService(listen_endpoint(reactor, config.listen), tls)
