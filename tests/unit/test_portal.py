@@ -559,3 +559,30 @@ class PortalServiceTests(SynchronousTestCase):
         clock.advance(HEAD_TIMEOUT)
         self.assertTrue(transport.disconnecting)  # StringTransport.abortConnection
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class PortalAuditTests(PortalLoginTests):
+    def test_a_session_the_gateway_started_and_ended_is_audited_and_counted(self) -> None:
+        from gateway.relay.portal.core import PortalAsk
+        from gateway.wire import SessionEvent, SessionEventKind
+
+        ask = PortalAsk("alice", "plant-1", "reason")
+        self.portal.asks[("alice", "plant-1")] = ask
+        active = self.metrics.registry.get_sample_value
+        self.portal._event(
+            ask,
+            SessionEvent(
+                SessionEventKind.APPROVED, session="s-1", approved_by="bob", targets=["web"]
+            ),
+        )
+        self.assertEqual(active("relay_sessions_active"), 1)
+        self.portal._event(ask, SessionEvent(SessionEventKind.ENDED, why="expired"))
+        self.portal._gone(ask)  # the stream's end after the event changes nothing more
+        self.assertEqual(active("relay_sessions_active"), 0)
+        events = [(r["event"], r.get("session")) for r in self.audit.records]
+        self.assertIn(("session.started", "s-1"), events)
+        self.assertIn(("session.ended", "s-1"), events)
+        ended = next(r for r in self.audit.records if r["event"] == "session.ended")
+        self.assertEqual(
+            (ended["why"], ended["gateway"], ended["via"]), ("expired", "plant-1", "portal")
+        )

@@ -326,10 +326,10 @@ class Portal:
         """The engineer ends their part: the ask stream closes, the gateway's grace runs."""
         ask = self.asks.pop((login.engineer.casefold(), gateway), None)
         if ask is not None:
-            ask.state = "ended"
-            ask.why = "you ended it"
-            if ask.stream is not None and not ask.stream.finished:
-                ask.stream.loseConnection()
+            stream, ask.stream = ask.stream, None
+            self._ended(ask, "the engineer let go of it in the portal")
+            if stream is not None and not stream.finished:
+                stream.loseConnection()
         self._end_pages(login.engineer, gateway, "you ended the session")
 
     def forget_finished(self, login: Login, gateway: str) -> None:
@@ -353,15 +353,33 @@ class Portal:
             refused = failure.value
             assert isinstance(refused, StreamRefused)
             ask.why = refused.reason
+            self._record(
+                "session.denied",
+                ask.engineer,
+                result="refused",
+                refusal=refused.token,
+                reason=refused.reason,
+                gateway=ask.gateway,
+                via="portal",
+            )
         else:
             ask.why = failure.getErrorMessage()
 
     def _event(self, ask: PortalAsk, event: SessionEvent) -> None:
         kind = event.event
+        where = {"gateway": ask.gateway, "via": "portal"}
         if kind is SessionEventKind.WAITING:
             ask.state = "waiting"
             ask.expires = event.expires
         elif kind in (SessionEventKind.APPROVED, SessionEventKind.CHANGED):
+            if kind is SessionEventKind.APPROVED and ask.state != "approved":
+                self.metrics.sessions_active.inc()
+                fields = {
+                    k: v
+                    for k, v in attrs.asdict(event, recurse=False).items()
+                    if k in ("session", "targets", "permission", "expires", "approved_by") and v
+                }
+                self._record("session.started", ask.engineer, **fields, **where)
             ask.state = "approved"
             ask.session = event.session or ask.session
             ask.expires = event.expires
@@ -370,20 +388,35 @@ class Portal:
         elif kind is SessionEventKind.DENIED:
             ask.state = "denied"
             ask.why = event.reason
+            self._record(
+                "session.denied", ask.engineer, result="denied", reason=event.reason or "", **where
+            )
         elif kind is SessionEventKind.ENDED:
-            ask.state = "ended"
-            ask.why = event.why
-            self._end_pages(ask.engineer, ask.gateway, event.why or "the session ended")
+            self._ended(ask, event.why or "the session ended")
+
+    def _ended(self, ask: PortalAsk, why: str) -> None:
+        was_live = ask.state == "approved"
+        ask.state = "ended"
+        ask.why = why
+        if was_live:
+            self.metrics.sessions_active.dec()
+            self._record(
+                "session.ended",
+                ask.engineer,
+                session=ask.session or "",
+                why=why,
+                gateway=ask.gateway,
+                via="portal",
+            )
+        self._end_pages(ask.engineer, ask.gateway, why)
 
     def _gone(self, ask: PortalAsk) -> None:
         if ask.state in ("asking", "waiting", "approved"):
-            ask.state = "ended"
-            ask.why = ask.why or "the gateway closed the session"
-            self._end_pages(ask.engineer, ask.gateway, ask.why)
+            self._ended(ask, ask.why or "the gateway closed the session")
 
-    def _record(self, event: str, who: str, **details: Any) -> None:
+    def _record(self, event: str, who: str, *, result: str = "ok", **details: Any) -> None:
         try:
-            self.audit.record(event, who=who, result="ok", **details)
+            self.audit.record(event, who=who, result=result, **details)
         except AuditWriteError as e:
             log.error("audit: cannot record {event}: {error}", event=event, error=str(e))
 
