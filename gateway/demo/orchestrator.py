@@ -84,6 +84,8 @@ LOG_TAIL_LINES: Final = 10
 MARKER: Final = ".gateway-demo"
 WRITTEN_BY: Final = "`gateway demo`"
 
+TOTP_ENGINEER: Final = "demo-engineer-2fa"
+"""The demo's second portal login: a password and a second factor (TOTP)."""
 PORTAL_DOMAIN: Final = "portal.localhost"
 """The demo portal's host name: browsers resolve ``*.localhost`` to loopback, so each target's
 origin (``web--demo-gateway.portal.localhost``) works without DNS."""
@@ -345,13 +347,16 @@ def make_credentials(layout: Layout) -> str:
     return stack.make_engineer(layout.engineers, ENGINEER, gateways=[GATEWAY_ID])
 
 
-def make_portal_login(layout: Layout) -> str:
-    """The portal's certificate (the domain and ``*.domain``, from the throw-away CA) and a
-    fresh password for the demo's engineer; the password."""
+def make_portal_login(layout: Layout) -> dict[str, str]:
+    """The portal's certificate (the domain and ``*.domain``, from the throw-away CA), a fresh
+    password for the demo's engineer, and a second engineer who also has a second factor:
+    ``password``, and ``totp_name``, ``totp_password``, ``totp_secret``."""
     import secrets
 
     from gateway.pki import issue_relay_certificate
+    from gateway.relay.credentials import add_engineer
     from gateway.relay.portal.passwords import set_password
+    from gateway.relay.portal.totp import enrol
 
     issue_relay_certificate(
         layout.ca,
@@ -363,7 +368,16 @@ def make_portal_login(layout: Layout) -> str:
     )
     password = secrets.token_urlsafe(12)
     set_password(layout.engineers, ENGINEER, password)
-    return password
+    add_engineer(layout.engineers, TOTP_ENGINEER, gateways=[GATEWAY_ID])
+    totp_password = secrets.token_urlsafe(12)
+    set_password(layout.engineers, TOTP_ENGINEER, totp_password)
+    _, secret = enrol(layout.engineers, TOTP_ENGINEER)
+    return {
+        "password": password,
+        "totp_name": TOTP_ENGINEER,
+        "totp_password": totp_password,
+        "totp_secret": secret,
+    }
 
 
 def portal_cert(layout: Layout) -> Path:
@@ -472,7 +486,7 @@ def demo_info(
     token: str,
     mode: str,
     request: str | None,
-    portal: tuple[int, str] | None = None,
+    portal: tuple[int, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """demo.json: the contract in BRIEF section 3 (scripts and tests read it).
 
@@ -508,14 +522,24 @@ def demo_info(
     }
 
 
-def _portal_info(portal: tuple[int, str] | None) -> dict[str, Any]:
-    """demo.json's portal keys: its URL, the demo login and each target's own origin."""
+def _portal_info(portal: tuple[int, dict[str, str]] | None) -> dict[str, Any]:
+    """demo.json's portal keys: its URL, the demo logins (without and with a second factor)
+    and each target's own origin."""
     if portal is None:
         return {}
-    port, password = portal
+    port, logins = portal
+    from gateway.relay.portal.totp import provisioning_uri
+
+    secret = logins["totp_secret"]
     return {
         "portal_url": portal_url(port),
-        "portal_login": {"name": ENGINEER, "password": password},
+        "portal_login": {"name": ENGINEER, "password": logins["password"]},
+        "portal_login_totp": {
+            "name": logins["totp_name"],
+            "password": logins["totp_password"],
+            "totp_secret": secret,
+            "totp_uri": provisioning_uri(secret, logins["totp_name"]),
+        },
         "portal_target_urls": {TARGET: portal_url(port, TARGET)},
     }
 
@@ -715,11 +739,15 @@ def summary(info: dict[str, Any], mode: str, ways_in: Sequence[str]) -> str:
 def _portal_lines(info: dict[str, Any]) -> list[str]:
     if "portal_url" not in info:
         return []
-    login = info["portal_login"]
+    login, second = info["portal_login"], info["portal_login_totp"]
+    code = f"python3 -c 'import pyotp; print(pyotp.TOTP(\"{second['totp_secret']}\").now())'"
     return [
         f"  Engineer portal:       {info['portal_url']}",
         f"      log in as {login['name']!r} with password {login['password']!r}; Open the",
         f"      target, or go straight to {info['portal_target_urls'][TARGET]}",
+        f"      with a second factor: {second['name']!r}, password {second['password']!r}, and",
+        f"      the code of the moment (an authenticator app with {second['totp_uri']},",
+        f"      or: {code})",
         "      (the certificate is from the demo's throw-away CA: the browser warns unless",
         f"      {info['relay_ca']} is imported as a trusted authority)",
         "",
@@ -791,14 +819,14 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
     try:
         layout.logs.mkdir(exist_ok=True)
         token = make_credentials(layout)
-        password = make_portal_login(layout)
+        portal_logins = make_portal_login(layout)
     except (OSError, PKIError, CredentialFileError) as e:
         raise DemoError(f"cannot create the demo's certificates and token: {e}") from None
     _say(f"gateway demo: starting in {layout.workdir} ...")
     children = Children(layout, stop)
     try:
         ports, portal_port, request = _start_with_retries(children, layout, mode, token)
-        info = demo_info(layout, ports, token, mode, request, (portal_port, password))
+        info = demo_info(layout, ports, token, mode, request, (portal_port, portal_logins))
         _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
         if mode == "attended":
             asking, coded = stack.free_ports(2)

@@ -368,6 +368,23 @@ def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_direct
             page.click("#login")
             page.wait_for_url(target_url)
             page.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+            # The demo's second login has a second factor.
+            import pyotp
+
+            second = info["portal_login_totp"]
+            assert second["totp_uri"].startswith("otpauth://totp/"), second
+            page = browser.new_context().new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(info["portal_url"])
+            page.fill("#name", second["name"])
+            page.fill("#password", second["password"])
+            page.click("#login")
+            assert "second-factor code" in page.inner_text("#problem")
+            page.fill("#name", second["name"])
+            page.fill("#password", second["password"])
+            page.fill("#code", pyotp.TOTP(second["totp_secret"]).now())
+            page.click("#login")
+            assert page.inner_text("#who") == second["name"]
         finally:
             browser.close()
     finally:
