@@ -3,6 +3,7 @@ the proxy does to a browser's request on a target's origin before the processor 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ from gateway.relay.portal.proxy import (
 from gateway.relay.refusals import Refused
 from gateway.relay.revocation import LiveStreams
 from tests.unit.test_config import GATEWAYS_SECTION, ConfigTestCase, relay_toml
+
+
+def _scratch(case: SynchronousTestCase) -> Path:
+    tmp = tempfile.TemporaryDirectory(prefix="test-portal-")
+    case.addCleanup(tmp.cleanup)
+    return Path(tmp.name)
+
 
 FAST = 2**4  # scrypt's cost in these tests: the format is what is tested, not the cost
 
@@ -82,7 +90,7 @@ class PortalConfigTests(ConfigTestCase):
 
 class PasswordTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.path = Path(self.mktemp())
+        self.path = _scratch(self) / "engineers.toml"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         add_engineer(self.path, "Alice", gateways=["plant-*"])
         add_engineer(self.path, "bob", gateways=["lab"])
@@ -328,7 +336,7 @@ class ProxyTests(SynchronousTestCase):
 class PortalLoginTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        path = Path(self.mktemp())
+        path = _scratch(self) / "engineers.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         add_engineer(path, "alice", gateways=["plant-*"])
         set_password(path, "alice", "the right password", n=FAST)
