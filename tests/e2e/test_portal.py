@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,21 +25,31 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.demo.stack import free_port
+from gateway.config import parse_address
+from gateway.demo.stack import free_port, processor_args
 from gateway.pki import issue_relay_certificate
 from gateway.relay.credentials import add_engineer
 from tests.helpers.consent import control, control_json
-from tests.helpers.processes import Stack, fresh_stack, wait_until
+from tests.helpers.processes import Stack, fresh_stack, start, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
+GROUP_HOST = "127.0.0.3"
 DOMAIN = "portal.localhost"
 PASSWORD = "correct horse battery"
 TIMEOUT_MS = 20_000
 DOWNLOAD = 100 * 1024 * 1024
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def spki_pin(cert: Path) -> str:
@@ -54,6 +65,7 @@ class Portal:
     def __init__(self, stack: Stack, port: int, pin: str, tom_secret: str) -> None:
         self.stack, self.port, self.pin = stack, port, pin
         self.tom_secret = tom_secret
+        self.group_ports = (0, 0)
 
     @property
     def url(self) -> str:
@@ -72,11 +84,26 @@ def portal() -> Iterator[Portal]:
         cert, key = pki.directory / "portal.pem", pki.directory / "portal.key"
         issue_relay_certificate(pki.ca_cert, pki.ca_key, cert, key, names=[DOMAIN, f"*.{DOMAIN}"])
         port = free_port()
+        # A processor with one UI on two ports (a target group), on 127.0.0.3 so that the
+        # portal can serve the group at the same port numbers on 127.0.0.1.
+        ui_port, ws_port = free_port(), free_port()
+        for name, member_port in (("ui", ui_port), ("ws", ws_port)):
+            stack.procs[name] = start(
+                name,
+                processor_args(parse_address(f"{GROUP_HOST}:{member_port}")),
+                stack.workdir,
+            )
+        stack.layout.gateway_config.write_text(
+            stack.layout.gateway_config.read_text()
+            + f'\n[[target]]\nname = "ui"\naddress = "{GROUP_HOST}:{ui_port}"\nkind = "http"\n'
+            + f'\n[[target]]\nname = "ws"\naddress = "{GROUP_HOST}:{ws_port}"\nkind = "http"\n'
+            + '\n[[target_group]]\nname = "pickit"\nmembers = ["ui", "ws"]\n'
+        )
         config = stack.layout.relay_config
         config.write_text(
             config.read_text()
             + f'\n[portal]\nlisten = "127.0.0.1:{port}"\ndomain = "{DOMAIN}"\n'
-            + f'cert = "{cert}"\nkey = "{key}"\n'
+            + f'cert = "{cert}"\nkey = "{key}"\nextra_ports = [{ui_port}, {ws_port}]\n'
         )
         subprocess.run(
             [sys.executable, "-m", "gateway", "relay", "set-password", "erin", "-c", str(config)],
@@ -106,7 +133,13 @@ def portal() -> Iterator[Portal]:
         stack.start_processor()
         stack.start_relay()
         stack.start_gateway()
-        yield Portal(stack, port, spki_pin(cert), parse_qs(urlsplit(uri).query)["secret"][0])
+        wait_until(
+            "the group's processors",
+            lambda: _answers(GROUP_HOST, ui_port) and _answers(GROUP_HOST, ws_port),
+        )
+        portal = Portal(stack, port, spki_pin(cert), parse_qs(urlsplit(uri).query)["secret"][0])
+        portal.group_ports = (ui_port, ws_port)
+        yield portal
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +174,40 @@ def log_in(
         page.fill("#code", code)
     page.click("#login")
     return page
+
+
+def test_a_target_groups_page_opens_a_websocket_to_another_of_its_ports_by_host_name(
+    browser: object, portal: Portal
+) -> None:
+    """The group ``pickit`` (members ``ui`` and ``ws``, each its own port) on one host name:
+    its page, from the portal's own port, reaches the ``ws`` member at that member's port
+    number on the same host name, and the group's page answers on the ``ui`` member's."""
+    ui_port, ws_port = portal.group_ports
+    page = log_in(browser, portal)
+    card = f"#gw-{portal.stack.gateway_id}"
+    page.wait_for_selector(f"{card} a.open[data-target=pickit]")  # type: ignore[attr-defined]
+    with page.context.expect_page() as opened:  # type: ignore[attr-defined]
+        page.click(f"{card} a.open[data-target=pickit]")  # type: ignore[attr-defined]
+    target = opened.value
+    target.set_default_timeout(TIMEOUT_MS)
+    target.wait_for_load_state()
+    assert target.url == portal.target_url("pickit")
+    echoed = target.evaluate(
+        """(port) => new Promise((resolve, reject) => {
+          const ws = new WebSocket('wss://' + location.hostname + ':' + port + '/ws');
+          ws.onopen = () => ws.send('across ports');
+          ws.onmessage = (e) => { resolve(e.data); ws.close(); };
+          ws.onerror = () => reject(new Error('websocket failed'));
+        })""",
+        ws_port,
+    )
+    assert echoed == "across ports"
+    # The ui member at its own port number, on the same host name, with the same pass.
+    member_url = f"https://pickit--{portal.stack.gateway_id}.{DOMAIN}:{ui_port}/"
+    target.goto(member_url)
+    assert target.url == member_url
+    target.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+    page.context.close()  # type: ignore[attr-defined]
 
 
 def test_a_missing_or_wrong_second_factor_is_refused_and_the_right_one_logs_in(

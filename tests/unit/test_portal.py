@@ -223,7 +223,7 @@ class _FakePortal:
     def redeem(self, ticket: str, gateway: str, target: str) -> str | None:
         return "good" if ticket == "t1" else None
 
-    def open_stream(self, login: Login, gateway: str, target: str, peer: str) -> Any:
+    def open_stream(self, login: Login, gateway: str, target: str, peer: str, port: int = 0) -> Any:
         if self.refuse is not None:
             raise self.refuse
         stream = _FakeStream()
@@ -594,3 +594,92 @@ class PortalAuditTests(PortalLoginTests):
         self.assertEqual(
             (ended["why"], ended["gateway"], ended["via"]), ("expired", "plant-1", "portal")
         )
+
+
+class TargetGroupConfigTests(ConfigTestCase):
+    TARGETS = """
+[[target]]
+name = "ui"
+address = "192.168.10.2:80"
+
+[[target]]
+name = "ws"
+address = "192.168.10.2:9999"
+"""
+
+    def gateway(self, groups: str) -> str:
+        from tests.unit.test_config import gateway_toml
+
+        return gateway_toml(rest=self.TARGETS + groups)
+
+    def test_a_group_names_its_members_by_port(self) -> None:
+        config = self.load_gateway(
+            self.gateway('[[target_group]]\nname = "pickit"\nmembers = ["ui", "ws"]\n')
+        )
+        (group,) = config.target_groups
+        self.assertEqual(group.by_port(config.targets), {80: "ui", 9999: "ws"})
+
+    def test_a_member_that_is_no_target_or_two_on_one_port_are_refused(self) -> None:
+        error = self.gateway_refused(
+            self.gateway('[[target_group]]\nname = "g"\nmembers = ["ui", "nope"]\n')
+        )
+        self.assertProblem(error, "target_group[0].members", "'nope' is not a [[target]]")
+        same_port = self.TARGETS.replace("9999", "80")
+        from tests.unit.test_config import gateway_toml
+
+        error = self.gateway_refused(
+            gateway_toml(rest=same_port + '[[target_group]]\nname = "g"\nmembers = ["ui", "ws"]\n')
+        )
+        self.assertProblem(error, "target_group[0].members", "both use port 80")
+
+    def test_a_group_cannot_take_a_targets_name(self) -> None:
+        error = self.gateway_refused(
+            self.gateway('[[target_group]]\nname = "ui"\nmembers = ["ws"]\n')
+        )
+        self.assertProblem(error, "target_group[0].name", "already a target")
+
+    def test_the_portals_extra_ports_are_read_and_checked(self) -> None:
+        base = '[portal]\nlisten = "0.0.0.0:8443"\ndomain = "r.example"\n'
+        config = self.load_relay(relay_toml(rest=base + "extra_ports = [80, 9999]\n"))
+        assert config.portal is not None
+        self.assertEqual(config.portal.extra_ports, (80, 9999))
+        for bad, problem in (
+            ("[8443]", "listen port"),
+            ("[80, 80]", "twice"),
+            ("[0]", "not a port number"),
+        ):
+            error = self.relay_refused(relay_toml(rest=base + f"extra_ports = {bad}\n"))
+            self.assertProblem(error, "portal.extra_ports", problem)
+
+
+class GroupResolveTests(PortalLoginTests):
+    def test_a_groups_ports_name_its_members_and_its_page_is_the_first(self) -> None:
+        self.portal.groups["plant-1"] = {"pickit": {"80": "ui", "9999": "ws"}}
+        resolve = self.portal.resolve
+        self.assertEqual(resolve("plant-1", "pickit", 443), "ui")  # the portal's own port
+        self.assertEqual(resolve("plant-1", "pickit", 9999), "ws")
+        self.assertEqual(resolve("plant-1", "pickit", 80), "ui")
+        self.assertRaises(Refused, resolve, "plant-1", "pickit", 8080)
+        self.assertEqual(resolve("plant-1", "web", 443), "web")
+        self.assertRaises(Refused, resolve, "plant-1", "web", 9999)  # a plain target: one port
+
+
+class GatewayInfoTests(SynchronousTestCase):
+    def test_the_gateway_names_its_groups_members_by_port_and_only_when_it_has_groups(
+        self,
+    ) -> None:
+        import attrs
+
+        from gateway.config import AccessMode, Address, Target
+        from gateway.edge.access import AccessPolicy
+        from gateway.edge.control import info_route
+
+        policy = AccessPolicy(
+            (Target("ui", Address("10.0.0.2", 80)), Target("ws", Address("10.0.0.2", 9999))),
+            AccessMode.UNATTENDED,
+        )
+        grouped = info_route("gw", policy, lambda: 0, groups={"pickit": {"80": "ui", "9999": "ws"}})
+        plain = info_route("gw", policy, lambda: 0)
+        answer = attrs.asdict(grouped.handler(None))  # type: ignore[arg-type]
+        self.assertEqual(answer["groups"], {"pickit": {"80": "ui", "9999": "ws"}})
+        self.assertNotIn("groups", attrs.asdict(plain.handler(None)))  # type: ignore[arg-type]

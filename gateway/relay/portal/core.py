@@ -57,6 +57,8 @@ class GatewayCard:
     mode: str | None = None
     targets: list[str] = field(factory=list)
     problem: str | None = None
+    groups: dict[str, dict[str, str]] = field(factory=dict)
+    """Target groups: ``{group: {"port": member}}``, the first member the group's page."""
 
 
 @define(eq=False)
@@ -126,6 +128,8 @@ class Portal:
         self.codes = CodeCheck(clock)
         self.asks: dict[tuple[str, str], PortalAsk] = {}
         self.pages: dict[tuple[str, str], set[Any]] = {}
+        self.groups: dict[str, dict[str, dict[str, str]]] = {}
+        """Each gateway's target groups as it last reported them (`_card`)."""
         """The proxied connections open per (engineer, gateway): ended with its session."""
 
     # -- origins ---------------------------------------------------------------------------------
@@ -223,10 +227,17 @@ class Portal:
                 data = json.loads(body)
                 mode = str(data["access_mode"])[:40]
                 targets = [str(t)[:64] for t in data["targets"]][:200]
-            except (ValueError, KeyError, TypeError):
+                groups = {
+                    str(name)[:64]: {str(port)[:5]: str(m)[:64] for port, m in members.items()}
+                    for name, members in list(dict(data.get("groups") or {}).items())[:50]
+                }
+            except (ValueError, KeyError, TypeError, AttributeError):
                 done.callback(GatewayCard(gateway_id, online=True, problem="unreadable answer"))
                 return
-            done.callback(GatewayCard(gateway_id, online=True, mode=mode, targets=targets))
+            self.groups[gateway_id] = groups
+            done.callback(
+                GatewayCard(gateway_id, online=True, mode=mode, targets=targets, groups=groups)
+            )
 
         stream.attach(_Collect(MAX_INFO, finish))
         stream.response.addErrback(lambda f: finish(None, f.getErrorMessage()))
@@ -240,8 +251,30 @@ class Portal:
     def redeem(self, ticket: str, gateway: str, target: str) -> str | None:
         return self.logins.redeem(ticket, gateway, target)
 
-    def open_stream(self, login: Login, gateway: str, target: str, peer: str) -> TunnelStream:
-        """A CONNECT to ``target`` as the login's engineer, in their session there if any."""
+    def resolve(self, gateway: str, name: str, port: int) -> str:
+        """The target a browser means on ``port`` of ``name``'s host: the target itself on the
+        portal's own port; for a target group, its member with that port number (its page on
+        the portal's own port).  Raises `Refused` for anything else."""
+        group = self.groups.get(gateway, {}).get(name)
+        if group is None:
+            if port in (0, self.port):
+                return name
+            raise Refused(
+                Refusal.BAD_REQUEST, f"{name!r} is served on port {self.port} only (not a group)"
+            )
+        if port in (0, self.port):
+            return next(iter(group.values()))
+        member = group.get(str(port))
+        if member is None:
+            raise Refused(Refusal.BAD_REQUEST, f"group {name!r} has no member on port {port}")
+        return member
+
+    def open_stream(
+        self, login: Login, gateway: str, target: str, peer: str, port: int = 0
+    ) -> TunnelStream:
+        """A CONNECT to ``target`` (or the group member ``port`` names) as the login's
+        engineer, in their session there if any."""
+        target = self.resolve(gateway, target, port)
         engineer = self.engineer(login)
         if engineer is None:
             raise Refused(Refusal.BAD_TOKEN, "your engineer access was removed on the relay")

@@ -221,6 +221,16 @@ class PortalPages(Resource):
                     f"data-target='{_e(target)}' href='{_e(link)}'>Open</a></li>"
                 )
             parts.append("</ul>")
+        if card.groups:
+            parts.append("<p>Target groups (one UI on several ports):</p><ul class=groups>")
+            for group, members in card.groups.items():
+                link = "/open?" + urlencode({"gateway": card.id, "target": group, "fresh": "1"})
+                ports = ", ".join(f"{m} :{p}" for p, m in members.items())
+                parts.append(
+                    f"<li>{_e(group)} ({_e(ports)}) <a class=open target=_blank rel=noopener "
+                    f"data-target='{_e(group)}' href='{_e(link)}'>Open</a></li>"
+                )
+            parts.append("</ul>")
         parts.append("</div>")
         return "".join(parts)
 

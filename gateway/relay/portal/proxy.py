@@ -73,8 +73,11 @@ class IProxyPortal(TypingProtocol):
 
     def redeem(self, ticket: str, gateway: str, target: str) -> str | None: ...
 
-    def open_stream(self, login: Login, gateway: str, target: str, peer: str) -> TunnelStream:
-        """Raises `Refused`."""
+    def open_stream(
+        self, login: Login, gateway: str, target: str, peer: str, port: int = 0
+    ) -> TunnelStream:
+        """Raises `Refused`.  ``port``: the portal port the browser came in on (a target
+        group's member is the one with that port number)."""
         ...
 
     def page_opened(self, engineer: str, gateway: str, page: Any) -> None: ...
@@ -207,7 +210,10 @@ class PortalConnection(Protocol):
             self._inner = self.pages.buildProtocol(self.transport.getPeer())
         elif isinstance(where, tuple):
             target, gateway = where
-            self._inner = OriginProxy(self.portal, target, gateway, host or "", self.peer)
+            port = getattr(self.transport.getHost(), "port", 0)
+            self._inner = OriginProxy(
+                self.portal, target, gateway, host or "", self.peer, port=port
+            )
         else:
             self.transport.write(
                 simple_answer(421, "Misdirected Request", "this portal serves no such host")
@@ -261,8 +267,17 @@ class OriginProxy(Protocol):
 
     transport: Any
 
-    def __init__(self, portal: IProxyPortal, target: str, gateway: str, host: str, peer: str):
+    def __init__(
+        self,
+        portal: IProxyPortal,
+        target: str,
+        gateway: str,
+        host: str,
+        peer: str,
+        port: int = 0,
+    ) -> None:
         self.portal = portal
+        self.port = port
         self.target = target
         self.gateway = gateway
         self.host = host
@@ -352,7 +367,9 @@ class OriginProxy(Protocol):
             return
         if self.stream is None:
             try:
-                self.stream = self.portal.open_stream(login, self.gateway, self.target, self.peer)
+                self.stream = self.portal.open_stream(
+                    login, self.gateway, self.target, self.peer, self.port
+                )
             except Refused as refused:
                 self._local(
                     403,

@@ -6,11 +6,12 @@ from collections import Counter
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.web.server import Site
 
-from gateway.config import PortalConfig
+from gateway.config import Address, PortalConfig
 from gateway.net.endpoints import listen_endpoint
 from gateway.relay.portal.core import Portal
 from gateway.relay.portal.pages import PortalPages
@@ -76,11 +77,14 @@ def portal_tls(config: PortalConfig) -> CertificateOptions:
     )
 
 
-def portal_service(
-    config: PortalConfig, portal: Portal, reactor: Any
-) -> StreamServerEndpointService:
+def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> MultiService:
+    """The portal's listener, and one more on each of ``extra_ports`` (target groups)."""
     site = Site(PortalPages(portal), reactor=reactor)
     site.displayTracebacks = False
     factory = PortalFactory(portal, site, reactor)
     tls = _LimitedTLS(portal_tls(config), False, factory, clock=reactor)
-    return StreamServerEndpointService(listen_endpoint(reactor, config.listen), tls)
+    top = MultiService()
+    for port in (config.listen.port, *config.extra_ports):
+        address = Address(config.listen.host, port)
+        StreamServerEndpointService(listen_endpoint(reactor, address), tls).setServiceParent(top)
+    return top
