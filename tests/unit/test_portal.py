@@ -683,3 +683,21 @@ class GatewayInfoTests(SynchronousTestCase):
         answer = attrs.asdict(grouped.handler(None))  # type: ignore[arg-type]
         self.assertEqual(answer["groups"], {"pickit": {"80": "ui", "9999": "ws"}})
         self.assertNotIn("groups", attrs.asdict(plain.handler(None)))  # type: ignore[arg-type]
+
+
+class RedirectTests(SynchronousTestCase):
+    def test_only_paths_on_this_origin_are_followed(self) -> None:
+        from gateway.relay.portal.proxy import local_path
+
+        for good in ("/", "/page?x=1", "/a/b#c"):
+            self.assertTrue(local_path(good), good)
+        for bad in (
+            "//evil.example/",
+            "/\\evil.example",
+            "/a\\b",
+            "https://evil.example/",
+            "",
+            "/a\nb",
+            "/ a",
+        ):
+            self.assertFalse(local_path(bad), bad)

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.relay.portal.core import GatewayCard, Portal, PortalAsk
 from gateway.relay.portal.logins import Login
-from gateway.relay.portal.proxy import LOGIN_COOKIE, TICKET_PATH
+from gateway.relay.portal.proxy import LOGIN_COOKIE, TICKET_PATH, local_path
 from gateway.relay.refusals import Refused
 
 log = Logger()
@@ -251,7 +251,7 @@ class PortalPages(Resource):
     def _open(self, request: Request, login: Login | None) -> bytes:
         gateway, target = self._arg(request, "gateway"), self._arg(request, "target")
         next_path = self._arg(request, "next") or "/"
-        if not next_path.startswith("/") or next_path.startswith("//"):
+        if not local_path(next_path):
             next_path = "/"
         if login is None:
             back = "/open?" + urlencode({"gateway": gateway, "target": target, "next": next_path})

@@ -104,6 +104,17 @@ def split_host(host: str, domain: str) -> tuple[str, str] | bool | None:
     return target, gateway
 
 
+def local_path(path: str) -> bool:
+    """Whether a ``next`` redirect stays on this origin: a path, not ``//host`` or ``/\\host``
+    (which browsers read as another host), without control characters."""
+    return (
+        path.startswith("/")
+        and not path.startswith(("//", "/\\"))
+        and "\\" not in path
+        and all(32 < ord(c) < 127 for c in path)
+    )
+
+
 def target_origin(target: str, gateway: str, domain: str, port: int) -> str:
     where = f"{target}--{gateway}.{domain}"
     return f"https://{where}/" if port == 443 else f"https://{where}:{port}/"
@@ -424,7 +435,7 @@ class OriginProxy(Protocol):
         query = parse_qs(urlsplit(target).query)
         ticket = (query.get("t") or [""])[0]
         next_path = (query.get("next") or ["/"])[0]
-        if not next_path.startswith("/") or next_path.startswith("//"):
+        if not local_path(next_path):
             next_path = "/"
         token = self.portal.redeem(ticket, self.gateway, self.target)
         if token is None:
