@@ -701,3 +701,32 @@ class RedirectTests(SynchronousTestCase):
             "/ a",
         ):
             self.assertFalse(local_path(bad), bad)
+
+
+class RefusedUpgradeTests(ProxyTests):
+    def test_after_a_refused_upgrade_the_next_request_is_rewritten_again(self) -> None:
+        portal, proxy, _ = self.proxy()
+        pass_cookie = b"Cookie: __Host-portal-pass=good\r\n"
+        proxy.dataReceived(
+            b"GET /ws HTTP/1.1\r\nHost: "
+            + self.HOST
+            + b"\r\n"
+            + pass_cookie
+            + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        (stream,) = portal.streams
+        stream.protocol.dataReceived(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        proxy.dataReceived(
+            b"GET /next HTTP/1.1\r\nHost: " + self.HOST + b"\r\n" + pass_cookie + b"\r\n"
+        )
+        self.assertTrue(stream.written[-1].startswith(b"GET /next HTTP/1.1\r\n"))
+        self.assertNotIn(b"__Host-portal", stream.written[-1])
+
+    def test_connect_is_not_tunnelled(self) -> None:
+        _, proxy, transport = self.proxy()
+        proxy.dataReceived(
+            b"CONNECT x:1 HTTP/1.1\r\nHost: "
+            + self.HOST
+            + b"\r\nCookie: __Host-portal-pass=good\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 405 "))

@@ -301,6 +301,7 @@ class OriginProxy(Protocol):
         self._blind = False
         self._upgrading = False
         self._held = bytearray()
+        self._peek = b""
         self._answered = False
         self._closed = False
         self._producing = False
@@ -391,8 +392,12 @@ class OriginProxy(Protocol):
             self.login = login
             self.portal.page_opened(login.engineer, self.gateway, self)
             self._attach(self.stream)
+        if event.method == b"CONNECT":
+            self._local(405, "Method Not Allowed", "the portal does not tunnel CONNECT")
+            return
         upgrade = any(k == b"upgrade" for k, _ in headers)
-        self._upgrading = upgrade or event.method == b"CONNECT"
+        self._upgrading = upgrade
+        self._peek = b""
         self._forwarding = True
         self.stream.write(self._head(event, headers, upgrade))
 
@@ -512,10 +517,23 @@ class OriginProxy(Protocol):
             return
         self.bytes_down += len(data)
         if self._upgrading and not self._blind:
-            self._blind = True  # the answer to an upgrade: from now on bytes pass unread
+            self._peek += data
+            if len(self._peek) < len(b"HTTP/1.1 101"):
+                self.transport.write(data)
+                return
             held, self._held = bytes(self._held), bytearray()
-            if held and self.stream is not None:
-                self.stream.write(held)
+            if self._peek[9:12] == b"101":
+                self._blind = True  # the upgrade was taken: from now on bytes pass unread
+                if held and self.stream is not None:
+                    self.stream.write(held)
+            else:
+                # Refused (by the gateway or the processor): the connection is HTTP still,
+                # and what the browser sends next is read, rewritten, as any request.
+                self._upgrading = False
+                self.transport.write(data)
+                if held:
+                    self._read(held)
+                return
         self.transport.write(data)
 
     def processor_done(self) -> None:
