@@ -198,7 +198,7 @@ def engineers(
             "-c relay.toml --gateways PATTERN,..."
         )
         return 0
-    table = [("NAME", "GATEWAYS", "CREATED", "EXPIRES", "LAST USED")]
+    table = [("NAME", "GATEWAYS", "CREATED", "EXPIRES", "PORTAL", "LAST USED")]
     for row in rows:
         expires = row["expires"] or "never"
         if row["expired"]:
@@ -209,6 +209,7 @@ def engineers(
                 ", ".join(row["gateways"]) or "(none: no gateway)",
                 (row["created"] or "-")[:10],
                 expires,
+                row["portal"] or "-",
                 (row["last_used"] or "never").replace("T", " ").replace("+00:00", " UTC"),
             )
         )

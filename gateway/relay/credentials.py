@@ -566,4 +566,12 @@ def describe_entry(entry: EngineerEntry, now: float) -> dict[str, Any]:
         "created": entry.created,
         "expires": entry.expires.isoformat() if entry.expires else None,
         "expired": entry.expired(now),
+        "portal": portal_login(entry),
     }
+
+
+def portal_login(entry: EngineerEntry) -> str | None:
+    """How the engineer logs in to the portal: ``password``, ``password+totp``, or None."""
+    if entry.password is None:
+        return None
+    return "password" if entry.totp is None else "password+totp"

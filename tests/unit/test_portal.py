@@ -730,3 +730,20 @@ class RefusedUpgradeTests(ProxyTests):
             + b"\r\nCookie: __Host-portal-pass=good\r\n\r\n"
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 405 "))
+
+
+class EngineerListTests(SynchronousTestCase):
+    def test_the_engineer_list_says_how_each_logs_in_to_the_portal(self) -> None:
+        from gateway.relay.credentials import describe_entry
+        from gateway.relay.portal.totp import enrol
+
+        path = _scratch(self) / "engineers.toml"
+        for name in ("ann", "ben", "cat"):
+            add_engineer(path, name, gateways=["p"])
+        set_password(path, "ben", "a long enough secret", n=FAST)
+        set_password(path, "cat", "a long enough secret", n=FAST)
+        enrol(path, "cat")
+        shown = {e.name: describe_entry(e, 0)["portal"] for e in read_entries(path)}
+        self.assertEqual(shown, {"ann": None, "ben": "password", "cat": "password+totp"})
+        text = path.read_text()
+        self.assertNotIn("a long enough secret", text)
