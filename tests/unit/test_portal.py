@@ -747,3 +747,27 @@ class EngineerListTests(SynchronousTestCase):
         self.assertEqual(shown, {"ann": None, "ben": "password", "cat": "password+totp"})
         text = path.read_text()
         self.assertNotIn("a long enough secret", text)
+
+
+class LogoutTests(SynchronousTestCase):
+    def test_logging_out_cuts_the_pages_that_login_opened_and_no_others(self) -> None:
+        case = PortalLoginTests("test_the_right_password_logs_in_and_is_audited")
+        case.setUp()
+        portal = case.portal
+        mine = case.successResultOf(portal.log_in("alice", "the right password", "x"))
+        other = case.successResultOf(portal.log_in("alice", "the right password", "y"))
+        ended: list[str] = []
+
+        class Page:
+            def __init__(self, login: Login, name: str) -> None:
+                self.login, self.name = login, name
+
+            def end(self, why: str) -> None:
+                ended.append(self.name)
+
+        portal.page_opened("alice", "plant-1", Page(mine, "mine"))
+        portal.page_opened("alice", "plant-1", Page(other, "other"))
+        portal.log_out(mine)
+        self.assertEqual(ended, ["mine"])
+        self.assertIsNone(portal.logins.get(mine.id))
+        self.assertIsNotNone(portal.logins.get(other.id))

@@ -181,8 +181,13 @@ class Portal:
         return checked.addCallback(decided)
 
     def log_out(self, login: Login) -> None:
+        """The login ends, and with it every page it opened (their connections are cut)."""
         self.logins.end(login.id)
         self._record("engineer.portal_logout", login.engineer)
+        for pages in self.pages.values():
+            for page in [p for p in pages if getattr(p, "login", None) is login]:
+                pages.discard(page)
+                page.end("you logged out of the portal")
         if not self.logins.logins_of(login.engineer):
             for key in [k for k in self.asks if k[0] == login.engineer.casefold()]:
                 self.leave(login, key[1])
