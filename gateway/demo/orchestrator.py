@@ -29,6 +29,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -86,6 +87,12 @@ WRITTEN_BY: Final = "`gateway demo`"
 
 TOTP_ENGINEER: Final = "demo-engineer-2fa"
 """The demo's second portal login: a password and a second factor (TOTP)."""
+GROUP: Final = "pickit"
+"""The demo's target group: a processor whose UI spans two ports (its page on one opens its
+WebSocket on the other by the page's own host name), served by the portal on one host name."""
+GROUP_MEMBERS: Final = ("pickit-ui", "pickit-ws")
+GROUP_HOST: Final = "127.0.0.2"
+"""Where the group's processors listen: the portal serves the same port numbers on 127.0.0.1."""
 PORTAL_DOMAIN: Final = "portal.localhost"
 """The demo portal's host name: browsers resolve ``*.localhost`` to loopback, so each target's
 origin (``web--demo-gateway.portal.localhost``) works without DNS."""
@@ -397,7 +404,12 @@ def _addr(port: int) -> str:
     return str(loopback(port))
 
 
-def relay_toml(layout: Layout, ports: Ports, portal_port: int | None = None) -> str:
+def relay_toml(
+    layout: Layout,
+    ports: Ports,
+    portal_port: int | None = None,
+    group_ports: tuple[int, int] | None = None,
+) -> str:
     portal: dict[str, Value] | None = None
     if portal_port is not None:
         portal = {
@@ -406,9 +418,51 @@ def relay_toml(layout: Layout, ports: Ports, portal_port: int | None = None) -> 
             "cert": portal_cert(layout),
             "key": portal_key(layout),
         }
-    return stack.relay_toml(
+    text = stack.relay_toml(
         layout, ports, written_by=WRITTEN_BY, service={"drain_timeout": 3}, portal=portal
     )
+    if portal is not None and group_ports is not None:
+        text = text.replace(
+            f'domain = "{PORTAL_DOMAIN}"',
+            f'domain = "{PORTAL_DOMAIN}"\nextra_ports = [{group_ports[0]}, {group_ports[1]}]'
+            "   # the target group's ports",
+            1,
+        )
+    return text
+
+
+def group_toml(group_ports: tuple[int, int]) -> str:
+    """gateway.toml's group: two http targets on GROUP_HOST and the ``[[target_group]]``."""
+    lines = ["", "# A processor whose UI spans two ports, served as one group by the portal."]
+    for name, port in zip(GROUP_MEMBERS, group_ports, strict=True):
+        lines += ["[[target]]", f'name = "{name}"', f'address = "{GROUP_HOST}:{port}"']
+        lines += ['kind = "http"', ""]
+    members = ", ".join(f'"{m}"' for m in GROUP_MEMBERS)
+    lines += ["[[target_group]]", f'name = "{GROUP}"', f"members = [{members}]", ""]
+    return "\n".join(lines)
+
+
+def start_group(children: Children, group_ports: tuple[int, int]) -> None:
+    """The group's two processors: the page's on the first port, its WebSocket on the second."""
+    ui_port, ws_port = group_ports
+    for name, port, extra in (
+        ("pickit-ui", ui_port, ["--ws-port", str(ws_port)]),
+        ("pickit-ws", ws_port, []),
+    ):
+        child = children.start(
+            name,
+            f"group processor {name}",
+            ["demo-processor", "--listen", f"{GROUP_HOST}:{port}", *extra],
+        )
+
+        def listening(port: int = port) -> str | None:
+            try:
+                with socket.create_connection((GROUP_HOST, port), timeout=0.5):
+                    return None
+            except OSError as e:
+                return str(e)
+
+        wait_until(children, child, "listen", listening)
 
 
 def gateway_toml(layout: Layout, ports: Ports, mode: str) -> str:
@@ -540,7 +594,7 @@ def _portal_info(portal: tuple[int, dict[str, str]] | None) -> dict[str, Any]:
             "totp_secret": secret,
             "totp_uri": provisioning_uri(secret, logins["totp_name"]),
         },
-        "portal_target_urls": {TARGET: portal_url(port, TARGET)},
+        "portal_target_urls": {TARGET: portal_url(port, TARGET), GROUP: portal_url(port, GROUP)},
     }
 
 
@@ -748,6 +802,8 @@ def _portal_lines(info: dict[str, Any]) -> list[str]:
         f"      with a second factor: {second['name']!r}, password {second['password']!r}, and",
         f"      the code of the moment (an authenticator app with {second['totp_uri']},",
         f"      or: {code})",
+        f"      a processor whose UI spans two ports (target group {GROUP!r}):",
+        f"      {info['portal_target_urls'][GROUP]}",
         "      (the certificate is from the demo's throw-away CA: the browser warns unless",
         f"      {info['relay_ca']} is imported as a trusted authority)",
         "",
@@ -892,11 +948,13 @@ def _start_with_retries(
     """The ports the stack runs on, the portal's, and the demo client's request (attended)."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         ports = Ports.pick()
-        portal_port = stack.free_port()
-        _write(layout.relay_config, relay_toml(layout, ports, portal_port))
-        _write(layout.gateway_config, gateway_toml(layout, ports, mode))
+        portal_port, *group = stack.free_ports(3)
+        group_ports = (group[0], group[1])
+        _write(layout.relay_config, relay_toml(layout, ports, portal_port, group_ports))
+        _write(layout.gateway_config, gateway_toml(layout, ports, mode) + group_toml(group_ports))
         forget_earlier_mode(layout)
         try:
+            start_group(children, group_ports)
             return ports, portal_port, start_stack(children, layout, ports, mode, token)
         except PortTaken as e:
             children.stop()

@@ -435,6 +435,14 @@ def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_direct
             page.click("#login")
             page.wait_for_url(target_url)
             page.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+            # The demo's target group: its page's WebSocket goes to the group's other port by
+            # the page's own host name, through the portal.
+            group_url = info["portal_target_urls"]["pickit"]
+            page.goto(group_url)
+            page.wait_for_function("Number(document.getElementById('count').textContent) >= 1")
+            endpoint = page.inner_text("#endpoint")
+            assert endpoint.startswith("wss://pickit--demo-gateway.portal.localhost:"), endpoint
+            assert endpoint != group_url.replace("https:", "wss:") + "ws", endpoint
             # The demo's second login has a second factor.
             import pyotp
 

@@ -771,3 +771,25 @@ class LogoutTests(SynchronousTestCase):
         self.assertEqual(ended, ["mine"])
         self.assertIsNone(portal.logins.get(mine.id))
         self.assertIsNotNone(portal.logins.get(other.id))
+
+
+class MultiPortProcessorTests(SynchronousTestCase):
+    def test_the_demo_processor_page_can_open_its_websocket_on_another_port(self) -> None:
+        from gateway.demo.processor import _load_page
+
+        self.assertIn(b'var wsPort = "9999";', _load_page("P", 9999))
+        self.assertIn(b'var wsPort = "";', _load_page("P"))
+
+    def test_the_demo_group_is_two_http_targets_and_a_group(self) -> None:
+        import tomllib
+
+        from gateway.demo.orchestrator import GROUP, GROUP_HOST, group_toml
+
+        data = tomllib.loads(group_toml((8100, 8200)))
+        self.assertEqual(
+            [(t["name"], t["address"]) for t in data["target"]],
+            [("pickit-ui", f"{GROUP_HOST}:8100"), ("pickit-ws", f"{GROUP_HOST}:8200")],
+        )
+        self.assertEqual(
+            data["target_group"], [{"name": GROUP, "members": ["pickit-ui", "pickit-ws"]}]
+        )

@@ -207,6 +207,10 @@ class Portal:
         cards = [self._card(gid) for gid in wanted]
         return gatherResults(cards, consumeErrors=True)
 
+    def refresh(self, gateway_id: str) -> Deferred[GatewayCard]:
+        """Ask the gateway what it offers now (its mode, targets and groups)."""
+        return self._card(gateway_id)
+
     def _card(self, gateway_id: str) -> Deferred[GatewayCard]:
         tunnel = self.tunnels.get(gateway_id)
         if tunnel is None:

@@ -248,7 +248,7 @@ class PortalPages(Resource):
             return f"Denied: {_e(ask.why or 'no reason given')}"
         return f"Session ended: {_e(ask.why or '')}"
 
-    def _open(self, request: Request, login: Login | None) -> bytes:
+    def _open(self, request: Request, login: Login | None) -> Any:
         gateway, target = self._arg(request, "gateway"), self._arg(request, "target")
         next_path = self._arg(request, "next") or "/"
         if not local_path(next_path):
@@ -269,7 +269,11 @@ class PortalPages(Resource):
             + "?"
             + urlencode({"t": ticket, "next": next_path})
         )
-        return self._redirect(request, where)
+        # What the gateway offers now (its target groups) before the browser gets there.
+        refreshed = self.portal.refresh(gateway)
+        return self._deferred(
+            request, refreshed.addCallback(lambda _: self._redirect(request, where))
+        )
 
     # -- POST --------------------------------------------------------------------------------------
 
