@@ -793,3 +793,29 @@ class MultiPortProcessorTests(SynchronousTestCase):
         self.assertEqual(
             data["target_group"], [{"name": GROUP, "members": ["pickit-ui", "pickit-ws"]}]
         )
+
+
+class LoginExpiryTests(SynchronousTestCase):
+    def test_an_open_page_is_cut_when_its_login_expires_and_no_timer_outlives_it(self) -> None:
+        case = PortalLoginTests("test_the_right_password_logs_in_and_is_audited")
+        case.setUp()
+        portal, clock = case.portal, case.clock
+        login = case.successResultOf(portal.log_in("alice", "the right password", "x"))
+        ended: list[str] = []
+
+        class Page:
+            def __init__(self) -> None:
+                self.login = login
+
+            def end(self, why: str) -> None:
+                ended.append(why)
+
+        lasting, closed = Page(), Page()
+        portal.page_opened("alice", "plant-1", lasting)
+        portal.page_opened("alice", "plant-1", closed)
+        portal.page_closed("alice", "plant-1", closed)
+        clock.advance(599)
+        self.assertEqual(ended, [])
+        clock.advance(1)
+        self.assertEqual(ended, ["your portal login expired"])
+        self.assertEqual(clock.getDelayedCalls(), [])

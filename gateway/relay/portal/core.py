@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from attrs import define, field
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -128,6 +128,7 @@ class Portal:
         self.codes = CodeCheck(clock)
         self.asks: dict[tuple[str, str], PortalAsk] = {}
         self.pages: dict[tuple[str, str], set[Any]] = {}
+        self._expiries: dict[Any, IDelayedCall] = {}
         self.groups: dict[str, dict[str, dict[str, str]]] = {}
         """Each gateway's target groups as it last reported them (`_card`)."""
         """The proxied connections open per (engineer, gateway): ended with its session."""
@@ -315,10 +316,26 @@ class Portal:
         return stream
 
     def page_opened(self, engineer: str, gateway: str, page: Any) -> None:
+        """A proxied connection opened; it is cut when its login expires (a WebSocket would
+        otherwise outlive the login)."""
         self.pages.setdefault((engineer.casefold(), gateway), set()).add(page)
+        login = getattr(page, "login", None)
+        if isinstance(login, Login):
+            delay = max(0.0, login.expires - self.clock.seconds())
+            self._expiries[page] = self.clock.callLater(
+                delay, self._login_expired, engineer, gateway, page
+            )
 
     def page_closed(self, engineer: str, gateway: str, page: Any) -> None:
         self.pages.get((engineer.casefold(), gateway), set()).discard(page)
+        timer = self._expiries.pop(page, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _login_expired(self, engineer: str, gateway: str, page: Any) -> None:
+        self._expiries.pop(page, None)
+        self.pages.get((engineer.casefold(), gateway), set()).discard(page)
+        page.end("your portal login expired")
 
     def _end_pages(self, engineer: str, gateway: str, why: str) -> None:
         for page in list(self.pages.pop((engineer.casefold(), gateway), set())):
