@@ -64,6 +64,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "engineer.not_authorised": (SR_AUDIT, SR_AUTHORISATION),
     "engineer.added": (SR_AUDIT, SR_AUTHENTICATION),
     "engineer.removed": (SR_AUDIT, SR_AUTHENTICATION),
+    "engineer.portal_login": (SR_AUDIT, SR_AUTHENTICATION),
+    "engineer.portal_logout": (SR_AUDIT, SR_AUTHENTICATION),
     "gateway.connected": (SR_AUDIT, SR_AUTHENTICATION),
     "gateway.disconnected": (SR_AUDIT,),
     "gateway.refused": (SR_AUDIT, SR_AUTHENTICATION, SR_INTEGRITY),

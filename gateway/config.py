@@ -247,6 +247,8 @@ class GatewayConfig:
     """``[metrics] allowed_hosts``: the same for the metrics listener."""
     status_tls: StatusTLS | None = None
     """``[status] cert`` and ``key``: serve the status page over HTTPS (None: plain HTTP)."""
+    target_groups: tuple[TargetGroup, ...] = ()
+    """``[[target_group]]``: processors that serve one UI on several ports."""
 
     def target(self, name: str) -> Target | None:
         for target in self.targets:
@@ -339,6 +341,22 @@ class EnrollmentSettings:
 
 
 @frozen
+class PortalConfig:
+    """The relay's engineer portal (``[portal]``): HTTPS for browsers, one origin per target."""
+
+    listen: Address
+    domain: str
+    """The portal's own host name; each (gateway, target) is ``<target>--<gateway>.<domain>``."""
+    cert: Path
+    key: Path
+    login_minutes: int = 480
+    """How long a portal login lasts (then the engineer logs in again)."""
+    extra_ports: tuple[int, ...] = ()
+    """More ports the portal listens on (same address): a target group's member whose port
+    number is one of them is served there, on the group's host name."""
+
+
+@frozen
 class RelayConfig:
     path: Path
     gateways: GatewayListener
@@ -354,6 +372,8 @@ class RelayConfig:
     enrollment: EnrollmentSettings | None = None
     """``[enrollment]``: None, and the relay enrolls no gateway (and its gateway listener
     demands a certificate in the TLS handshake, as before)."""
+    portal: PortalConfig | None = None
+    """``[portal]``: the engineers' portal in the browser; None: no portal."""
 
 
 def _default_state_dir(config: GatewayConfig | RelayConfig) -> Path:
@@ -730,6 +750,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         half_close = service.seconds("half_close_timeout", 30.0, low=1, high=86400)
         service.finish()
     checks_interval = _checks_interval(top)
+    groups = _target_groups(top, targets)
     top.finish()
     return GatewayConfig(
         path=file,
@@ -747,6 +768,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         status_allowed_hosts=status_hosts,
         metrics_allowed_hosts=metrics_hosts,
         status_tls=status_tls,
+        target_groups=groups,
     )
 
 
@@ -1008,6 +1030,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
 
     metrics = _listener(top, "metrics")
     enrollment = _enrollment(top, gateways)
+    portal = _portal(top, gateways)
     service = top.table("service", required=False)
     drain, half_close = 10.0, 300.0
     state_dir = _state_dir(service, file)
@@ -1025,6 +1048,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         state_dir=state_dir,
         half_close_timeout=half_close,
         enrollment=enrollment,
+        portal=portal,
     )
 
 
@@ -1105,3 +1129,96 @@ def _required(value: T | None) -> T:
     """Narrow a getter's result that was asked for with ``required=True``."""
     assert value is not None
     return value
+
+
+# -- [portal] (the engineers' portal in the browser) ---------------------------------------------
+
+_DOMAIN = re.compile(
+    r"(?=.{1,200}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def _portal(top: _Table, gateways: GatewayListener) -> PortalConfig | None:
+    """``[portal] listen, domain, cert, key, login_minutes``; cert and key default to the
+    relay's own (``[gateways]``)."""
+    table = top.table("portal", required=False)
+    if table is None:
+        return None
+    domain = table.required_str("domain").strip().lower().rstrip(".")
+    if not _DOMAIN.fullmatch(domain) or "--" in domain.split(".")[0]:
+        raise table.error("domain", f"{domain!r} is not a host name such as relay.example.com")
+    cert = table.path("cert", required=False)
+    key = table.path("key", required=False)
+    if (cert is None) != (key is None):
+        missing = "key" if key is None else "cert"
+        raise table.error(missing, "is required when the other of cert/key is set")
+    config = PortalConfig(
+        listen=_required(table.address("listen", listen=True)),
+        domain=domain,
+        cert=cert or gateways.cert,
+        key=key or gateways.key,
+        login_minutes=_whole_number(table, "login_minutes", 480, 1, 7 * 24 * 60),
+        extra_ports=_extra_ports(table),
+    )
+    if config.listen.port in config.extra_ports:
+        raise table.error("extra_ports", f"{config.listen.port} is the portal's listen port")
+    table.finish()
+    return config
+
+
+def _extra_ports(table: _Table) -> tuple[int, ...]:
+    ports = table._get("extra_ports", list, "a list of port numbers", [])
+    assert ports is not None
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise table.error("extra_ports", f"{port!r} is not a port number (1 to 65535)")
+    if len(set(ports)) != len(ports):
+        raise table.error("extra_ports", "lists a port twice")
+    return tuple(ports)
+
+
+# -- [[target_group]] (one processor UI on several ports) ----------------------------------------
+
+
+@frozen
+class TargetGroup:
+    """Targets that one processor's UI spans (pages on one port open WebSockets to another by
+    the page's own host name): served on one host name, each member at its own port number."""
+
+    name: str
+    members: tuple[str, ...]
+    """Target names; the first is the group's page."""
+
+    def by_port(self, targets: tuple[Target, ...]) -> dict[int, str]:
+        ports = {t.name: t.address.port for t in targets}
+        return {ports[m]: m for m in self.members if m in ports}
+
+
+def _target_groups(top: _Table, targets: list[Target]) -> tuple[TargetGroup, ...]:
+    """``[[target_group]] name, members``: members are targets with distinct port numbers."""
+    groups: list[TargetGroup] = []
+    known = {t.name: t for t in targets}
+    for table in top.tables("target_group"):
+        name = table.required_str("name")
+        if not _TARGET_NAME.fullmatch(name) or "--" in name:
+            raise table.error("name", f"{name!r} is not a group name (letters, digits, . _ -)")
+        if name in known or any(g.name == name for g in groups):
+            raise table.error("name", f"{name!r} is already a target or group name")
+        members = table._get("members", list, "a list of target names", None)
+        if not members or not all(isinstance(m, str) for m in members):
+            raise table.error("members", 'is required: a list of target names, e.g. ["ui", "ws"]')
+        ports: dict[int, str] = {}
+        for member in members:
+            target = known.get(member)
+            if target is None:
+                raise table.error("members", f"{member!r} is not a [[target]]")
+            other = ports.setdefault(target.address.port, member)
+            if other != member:
+                raise table.error(
+                    "members",
+                    f"{other!r} and {member!r} both use port {target.address.port}: a group "
+                    "serves each member at its own port number",
+                )
+        groups.append(TargetGroup(name, tuple(dict.fromkeys(members))))
+        table.finish()
+    return tuple(groups)

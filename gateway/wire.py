@@ -80,6 +80,14 @@ class EdgeInfo:
 
 
 @frozen
+class GroupedEdgeInfo(EdgeInfo):
+    """`EdgeInfo` of a gateway with target groups (without any, the answer stays as it was)."""
+
+    groups: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    """``{group: {"port": member}}``, the first member the group's page."""
+
+
+@frozen
 class SessionAsk:
     """What ``gateway connect --reason|--code`` asks for (the body of ``POST SESSION_PATH``).
 

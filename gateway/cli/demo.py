@@ -33,6 +33,13 @@ def register(commands: Commands) -> None:
     )
     processor.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT")
     processor.add_argument("--name", default="Demo vision processor", help="name shown on the page")
+    processor.add_argument(
+        "--ws-port",
+        type=int,
+        metavar="PORT",
+        help="the page opens its WebSocket on this port of its own host name (a processor "
+        "whose UI spans several ports)",
+    )
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
@@ -52,10 +59,12 @@ def run_processor(args: argparse.Namespace, console: Console) -> int:
         parse_address(args.listen)
     except ValueError as e:
         raise UsageError(f"demo-processor: --listen: {e}") from None
+    if args.ws_port is not None and not 1 <= args.ws_port <= 65535:
+        raise UsageError(f"demo-processor: --ws-port: {args.ws_port} is not a port (1 to 65535)")
 
     async def main(reactor: Any) -> int:
         try:
-            await run_processor(reactor, args.listen)
+            await run_processor(reactor, args.listen, args.ws_port)
         except CannotListenError as e:
             return console.fail(Refused(f"cannot listen on {args.listen}: {e.socketError}"))
         return 0

@@ -210,7 +210,7 @@ def engineers(
             "-c relay.toml --gateways PATTERN,..."
         )
         return 0
-    table = [("NAME", "GATEWAYS", "CREATED", "EXPIRES", "LAST USED")]
+    table = [("NAME", "GATEWAYS", "CREATED", "EXPIRES", "PORTAL", "LAST USED")]
     for row in rows:
         expires = row["expires"] or "never"
         if row["expired"]:
@@ -221,6 +221,7 @@ def engineers(
                 ", ".join(row["gateways"]) or "(none: no gateway)",
                 (row["created"] or "-")[:10],
                 expires,
+                row["portal"] or "-",
                 (row["last_used"] or "never").replace("T", " ").replace("+00:00", " UTC"),
             )
         )
@@ -391,6 +392,59 @@ def revoke(
     return 0
 
 
+def set_password(config: RelayConfig, words: list[str], console: Console) -> int:
+    """The engineer's portal password: asked twice on a terminal, else one line of stdin; only
+    its slow salted hash is stored (`gateway.relay.portal.passwords`)."""
+    import getpass
+    import sys
+
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import CredentialFileError, EngineerNotFound
+    from gateway.relay.portal.passwords import password_problem
+    from gateway.relay.portal.passwords import set_password as store
+
+    (name,) = words
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"portal password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise Refused("the two passwords differ; nothing changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    problem = password_problem(password)
+    if problem is not None:
+        raise Refused(problem)
+    tokens = config.engineers.tokens
+    try:
+        stored = store(tokens, name, password)
+    except EngineerNotFound as e:
+        raise Refused(str(e)) from None
+    except CredentialFileError as e:
+        raise Refused(str(e)) from None
+    console.tell(f"Portal password for {stored!r} set in {tokens} (only its scrypt hash).")
+    return 0
+
+
+def set_totp(config: RelayConfig, words: list[str], console: Console) -> int:
+    """Enrol a portal second factor: the QR code is shown once, for the engineer's app."""
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import CredentialFileError
+    from gateway.relay.portal.totp import enrol, provisioning_uri, qr_text
+
+    (name,) = words
+    try:
+        stored, secret = enrol(config.engineers.tokens, name)
+    except CredentialFileError as e:
+        raise Refused(str(e)) from None
+    uri = provisioning_uri(secret, stored)
+    console.print(qr_text(uri))
+    console.print(uri)
+    console.tell(
+        f"Second factor for {stored!r} set: scan the code above with an authenticator app now "
+        "(it is not shown again); the portal asks for its 6 digits at every login."
+    )
+    return 0
+
+
 def _revoke_view(config: RelayConfig, words: list[str], console: Console) -> int:
     return revoke(config, words, argparse.Namespace(serial=None), console)
 
@@ -470,6 +524,20 @@ def _enrollment_flags(parser: argparse.ArgumentParser) -> None:
     _json_flag(parser)
 
 
+def remove_totp(config: RelayConfig, words: list[str], console: Console) -> int:
+    from gateway.cli.common import Refused
+    from gateway.relay.credentials import CredentialFileError
+    from gateway.relay.portal.totp import remove
+
+    (name,) = words
+    try:
+        stored = remove(config.engineers.tokens, name)
+    except CredentialFileError as e:
+        raise Refused(str(e)) from None
+    console.tell(f"Second factor for {stored!r} removed; the portal asks only for the password.")
+    return 0
+
+
 ACTIONS: dict[str, Action] = {
     "enroll-token": Action(
         "enroll-token GATEWAY_ID [--hours N] [--json]",
@@ -502,6 +570,9 @@ ACTIONS: dict[str, Action] = {
     "remove-engineer": Action(
         "remove-engineer NAME", 1, _remove_engineer_view, run_with_flags=remove_engineer
     ),
+    "set-password": Action("set-password NAME", 1, set_password),
+    "set-totp": Action("set-totp NAME", 1, set_totp),
+    "remove-totp": Action("remove-totp NAME", 1, remove_totp),
     "engineers": Action(
         "engineers [--json]", 0, _engineers_view, flags=_engineer_flags, run_with_flags=engineers
     ),

@@ -29,6 +29,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -83,6 +84,18 @@ POLL: Final = 0.1
 LOG_TAIL_LINES: Final = 10
 MARKER: Final = ".gateway-demo"
 WRITTEN_BY: Final = "`gateway demo`"
+
+TOTP_ENGINEER: Final = "demo-engineer-2fa"
+"""The demo's second portal login: a password and a second factor (TOTP)."""
+GROUP: Final = "pickit"
+"""The demo's target group: a processor whose UI spans two ports (its page on one opens its
+WebSocket on the other by the page's own host name), served by the portal on one host name."""
+GROUP_MEMBERS: Final = ("pickit-ui", "pickit-ws")
+GROUP_HOST: Final = "127.0.0.2"
+"""Where the group's processors listen: the portal serves the same port numbers on 127.0.0.1."""
+PORTAL_DOMAIN: Final = "portal.localhost"
+"""The demo portal's host name: browsers resolve ``*.localhost`` to loopback, so each target's
+origin (``web--demo-gateway.portal.localhost``) works without DNS."""
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -341,12 +354,115 @@ def make_credentials(layout: Layout) -> str:
     return stack.make_engineer(layout.engineers, ENGINEER, gateways=[GATEWAY_ID])
 
 
+def make_portal_login(layout: Layout) -> dict[str, str]:
+    """The portal's certificate (the domain and ``*.domain``, from the throw-away CA), a fresh
+    password for the demo's engineer, and a second engineer who also has a second factor:
+    ``password``, and ``totp_name``, ``totp_password``, ``totp_secret``."""
+    import secrets
+
+    from gateway.pki import issue_relay_certificate
+    from gateway.relay.credentials import add_engineer
+    from gateway.relay.portal.passwords import set_password
+    from gateway.relay.portal.totp import enrol
+
+    issue_relay_certificate(
+        layout.ca,
+        layout.ca_key,
+        portal_cert(layout),
+        portal_key(layout),
+        names=[PORTAL_DOMAIN, f"*.{PORTAL_DOMAIN}"],
+        force=True,
+    )
+    password = secrets.token_urlsafe(12)
+    set_password(layout.engineers, ENGINEER, password)
+    add_engineer(layout.engineers, TOTP_ENGINEER, gateways=[GATEWAY_ID])
+    totp_password = secrets.token_urlsafe(12)
+    set_password(layout.engineers, TOTP_ENGINEER, totp_password)
+    _, secret = enrol(layout.engineers, TOTP_ENGINEER)
+    return {
+        "password": password,
+        "totp_name": TOTP_ENGINEER,
+        "totp_password": totp_password,
+        "totp_secret": secret,
+    }
+
+
+def portal_cert(layout: Layout) -> Path:
+    return layout.pki / "portal.pem"
+
+
+def portal_key(layout: Layout) -> Path:
+    return layout.pki / "portal.key"
+
+
+def portal_url(port: int, target: str | None = None) -> str:
+    host = PORTAL_DOMAIN if target is None else f"{target}--{GATEWAY_ID}.{PORTAL_DOMAIN}"
+    return f"https://{host}:{port}/"
+
+
 def _addr(port: int) -> str:
     return str(loopback(port))
 
 
-def relay_toml(layout: Layout, ports: Ports) -> str:
-    return stack.relay_toml(layout, ports, written_by=WRITTEN_BY, service={"drain_timeout": 3})
+def relay_toml(
+    layout: Layout,
+    ports: Ports,
+    portal_port: int | None = None,
+    group_ports: tuple[int, int] | None = None,
+) -> str:
+    portal: dict[str, Value] | None = None
+    if portal_port is not None:
+        portal = {
+            "listen": loopback(portal_port),
+            "domain": PORTAL_DOMAIN,
+            "cert": portal_cert(layout),
+            "key": portal_key(layout),
+        }
+    text = stack.relay_toml(
+        layout, ports, written_by=WRITTEN_BY, service={"drain_timeout": 3}, portal=portal
+    )
+    if portal is not None and group_ports is not None:
+        text = text.replace(
+            f'domain = "{PORTAL_DOMAIN}"',
+            f'domain = "{PORTAL_DOMAIN}"\nextra_ports = [{group_ports[0]}, {group_ports[1]}]'
+            "   # the target group's ports",
+            1,
+        )
+    return text
+
+
+def group_toml(group_ports: tuple[int, int]) -> str:
+    """gateway.toml's group: two http targets on GROUP_HOST and the ``[[target_group]]``."""
+    lines = ["", "# A processor whose UI spans two ports, served as one group by the portal."]
+    for name, port in zip(GROUP_MEMBERS, group_ports, strict=True):
+        lines += ["[[target]]", f'name = "{name}"', f'address = "{GROUP_HOST}:{port}"']
+        lines += ['kind = "http"', ""]
+    members = ", ".join(f'"{m}"' for m in GROUP_MEMBERS)
+    lines += ["[[target_group]]", f'name = "{GROUP}"', f"members = [{members}]", ""]
+    return "\n".join(lines)
+
+
+def start_group(children: Children, group_ports: tuple[int, int]) -> None:
+    """The group's two processors: the page's on the first port, its WebSocket on the second."""
+    ui_port, ws_port = group_ports
+    for name, port, extra in (
+        ("pickit-ui", ui_port, ["--ws-port", str(ws_port)]),
+        ("pickit-ws", ws_port, []),
+    ):
+        child = children.start(
+            name,
+            f"group processor {name}",
+            ["demo-processor", "--listen", f"{GROUP_HOST}:{port}", *extra],
+        )
+
+        def listening(port: int = port) -> str | None:
+            try:
+                with socket.create_connection((GROUP_HOST, port), timeout=0.5):
+                    return None
+            except OSError as e:
+                return str(e)
+
+        wait_until(children, child, "listen", listening)
 
 
 def gateway_toml(layout: Layout, ports: Ports, mode: str) -> str:
@@ -419,7 +535,12 @@ def control_command(*words: str) -> str:
 
 
 def demo_info(
-    layout: Layout, ports: Ports, token: str, mode: str, request: str | None
+    layout: Layout,
+    ports: Ports,
+    token: str,
+    mode: str,
+    request: str | None,
+    portal: tuple[int, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """demo.json: the contract in BRIEF section 3 (scripts and tests read it).
 
@@ -451,6 +572,29 @@ def demo_info(
             "relay": control_command("relay", PLACEHOLDER, "-c", str(layout.relay_config)),
         },
         "request": request,
+        **_portal_info(portal),
+    }
+
+
+def _portal_info(portal: tuple[int, dict[str, str]] | None) -> dict[str, Any]:
+    """demo.json's portal keys: its URL, the demo logins (without and with a second factor)
+    and each target's own origin."""
+    if portal is None:
+        return {}
+    port, logins = portal
+    from gateway.relay.portal.totp import provisioning_uri
+
+    secret = logins["totp_secret"]
+    return {
+        "portal_url": portal_url(port),
+        "portal_login": {"name": ENGINEER, "password": logins["password"]},
+        "portal_login_totp": {
+            "name": logins["totp_name"],
+            "password": logins["totp_password"],
+            "totp_secret": secret,
+            "totp_uri": provisioning_uri(secret, logins["totp_name"]),
+        },
+        "portal_target_urls": {TARGET: portal_url(port, TARGET), GROUP: portal_url(port, GROUP)},
     }
 
 
@@ -630,6 +774,7 @@ def summary(info: dict[str, Any], mode: str, ways_in: Sequence[str]) -> str:
         ]
     lines += [*ways_in, ""]
     lines += [
+        *_portal_lines(info),
         f"  Gateway status page:   {info['status_url']}   (JSON: {info['status_url']}api/status)",
         f"  Gateway metrics:       {info['metrics_url']}",
         f"  Relay metrics:         {info['relay_metrics_url']}",
@@ -643,6 +788,26 @@ def summary(info: dict[str, Any], mode: str, ways_in: Sequence[str]) -> str:
         "Press Ctrl-C to stop.",
     ]
     return "\n".join(lines)
+
+
+def _portal_lines(info: dict[str, Any]) -> list[str]:
+    if "portal_url" not in info:
+        return []
+    login, second = info["portal_login"], info["portal_login_totp"]
+    code = f"python3 -c 'import pyotp; print(pyotp.TOTP(\"{second['totp_secret']}\").now())'"
+    return [
+        f"  Engineer portal:       {info['portal_url']}",
+        f"      log in as {login['name']!r} with password {login['password']!r}; Open the",
+        f"      target, or go straight to {info['portal_target_urls'][TARGET]}",
+        f"      with a second factor: {second['name']!r}, password {second['password']!r}, and",
+        f"      the code of the moment (an authenticator app with {second['totp_uri']},",
+        f"      or: {code})",
+        f"      a processor whose UI spans two ports (target group {GROUP!r}):",
+        f"      {info['portal_target_urls'][GROUP]}",
+        "      (the certificate is from the demo's throw-away CA: the browser warns unless",
+        f"      {info['relay_ca']} is imported as a trusted authority)",
+        "",
+    ]
 
 
 def ways_in_unattended(another: str) -> list[str]:
@@ -711,13 +876,14 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
     try:
         layout.logs.mkdir(exist_ok=True)
         token = make_credentials(layout)
+        portal_logins = make_portal_login(layout)
     except (OSError, PKIError, CredentialFileError) as e:
         raise DemoError(f"cannot create the demo's certificates and token: {e}") from None
     _say(f"gateway demo: starting in {layout.workdir} ...")
     children = Children(layout, stop)
     try:
-        ports, request = _start_with_retries(children, layout, mode, token)
-        info = demo_info(layout, ports, token, mode, request)
+        ports, portal_port, request = _start_with_retries(children, layout, mode, token)
+        info = demo_info(layout, ports, token, mode, request, (portal_port, portal_logins))
         _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
         if mode == "attended":
             asking, coded = stack.free_ports(2)
@@ -779,15 +945,18 @@ def _write(path: Path, text: str, *, private: bool = False) -> None:
 
 def _start_with_retries(
     children: Children, layout: Layout, mode: str, token: str
-) -> tuple[Ports, str | None]:
-    """The ports the stack runs on, and the demo client's request (attended mode)."""
+) -> tuple[Ports, int, str | None]:
+    """The ports the stack runs on, the portal's, and the demo client's request (attended)."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         ports = Ports.pick()
-        _write(layout.relay_config, relay_toml(layout, ports))
-        _write(layout.gateway_config, gateway_toml(layout, ports, mode))
+        portal_port, *group = stack.free_ports(3)
+        group_ports = (group[0], group[1])
+        _write(layout.relay_config, relay_toml(layout, ports, portal_port, group_ports))
+        _write(layout.gateway_config, gateway_toml(layout, ports, mode) + group_toml(group_ports))
         forget_earlier_mode(layout)
         try:
-            return ports, start_stack(children, layout, ports, mode, token)
+            start_group(children, group_ports)
+            return ports, portal_port, start_stack(children, layout, ports, mode, token)
         except PortTaken as e:
             children.stop()
             if attempt == PORT_ATTEMPTS:

@@ -204,9 +204,11 @@ class _Page(_Route):
         return self._page
 
 
-def _load_page(name: str) -> bytes:
+def _load_page(name: str, ws_port: int | None = None) -> bytes:
+    """The page; with ``ws_port`` its WebSocket goes to that port of the page's own host name."""
     template = files(__package__ or "gateway.demo").joinpath("processor.html").read_text("utf-8")
-    return template.replace("__PROCESSOR_NAME__", escape(name)).encode("utf-8")
+    page = template.replace("__PROCESSOR_NAME__", escape(name))
+    return page.replace("__WS_PORT__", "" if ws_port is None else str(int(ws_port))).encode()
 
 
 class _Echo:
@@ -412,14 +414,16 @@ class _Headers(_Route):
         return _json(request, seen)
 
 
-def processor_site(*, clock: IReactorTime, name: str = "Demo vision processor") -> Site:
+def processor_site(
+    *, clock: IReactorTime, name: str = "Demo vision processor", ws_port: int | None = None
+) -> Site:
     """The demo processor's web site, ready for any listening endpoint.
 
     ``clock`` runs the site's timeouts and continues downloads on a transport that never pushes
     back: the reactor the site runs on (tests pass a `Clock`).
     """
     root = _Route()
-    root.putChild(b"", _Page(_load_page(name)))
+    root.putChild(b"", _Page(_load_page(name, ws_port)))
     root.putChild(b"ws", _EchoSocket(_EchoFactory()))
     root.putChild(b"download", _Download(clock))
     root.putChild(b"upload", _Upload())
@@ -427,13 +431,13 @@ def processor_site(*, clock: IReactorTime, name: str = "Demo vision processor") 
     return Site(root, requestFactory=ProcessorRequest, reactor=clock)
 
 
-async def run_processor(reactor: IReactorTCP, listen: str) -> None:
+async def run_processor(reactor: IReactorTCP, listen: str, ws_port: int | None = None) -> None:
     """Serve the demo processor on ``listen`` (``HOST:PORT``, ``[IPv6]:PORT``) until cancelled.
 
     Raises `ListenAddressError` (a `ValueError`) for a malformed address before listening.
     """
     host, port = parse_listen(listen)
-    site = processor_site(clock=IReactorTime(reactor))
+    site = processor_site(clock=IReactorTime(reactor), ws_port=ws_port)
     if ":" in host:
         endpoint: TCP4ServerEndpoint | TCP6ServerEndpoint = TCP6ServerEndpoint(
             reactor, port, interface=host

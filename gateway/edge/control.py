@@ -41,6 +41,7 @@ from gateway.wire import (
     SESSION_PATH,
     SESSIONS_PATH,
     EdgeInfo,
+    GroupedEdgeInfo,
     Refusal,
     SessionAsk,
     SessionEvent,
@@ -203,17 +204,26 @@ class _BodyReader(Protocol):
         pass
 
 
-def info_route(gateway_id: str, policy: AccessPolicy, connections: Callable[[], int]) -> Route:
-    """``GET /v1/info``: the relay asks who this gateway is and what it offers."""
+def info_route(
+    gateway_id: str,
+    policy: AccessPolicy,
+    connections: Callable[[], int],
+    groups: dict[str, dict[str, str]] | None = None,
+) -> Route:
+    """``GET /v1/info``: the relay asks who this gateway is and what it offers (``groups``:
+    its target groups, ``{group: {"port": member}}``)."""
 
     def info(_: ControlRequest) -> EdgeInfo:
-        return EdgeInfo(
-            id=gateway_id,
-            version=__version__,
-            access_mode=policy.mode.value,
-            targets=policy.target_names,
-            connections=connections(),
-        )
+        fields: dict[str, Any] = {
+            "id": gateway_id,
+            "version": __version__,
+            "access_mode": policy.mode.value,
+            "targets": policy.target_names,
+            "connections": connections(),
+        }
+        if groups:
+            return GroupedEdgeInfo(**fields, groups=dict(groups))
+        return EdgeInfo(**fields)
 
     return Route("GET", INFO_PATH, info)
 

@@ -129,7 +129,15 @@ class EdgeDaemon(MultiService):
         self.forwarder.requests = self.events  # the audit and gateway_http_requests_total
         self.control = ControlRoutes(
             [
-                info_route(self.gateway_id, self.policy, lambda: len(self.forwarder.active)),
+                info_route(
+                    self.gateway_id,
+                    self.policy,
+                    lambda: len(self.forwarder.active),
+                    groups={
+                        g.name: {str(port): m for port, m in g.by_port(config.targets).items()}
+                        for g in config.target_groups
+                    },
+                ),
                 session_route(self.consent),
                 sessions_route(self.gateway_id, self.consent),
             ]

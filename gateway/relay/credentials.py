@@ -51,7 +51,7 @@ GATEWAY_PATTERN_RULE = (
 )
 _PATTERN = re.compile(r"(?:[a-z0-9-]|\*|\?|\[!?[a-z0-9-]+\])+")
 _MAX_PATTERN = 100
-_KEYS = frozenset({"name", "token_sha256", "gateways", "created", "expires"})
+_KEYS = frozenset({"name", "token_sha256", "gateways", "created", "expires", "password", "totp"})
 _ENGINEER_HEADER = re.compile(r"^\s*\[\[\s*engineer\s*\]\]", re.MULTILINE)
 _TABLE_HEADER = re.compile(r"^\s*\[")
 
@@ -160,6 +160,10 @@ class EngineerEntry:
     """Where the section starts in the file (1-based; 0 if unknown)."""
     has_gateways: bool = True
     """False when the section has no ``gateways`` key at all (warned about at load)."""
+    password: str | None = field(default=None, repr=False)
+    """The portal password's slow salted hash (`gateway.relay.portal.passwords`), if set."""
+    totp: str | None = field(default=None, repr=False)
+    """The portal's second factor: a TOTP secret (base32), if the engineer enrolled one."""
 
     @property
     def key(self) -> str:
@@ -377,6 +381,14 @@ def _entry(section: object, where: str, line: int) -> EngineerEntry:
         raise CredentialFileError(f"{who}: {unknown[0]}: unknown key")
     if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
         raise CredentialFileError(f"{who}: token_sha256 must be 64 hex digits")
+    password = section.get("password")
+    if password is not None and not isinstance(password, str):
+        raise CredentialFileError(f"{who}: password must be text (gateway relay set-password)")
+    totp = section.get("totp")
+    if totp is not None and (
+        not isinstance(totp, str) or not re.fullmatch(r"[A-Z2-7]{16,128}", totp)
+    ):
+        raise CredentialFileError(f"{who}: totp must be a base32 secret (gateway relay set-totp)")
     patterns = section.get("gateways")
     if patterns is not None:
         if not isinstance(patterns, list):
@@ -393,6 +405,8 @@ def _entry(section: object, where: str, line: int) -> EngineerEntry:
         expires=_expires(section.get("expires"), who),
         line=line,
         has_gateways=patterns is not None,
+        password=password,
+        totp=totp,
     )
 
 
@@ -552,4 +566,12 @@ def describe_entry(entry: EngineerEntry, now: float) -> dict[str, Any]:
         "created": entry.created,
         "expires": entry.expires.isoformat() if entry.expires else None,
         "expired": entry.expired(now),
+        "portal": portal_login(entry),
     }
+
+
+def portal_login(entry: EngineerEntry) -> str | None:
+    """How the engineer logs in to the portal: ``password``, ``password+totp``, or None."""
+    if entry.password is None:
+        return None
+    return "password" if entry.totp is None else "password+totp"

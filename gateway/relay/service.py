@@ -193,6 +193,8 @@ class RelayDaemon(MultiService):
             self.engineer_factory,
         )
         self.engineer_listener.setServiceParent(self)
+        if config.portal is not None:
+            self._start_portal(config, dialer)
         if config.metrics_listen is not None:
             root = Resource()
             root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
@@ -212,6 +214,30 @@ class RelayDaemon(MultiService):
     def reload(self) -> RelayReloadOutcome:
         """Read relay.toml, engineers.toml and the certificates again (``SIGHUP``)."""
         return self.reloader.reload()
+
+    def _start_portal(self, config: RelayConfig, dialer: LocalDialer) -> None:
+        """The engineers' portal in the browser (``[portal]``, `gateway.relay.portal`)."""
+        from gateway.relay.portal.core import Portal
+        from gateway.relay.portal.service import portal_service
+
+        portal = config.portal
+        assert portal is not None
+        self.portal = Portal(
+            domain=portal.domain,
+            port=portal.listen.port,
+            clock=self._reactor,
+            credentials=self.credentials,
+            authorisation=self.authorisation,
+            tunnels=self.tunnels,
+            dialer=dialer,
+            metrics=self.metrics,
+            logins=self.logins,
+            audit=self.audit,
+            live=self.live_engineers,
+            admission=self.engineer_admission,
+            login_seconds=portal.login_minutes * 60.0,
+        )
+        portal_service(portal, self.portal, self._reactor).setServiceParent(self)
 
     def _watch_engineer_access(self) -> None:
         """Failed-login limits, and the watch that ends streams whose access was withdrawn

@@ -370,7 +370,8 @@ def test_sigint_stops_every_process_and_exits_0(workdir: Path) -> None:
     try:
         wait_for_demo(process, workdir, output)
         kids = children(process.pid)
-        assert len(kids) == 4, kids  # processor, relay, gateway, engineer client
+        # processor, relay, gateway, engineer client, and the target group's two processors
+        assert len(kids) == 6, kids
         process.send_signal(signal.SIGINT)
         assert process.wait(STOP_TIMEOUT) == 0
         assert survivors(kids) == []
