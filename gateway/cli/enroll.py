@@ -257,8 +257,14 @@ def update_relay_paths(path: Path, cert: Path, key: Path) -> None:
         else:
             lines.insert(start + 1, f"{name} = {value}\n")
             end += 1
-    mode = path.stat().st_mode & 0o777
-    write_atomically(path, "".join(lines), mode=mode)
+    updated = "".join(lines)
+    if updated == text:
+        return  # already names them: a package's conffile stays untouched
+    info = path.stat()
+    write_atomically(path, updated, mode=info.st_mode & 0o777)
+    if os.geteuid() == 0:
+        # The daemon's group reads the config (root:gateway 0640 in the package): keep that.
+        os.chown(path, info.st_uid, info.st_gid)
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -16,10 +16,12 @@ about a minute to build the packages and a minute for the steps.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,3 +276,97 @@ def test_install_start_upgrade_remove_purge(debs: Path) -> None:
         box.run("dpkg", "-P", "gateway")
         assert not box.path("/etc/gateway").exists()
         assert not box.path("/var/lib/gateway").exists()
+
+
+RENEWING_LIFE_DAYS = 0.0005
+"""43 s: the packaged gateway renews its certificate about 29 s after enrolling."""
+
+
+def test_enroll_start_and_renew_under_the_hardened_unit(debs: Path) -> None:
+    """Plant IT's path with the package: install, `gateway enroll` as root (the key made in the
+    container, in /var/lib/gateway, the service user's), start; the daemon then renews its
+    certificate in place under ProtectSystem=strict without dropping the tunnel."""
+    with fresh_stack() as s, container.booted(binds=[(debs, "/debs")]) as box:
+        s.start_processor()
+        relay_toml = s.layout.relay_config
+        relay_toml.write_text(
+            relay_toml.read_text()
+            + f'\n[enrollment]\nca_key = "{s.pki.ca_key}"\n'
+            + f"certificate_days = {RENEWING_LIFE_DAYS}\n"
+        )
+        s.start_relay()
+        box.run("dpkg", "-i", f"/debs/gateway_{V1}_amd64.deb")
+        shutil.copy(s.pki.ca_cert, box.path("/etc/gateway/relay-ca.pem"))
+        # The plant's edit of the packaged config: the relay and the targets; the certificate
+        # and key stay where the package points them (the state directory).
+        packaged = box.path("/etc/gateway/gateway.toml").read_text()
+        assert 'cert = "/var/lib/gateway/gateway.pem"' in packaged
+        text = shared.gateway_toml(
+            shared.Layout(Path("/etc/gateway")),
+            s.stack_ports,
+            gateway_id=s.gateway_id,
+            written_by="the package test (the plant's edit)",
+            relative=False,
+            service={"state_dir": "/var/lib/gateway"},
+        )
+        text = text.replace('"/etc/gateway/ca.pem"', '"/etc/gateway/relay-ca.pem"')
+        text = re.sub(r'cert = "[^"]*"', 'cert = "/var/lib/gateway/gateway.pem"', text, count=1)
+        text = re.sub(r'key = "[^"]*"', 'key = "/var/lib/gateway/gateway.key"', text, count=1)
+        box.path("/etc/gateway/gateway.toml").write_text(text)
+        box.run("chown", "root:gateway", "/etc/gateway/gateway.toml", "/etc/gateway/relay-ca.pem")
+        box.run("chmod", "0640", "/etc/gateway/gateway.toml")
+
+        token = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "relay",
+                "enroll-token",
+                s.gateway_id,
+                "-c",
+                str(relay_toml),
+                "--minutes",
+                "10",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        enrolled = box.run(
+            "gateway",
+            "enroll",
+            "--relay",
+            f"127.0.0.1:{s.ports['relay_gw']}",
+            "--ca",
+            "/etc/gateway/relay-ca.pem",
+            "--token",
+            json.loads(token)["token"],
+            "-c",
+            "/etc/gateway/gateway.toml",
+        )
+        assert "enrolled" in enrolled.stdout + enrolled.stderr, enrolled
+        # Made in the container, the service user's alone; the config untouched (it named them).
+        assert stat(box, "/var/lib/gateway/gateway.key") == "gateway:gateway 600 regular file"
+        assert box.path("/etc/gateway/gateway.toml").read_text() == text
+        assert stat(box, "/etc/gateway/gateway.toml") == "root:gateway 640 regular file"
+        first = box.path("/var/lib/gateway/gateway.pem").read_bytes()
+
+        box.start("gateway")
+        wait_active_and_up(box, s)
+        wait_until(
+            "the packaged gateway to renew its certificate in /var/lib/gateway",
+            lambda: box.path("/var/lib/gateway/gateway.pem").read_bytes() != first,
+            deadline=90,
+        )
+        assert stat(box, "/var/lib/gateway/gateway.key") == "gateway:gateway 600 regular file"
+        metrics = http_get(s.url("gw_metrics", "/metrics")).decode()
+        assert "\ngateway_certificate_renewals_total 1.0" in metrics, metrics[-2000:]
+        assert "\ngateway_tunnel_connects_total 1.0" in metrics  # the tunnel was not dropped
+        journal = box.journal("gateway")
+        assert "Traceback" not in journal, journal
+        # Under the journal: no timestamps of the daemon's own (journald stamps each line).
+        assert not re.search(r"^\d{4}-\d\d-\d\dT", journal, re.MULTILINE), journal[:2000]
+        box.run("dpkg", "-P", "gateway")

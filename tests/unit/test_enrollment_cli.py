@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -166,6 +167,17 @@ class ConfigEditTests(SynchronousTestCase):
         config = load_gateway_config(path)
         self.assertEqual(config.relay.cert, work / "new.pem")
         self.assertEqual(config.targets[0].name, "web")
+        # Enrolled again to the same files: the config (a package's conffile) is not rewritten,
+        # and when rewritten as root it keeps its owner and group (the daemon's group reads it).
+        before = path.stat()
+        update_relay_paths(path, work / "new.pem", work / "new.key")
+        self.assertEqual(path.stat().st_ino, before.st_ino)
+        if os.geteuid() == 0:
+            os.chown(path, 0, 4242)
+            update_relay_paths(path, work / "other.pem", work / "new.key")
+            after = path.stat()
+            self.assertNotEqual(after.st_ino, before.st_ino)
+            self.assertEqual((after.st_uid, after.st_gid), (0, 4242))
 
 
 class EnrollCommandTests(SynchronousTestCase):
