@@ -248,12 +248,18 @@ def update_relay_paths(path: Path, cert: Path, key: Path) -> None:
         "cert": _quote(_relative(cert, path.parent)),
         "key": _quote(_relative(key, path.parent)),
     }
+    wanted = {"cert": cert, "key": key}
     for name, value in values.items():
-        pattern = re.compile(rf"\s*{name}\s*=")
+        pattern = re.compile(rf'(\s*{name}\s*=\s*)("(?:[^"\\]|\\.)*"|\S+)?(.*)$', re.DOTALL)
         for i in range(start + 1, end):
-            if pattern.match(lines[i]):
-                lines[i] = f"{name} = {value}\n"
-                break
+            found = pattern.match(lines[i])
+            if found is None:
+                continue
+            current = (found.group(2) or "").strip('"')
+            if current and _same_file(path.parent, current, wanted[name]):
+                break  # already names it: the line (and its comment) stays as written
+            lines[i] = f"{found.group(1)}{value}{found.group(3)}"
+            break
         else:
             lines.insert(start + 1, f"{name} = {value}\n")
             end += 1
@@ -265,6 +271,12 @@ def update_relay_paths(path: Path, cert: Path, key: Path) -> None:
     if os.geteuid() == 0:
         # The daemon's group reads the config (root:gateway 0640 in the package): keep that.
         os.chown(path, info.st_uid, info.st_gid)
+
+
+def _same_file(base: Path, written: str, wanted: Path) -> bool:
+    """Whether ``written`` (as the config has it, relative to ``base``) names ``wanted``."""
+    named = Path(written)
+    return (named if named.is_absolute() else base / named).absolute() == wanted.absolute()
 
 
 def _relative(path: Path, base: Path) -> str:

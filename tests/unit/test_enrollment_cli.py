@@ -152,14 +152,14 @@ class ConfigEditTests(SynchronousTestCase):
         path.write_text(
             "# my notes\n[relay]\n"
             f'address = "relay:443"  # the relay\nca = "{pki.ca_cert}"\n'
-            'cert = "old.pem"\n# key = "commented.key"\n\n'
+            'cert = "old.pem"  # from the vendor\n# key = "commented.key"\n\n'
             '[[target]]\nname = "web"\naddress = "10.0.0.2:80"\n'
         )
         path.chmod(0o640)
         update_relay_paths(path, work / "new.pem", work / "new.key")
         text = path.read_text()
         self.assertIn("# my notes", text)
-        self.assertIn('cert = "new.pem"', text)
+        self.assertIn('cert = "new.pem"  # from the vendor', text)
         self.assertIn('key = "new.key"', text)
         self.assertLess(text.index('key = "new.key"'), text.index("[[target]]"))
         self.assertIn('# key = "commented.key"', text)
