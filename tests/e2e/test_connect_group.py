@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from attrs import define
 
 from gateway.config import parse_address
-from gateway.demo.stack import free_port, processor_args
+from gateway.demo.stack import free_port, loopback, processor_args
 from tests.helpers.browser import browser
 from tests.helpers.consent import control_json, finished, told
-from tests.helpers.processes import Proc, Stack, fresh_stack, loopback, start, wait_until
+from tests.helpers.processes import Proc, Stack, fresh_stack, start, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +99,7 @@ def test_the_groups_page_reaches_its_other_port_by_host_name_through_one_session
 ) -> None:
     stack = group.stack
     proc = group.connect("connect-group", "--reason", "ticket 4711: camera drifts")
-    requests: list[dict[str, object]] = []
+    requests: list[dict[str, Any]] = []
 
     def asked() -> bool:
         requests[:] = [r for r in control_json(stack, "requests") if r["engineer"] == "erin"]
@@ -106,7 +107,7 @@ def test_the_groups_page_reaches_its_other_port_by_host_name_through_one_session
 
     wait_until("the group's request at the gateway", asked, proc=proc)
     (request,) = requests
-    assert sorted(request["targets"]) == ["ui", "ws"], request  # type: ignore[arg-type]
+    assert sorted(request["targets"]) == ["ui", "ws"], request
     control_json(stack, "approve", str(request["id"]), "--minutes", "30")
     wait_until(
         "the plant to let the engineer in",
