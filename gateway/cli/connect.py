@@ -33,7 +33,7 @@ def register(commands: Commands) -> None:
     parser = commands.add(
         "connect",
         connect,
-        help="engineer's local forward to one processor target",
+        help="engineer's local forward to one processor target (or a target group)",
         epilog="example: gateway connect --relay relay.example.com:9443 --ca ca.pem "
         "--token $TOKEN --gateway plant7 --target web --listen 127.0.0.1:8080",
     )
