@@ -23,7 +23,13 @@ from gateway.connect import ConnectOptions, LocalConnection
 from gateway.connect.group import GroupProblem, listen_problem, read_members
 from gateway.connect.options import DEFAULT_BIND
 from gateway.tunnel.stream import TunnelStream
-from gateway.wire import GATEWAY_INFO_PATH, GatewayInfo, SessionEvent, SessionEventKind
+from gateway.wire import (
+    GATEWAY_INFO_PATH,
+    GatewayInfo,
+    Refusal,
+    SessionEvent,
+    SessionEventKind,
+)
 from tests.helpers.processes import free_port
 from tests.unit.test_cli import CommandLineTestCase
 from tests.unit.test_connect import RELAY, BrowserTransport, EngineerClientTestCase, FakeRelay
@@ -117,11 +123,15 @@ class GroupRelay(FakeRelay):
     def __init__(self) -> None:
         super().__init__()
         self.infos: list[bytes] = []
+        self.info_refusal: tuple[Refusal, str] | None = None
 
     def stream_requested(self, stream: TunnelStream) -> None:
         assert stream.request is not None
         if stream.request.path == GATEWAY_INFO_PATH:
             self.streams.append(stream)
+            if self.info_refusal is not None:
+                stream.refuse(*self.info_refusal)
+                return
             stream.respond(200, [(b"content-type", b"application/json")])
             answer = (
                 self.infos.pop(0)
@@ -216,6 +226,12 @@ class GroupClientTests(EngineerClientTestCase):
         )
         self.assertEqual(self.reactor.tcpServers, [])
         self.assertEqual(self.relay.asks, [])
+
+    def test_a_refused_question_ends_the_client_with_the_relays_words(self) -> None:
+        self.relay.info_refusal = (Refusal.BAD_TOKEN, "the engineer token was not accepted")
+        self.start()
+        self.assertEqual(self.exit_code(), 1)
+        self.assertEqual(self.reports, ["the engineer token was not accepted"])
 
     def test_an_offline_gateway_is_asked_again_until_it_is_back(self) -> None:
         self.relay.infos = [info(gateway="plant7", online=False)] * 2
