@@ -66,6 +66,17 @@ class GatewayInfo:
 
     gateway: str
     online: bool
+    access_mode: str | None = None
+    """The fields below: what an online gateway offers, as it told the relay just now (for
+    ``gateway connect --group``); absent when it is offline or could not say (``problem``)."""
+    targets: list[str] | None = None
+    groups: dict[str, dict[str, str]] | None = None
+    """``{group: {"port": member}}``, the first member the group's page."""
+    problem: str | None = None
+
+    def to_json(self) -> bytes:
+        """Only the fields that say something: an offline gateway's answer is as it always was."""
+        return json.dumps({k: v for k, v in attrs.asdict(self).items() if v is not None}).encode()
 
 
 @frozen

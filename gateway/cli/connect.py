@@ -1,4 +1,5 @@
-"""``gateway connect``: the engineer's local forward to one processor target.
+"""``gateway connect``: the engineer's local forward to one processor target (or, with
+``--group``, to every member of a target group, each on its own port number at ``--bind``).
 
 The arguments and the process live here; the client itself is `gateway.connect`.  Everything the
 client has to tell the engineer comes out as ``gateway connect: ...`` lines on stderr.
@@ -13,6 +14,7 @@ dialled.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -20,13 +22,18 @@ from typing import Any
 
 from gateway.cli.common import EXIT_REFUSED, Commands, Console, UsageError, address
 from gateway.cli.process import global_reactor, raise_listen_errors, react
+from gateway.config import Address
+
+DEFAULT_BIND = "127.0.0.2"
+"""``--bind``'s default (`gateway.connect.options.DEFAULT_BIND`; not imported: the client's
+package pulls in Twisted, which only a running command needs)."""
 
 
 def register(commands: Commands) -> None:
     parser = commands.add(
         "connect",
         connect,
-        help="engineer's local forward to one processor target",
+        help="engineer's local forward to one processor target (or a target group)",
         epilog="example: gateway connect --relay relay.example.com:9443 --ca ca.pem "
         "--token $TOKEN --gateway plant7 --target web --listen 127.0.0.1:8080",
     )
@@ -38,8 +45,22 @@ def register(commands: Commands) -> None:
         help="engineer token (or set GATEWAY_TOKEN, which keeps it out of the process list)",
     )
     parser.add_argument("--gateway", required=True, help="gateway id")
-    parser.add_argument("--target", required=True, help="target name on that gateway")
-    parser.add_argument("--listen", default="127.0.0.1:8080", type=address, help="local HOST:PORT")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--target", help="target name on that gateway")
+    what.add_argument(
+        "--group",
+        help="a target group on that gateway (a processor whose UI spans several ports): each "
+        "member on its own port number at --bind",
+    )
+    parser.add_argument(
+        "--listen", type=address, help="local HOST:PORT for --target (default 127.0.0.1:8080)"
+    )
+    parser.add_argument(
+        "--bind",
+        type=bind_address,
+        help=f"local address for --group's ports (default {DEFAULT_BIND}); no port: each member "
+        "listens on its own",
+    )
     parser.add_argument("--server-name", help="relay certificate name, if not the HOST")
     attended = parser.add_mutually_exclusive_group()
     attended.add_argument(
@@ -77,6 +98,17 @@ def session_reason(text: str) -> str:
     return reason
 
 
+def bind_address(text: str) -> str:
+    """``--bind``: an IP address of this machine, without a port."""
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address (like 127.0.0.2; no port: each member listens on "
+            "its own)"
+        ) from None
+
+
 def connect(args: argparse.Namespace, console: Console) -> int:
     from twisted.internet.error import CannotListenError
 
@@ -85,6 +117,12 @@ def connect(args: argparse.Namespace, console: Console) -> int:
 
     if not args.token:
         raise UsageError("connect: an engineer token is needed: --token or GATEWAY_TOKEN")
+    if args.group is not None and args.listen is not None:
+        raise UsageError(
+            "connect: --listen is for --target; --group listens at --bind, on each member's port"
+        )
+    if args.group is None and args.bind is not None:
+        raise UsageError("connect: --bind is for --group; --target listens at --listen")
     code = None if args.code is None else session_code(args.code)
     reason = None if args.reason is None else session_reason(args.reason)
     try:
@@ -96,11 +134,13 @@ def connect(args: argparse.Namespace, console: Console) -> int:
         ca=ca,
         token=args.token,
         gateway=args.gateway,
-        target=args.target,
-        listen=args.listen,
+        target=args.target or "",
+        listen=args.listen or Address("127.0.0.1", 8080),
         server_name=args.server_name,
         reason=reason,
         code=code,
+        group=args.group,
+        bind=args.bind or DEFAULT_BIND,
     )
 
     def report(line: str) -> None:
@@ -117,10 +157,17 @@ def connect(args: argparse.Namespace, console: Console) -> int:
             return EXIT_REFUSED
         reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
         then = "" if not options.attended else " once the plant lets you in"
-        report(
-            f"forwarding {client.url} -> target {options.target!r} on gateway "
-            f"{options.gateway!r} via relay {options.relay}{then}"
-        )
+        if options.group is None:
+            report(
+                f"forwarding {client.url} -> target {options.target!r} on gateway "
+                f"{options.gateway!r} via relay {options.relay}{then}"
+            )
+        else:
+            report(
+                f"asking relay {options.relay} for the members of group {options.group!r} on "
+                f"gateway {options.gateway!r}; each listens at {options.bind} on its own "
+                f"port{then}"
+            )
         exit_code: int = await client.finished
         await client.stopService()
         return exit_code

@@ -27,6 +27,7 @@ shared with the relay and the gateway (`gateway.wire`); nothing of either is imp
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from random import Random
 from typing import Any
 
@@ -35,10 +36,19 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IStreamClientEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from gateway.connect.group import GroupProblem, listen_problem, read_members
 from gateway.connect.options import ConnectOptions
 from gateway.connect.session import Phase, SessionKeeper
 from gateway.connect.verdicts import Verdict, dial_is_fatal, refusal_verdict
@@ -52,9 +62,11 @@ from gateway.tls.errors import describe_tls_failure
 from gateway.tunnel.batch import WriteBatch
 from gateway.tunnel.connection import NullObserver, TunnelConnection
 from gateway.tunnel.errors import TunnelClosed
+from gateway.tunnel.stream import TunnelStream
 from gateway.wire import (
     AUTHORIZATION_HEADER,
     GATEWAY_HEADER,
+    GATEWAY_INFO_PATH,
     SESSION_HEADER,
     Refusal,
     StreamRefused,
@@ -77,6 +89,11 @@ Report = Callable[[str], None]
 MAX_HELD = 32
 """Local connections held while the plant has not answered yet; more are closed at once (a
 browser opens a handful; a script in a loop must not pile up sockets)."""
+GROUP_RETRY = 5.0
+"""Seconds between two asks for a group's members while its gateway is offline."""
+GROUP_ANSWER_TIMEOUT = 10.0
+"""Seconds the relay has to say which members a group has (it asks the gateway within 2)."""
+MAX_GROUP_INFO = 256 * 1024
 GOAWAY_IDLE = "idle"
 """The relay's GOAWAY debug data when it closes a connection that carried no stream."""
 
@@ -110,9 +127,11 @@ class _RelayObserver(NullObserver):
 class LocalConnection(SpliceEnd):
     """A browser connection on the local port, forwarded through its own stream."""
 
-    def __init__(self, client: EngineerClient) -> None:
+    def __init__(self, client: EngineerClient, target: str | None = None) -> None:
         super().__init__()
         self.client = client
+        self.target = target or client.options.target
+        """The target this connection's stream goes to (a group's member: its port's)."""
         self.forwarding = False
         self._first = b""  # the browser's first bytes: is it speaking HTTP?
         self._stream_end: SpliceEnd | None = None
@@ -166,7 +185,7 @@ class LocalConnection(SpliceEnd):
         protocol may wait for the server to speak first).
         """
         known = self.client.keeper.http_targets
-        if known is not None and self.client.options.target in known:
+        if known is not None and self.target in known:
             return True
         verdict = http_request_line(self._first)
         if verdict is None and known is not None:
@@ -236,9 +255,7 @@ class LocalConnection(SpliceEnd):
         if self.lost:
             return
         try:
-            stream = connection.open_stream(
-                self.client.options.target, headers=self.client.stream_headers()
-            )
+            stream = connection.open_stream(self.target, headers=self.client.stream_headers())
         except TunnelClosed as e:
             self.client.tell(f"relay connection is closing ({e}); try again")
             self.answer_refusal(
@@ -316,10 +333,29 @@ class EngineerClient(MultiService):
         self._factory = quiet_factory(
             lambda: RelayConnection(client_side=True, clock=reactor, observer=observer, batch=batch)
         )
-        local = quiet_factory(lambda: LocalConnection(self))
-        self.listener = StreamServerEndpointService(listen_endpoint(reactor, options.listen), local)
-        self.listener.setServiceParent(self)
+        self.members: dict[int, str] | None = None
+        """``--group``: ``{port: member}`` once the relay said (the group's page first)."""
+        self.listeners: list[StreamServerEndpointService] = []
+        self._group_info: TunnelStream | None = None
+        self._group_timer: IDelayedCall | None = None
+        self._group_told: str | None = None
+        if options.group is None:
+            local = quiet_factory(lambda: LocalConnection(self))
+            self.listener = StreamServerEndpointService(
+                listen_endpoint(reactor, options.listen), local
+            )
+            self.listener.setServiceParent(self)
+            self.listeners.append(self.listener)
+        else:
+            self.url = f"http://{options.member_address(0).host}/"
         self.keeper = SessionKeeper(self, reactor, rng)
+
+    @property
+    def targets(self) -> list[str]:
+        """What the client forwards to: its target, or its group's members (once known)."""
+        if self.options.group is None:
+            return [self.options.target]
+        return list((self.members or {}).values())
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -329,7 +365,10 @@ class EngineerClient(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self.keeper.start()
+        if self.options.group is None:
+            self.keeper.start()
+        else:
+            self._ask_group()
 
     def stopService(self) -> Deferred[None]:
         """Say goodbye to the relay (GOAWAY, TLS close) rather than just dropping the socket."""
@@ -337,6 +376,9 @@ class EngineerClient(MultiService):
             return succeed(None)
         self.stopping = True
         self.keeper.stop()
+        if self._group_timer is not None and self._group_timer.active():
+            self._group_timer.cancel()
+        self._group_timer = None
         for held in list(self._held):
             held.close()
         self._held.clear()
@@ -365,6 +407,109 @@ class EngineerClient(MultiService):
         if not self.done:
             self.tell(line)
             self.finish(1)
+
+    # -- a target group (--group) -----------------------------------------------------------------
+
+    def _ask_group(self) -> None:
+        """Ask the relay which members the group has; then listen on each member's port."""
+        self._group_timer = None
+        if self.stopping or self.done:
+            return
+        d = self.tunnel()
+        d.addCallbacks(self._group_asked, self._group_unreachable)
+        d.addErrback(lambda f: log.failure("asking for the target group", f))
+
+    def _group_unreachable(self, failure: Failure) -> None:
+        self.relay_unreachable(failure)  # told once; fatal ones end the client
+        self._group_later()
+
+    def _group_later(self) -> None:
+        if not (self.stopping or self.done):
+            self._group_timer = self.reactor.callLater(GROUP_RETRY, self._ask_group)
+
+    def _group_asked(self, connection: TunnelConnection) -> None:
+        if self.stopping or self.done:
+            return
+        try:
+            stream = connection.open_stream(
+                self.options.relay.host,
+                method="GET",
+                path=GATEWAY_INFO_PATH,
+                headers=self.base_headers(),
+                end_stream=True,
+            )
+        except TunnelClosed:
+            self._group_later()
+            return
+        self._group_info = stream
+        timer = self.reactor.callLater(GROUP_ANSWER_TIMEOUT, stream.abortConnection)
+
+        def body(data: bytes | None) -> None:
+            if timer.active():
+                timer.cancel()
+            if self._group_info is not stream:
+                return
+            self._group_info = None
+            if data is None:
+                self._group_problem(GroupProblem("the relay did not answer in time", retry=True))
+                return
+            assert self.options.group is not None
+            try:
+                members = read_members(data, self.options.gateway, self.options.group)
+            except GroupProblem as problem:
+                self._group_problem(problem)
+                return
+            self._listen_members(members)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(StreamRefused) and self._group_info is stream:
+                self._group_info = None
+                if timer.active():
+                    timer.cancel()
+                refused = failure.value
+                assert isinstance(refused, StreamRefused)
+                retry = refused.token in (Refusal.GATEWAY_OFFLINE.token, "http-503")
+                self._group_problem(GroupProblem(str(refused), retry=retry))
+
+        stream.attach(_Body(MAX_GROUP_INFO, body))
+        stream.response.addErrback(refused)
+
+    def _group_problem(self, problem: GroupProblem) -> None:
+        if self.stopping or self.done:
+            return
+        if not problem.retry:
+            self.fail(problem.line)
+            return
+        if self._group_told != problem.line:
+            self._group_told = problem.line
+            self.tell(problem.line)
+        self._group_later()
+
+    def _listen_members(self, members: dict[int, str]) -> None:
+        """Every member on its own port number at --bind, or one line and exit 1."""
+        group = self.options.group
+        assert group is not None
+        self.members = members
+        for port, member in members.items():
+            where = self.options.member_address(port)
+            factory = quiet_factory(partial(LocalConnection, self, member))
+            listener = StreamServerEndpointService(listen_endpoint(self.reactor, where), factory)
+            listener._raiseSynchronously = True
+            try:
+                listener.setServiceParent(self)
+            except CannotListenError as e:
+                listener.disownServiceParent()
+                self.fail(listen_problem(str(where), member, group, e.socketError))
+                return
+            self.listeners.append(listener)
+        first = next(iter(members))
+        self.url = f"http://{self.options.member_address(first)}/"
+        for port, member in members.items():
+            self.tell(
+                f"forwarding http://{self.options.member_address(port)}/ -> target {member!r} "
+                f"of group {group!r} on gateway {self.options.gateway!r}"
+            )
+        self.keeper.start()
 
     # -- what the engineer is told ----------------------------------------------------------------
 
@@ -540,3 +685,35 @@ class EngineerClient(MultiService):
             return  # the session stream says why it ended, in a moment
         else:
             self.tell(str(refused))
+
+
+@implementer(IHalfCloseableProtocol)
+class _Body(Protocol):
+    """A short answer's body, whole (None: cut off, or over ``limit``)."""
+
+    def __init__(self, limit: int, done: Callable[[bytes | None], None]) -> None:
+        self._limit, self._done = limit, done
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._over = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            self._finish(None)
+            return
+        self._parts.append(data)
+
+    def readConnectionLost(self) -> None:
+        self._finish(b"".join(self._parts))
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._finish(None)
+
+    def _finish(self, body: bytes | None) -> None:
+        if not self._over:
+            self._over = True
+            self._done(body)

@@ -94,6 +94,9 @@ class KeeperHost(Typed):
     def url(self) -> str: ...
 
     @property
+    def targets(self) -> list[str]: ...
+
+    @property
     def stopping(self) -> bool: ...
 
     @property
@@ -207,7 +210,7 @@ class SessionKeeper:
         if self.options.code is not None:
             return {"code": self.options.code}
         if self.options.reason is not None:
-            return {"reason": self.options.reason, "targets": [self.options.target]}
+            return {"reason": self.options.reason, "targets": self.host.targets}
         return {}
 
     def _ask(self) -> None:
@@ -405,8 +408,11 @@ class SessionKeeper:
             f"{'target' if len(event.targets) == 1 else 'targets'} {targets}, "
             f"{event.permission or 'full'} permission, until {until}{by}; open {self.host.url}"
         )
-        if event.targets and self.options.target not in event.targets:
-            line += f" (note: the session does not cover target {self.options.target!r})"
+        missing = [t for t in self.host.targets if event.targets and t not in event.targets]
+        if missing:
+            names = ", ".join(repr(t) for t in missing)
+            plural = "s" if len(missing) > 1 else ""
+            line += f" (note: the session does not cover target{plural} {names})"
         return line
 
     def _ended(self, event: SessionEvent) -> None:

@@ -91,8 +91,10 @@ GROUP: Final = "pickit"
 """The demo's target group: a processor whose UI spans two ports (its page on one opens its
 WebSocket on the other by the page's own host name), served by the portal on one host name."""
 GROUP_MEMBERS: Final = ("pickit-ui", "pickit-ws")
-GROUP_HOST: Final = "127.0.0.2"
-"""Where the group's processors listen: the portal serves the same port numbers on 127.0.0.1."""
+GROUP_HOST: Final = "127.0.0.3"
+"""Where the group's processors listen: the portal serves the same port numbers on 127.0.0.1,
+and ``gateway connect --group`` on 127.0.0.2 (its default ``--bind``)."""
+GROUP_BIND: Final = "127.0.0.2"
 PORTAL_DOMAIN: Final = "portal.localhost"
 """The demo portal's host name: browsers resolve ``*.localhost`` to loopback, so each target's
 origin (``web--demo-gateway.portal.localhost``) works without DNS."""
@@ -541,8 +543,12 @@ def demo_info(
     mode: str,
     request: str | None,
     portal: tuple[int, dict[str, str]] | None = None,
+    group_ports: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """demo.json: the contract in BRIEF section 3 (scripts and tests read it).
+
+    ``connect_group_command``: ``gateway connect --group`` for the demo's target group, each
+    member on its own port number at 127.0.0.2; ``connect_group_url`` the group's page then.
 
     ``control``: how to run the control commands against this demo's daemons, one command line
     per program in which the word `PLACEHOLDER` (``...``) stands for the command and its
@@ -573,6 +579,23 @@ def demo_info(
         },
         "request": request,
         **_portal_info(portal),
+        **_group_info(layout, ports, token, mode, group_ports),
+    }
+
+
+def _group_info(
+    layout: Layout, ports: Ports, token: str, mode: str, group_ports: tuple[int, int] | None
+) -> dict[str, Any]:
+    if group_ports is None:
+        return {}
+    args = connect_args(layout, ports, ports.forward, token)
+    at = args.index("--target")
+    args[at : at + 4] = ["--group", GROUP, "--bind", GROUP_BIND]  # --target T --listen A
+    if mode == "attended":
+        args += ["--reason", EXAMPLE_REASON]
+    return {
+        "connect_group_command": shlex.join([*gateway_command(), *args]),
+        "connect_group_url": f"http://{GROUP_BIND}:{group_ports[0]}/",
     }
 
 
@@ -804,9 +827,26 @@ def _portal_lines(info: dict[str, Any]) -> list[str]:
         f"      or: {code})",
         f"      a processor whose UI spans two ports (target group {GROUP!r}):",
         f"      {info['portal_target_urls'][GROUP]}",
+        *_group_lines(info),
         "      (the certificate is from the demo's throw-away CA: the browser warns unless",
         f"      {info['relay_ca']} is imported as a trusted authority)",
         "",
+    ]
+
+
+def _group_lines(info: dict[str, Any]) -> list[str]:
+    """The group without the portal: ``gateway connect --group``, the token in the
+    environment (as the README recommends), and where its page is then."""
+    if "connect_group_command" not in info:
+        return []
+    words = shlex.split(info["connect_group_command"])
+    at = words.index("--token")
+    token = words[at + 1]
+    del words[at : at + 2]
+    return [
+        f"      or on this machine, each member on its own port at {GROUP_BIND}, then open "
+        f"{info['connect_group_url']}:",
+        f"        GATEWAY_TOKEN={shlex.quote(token)} {shlex.join(words)}",
     ]
 
 
@@ -882,8 +922,12 @@ def _run(layout: Layout, mode: str, stop: StopSignal) -> int:
     _say(f"gateway demo: starting in {layout.workdir} ...")
     children = Children(layout, stop)
     try:
-        ports, portal_port, request = _start_with_retries(children, layout, mode, token)
-        info = demo_info(layout, ports, token, mode, request, (portal_port, portal_logins))
+        ports, portal_port, group_ports, request = _start_with_retries(
+            children, layout, mode, token
+        )
+        info = demo_info(
+            layout, ports, token, mode, request, (portal_port, portal_logins), group_ports
+        )
         _write(layout.demo_json, json.dumps(info, indent=2) + "\n", private=True)  # the token
         if mode == "attended":
             asking, coded = stack.free_ports(2)
@@ -945,8 +989,9 @@ def _write(path: Path, text: str, *, private: bool = False) -> None:
 
 def _start_with_retries(
     children: Children, layout: Layout, mode: str, token: str
-) -> tuple[Ports, int, str | None]:
-    """The ports the stack runs on, the portal's, and the demo client's request (attended)."""
+) -> tuple[Ports, int, tuple[int, int], str | None]:
+    """The ports the stack runs on, the portal's, the target group's, and the demo client's
+    request (attended)."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         ports = Ports.pick()
         portal_port, *group = stack.free_ports(3)
@@ -956,7 +1001,8 @@ def _start_with_retries(
         forget_earlier_mode(layout)
         try:
             start_group(children, group_ports)
-            return ports, portal_port, start_stack(children, layout, ports, mode, token)
+            request = start_stack(children, layout, ports, mode, token)
+            return ports, portal_port, group_ports, request
         except PortTaken as e:
             children.stop()
             if attempt == PORT_ATTEMPTS:

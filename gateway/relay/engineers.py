@@ -9,11 +9,11 @@ and passes the gateway's refusal (status, token, reason) back unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import attrs
 from h2.errors import ErrorCodes
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +24,7 @@ from gateway.logsafe import peer_text
 from gateway.relay.admission import EngineerAdmission, token_was_accepted
 from gateway.relay.asks import SessionAsks
 from gateway.relay.dialer import IGatewayDialer
+from gateway.relay.edgeinfo import EdgeOffer
 from gateway.relay.metrics import RelayMetrics
 from gateway.relay.path import Admitted, EngineerPath, EngineerRequest, new_connection_id
 from gateway.relay.refusals import Refused
@@ -52,6 +53,7 @@ class EngineerStreams:
         live: LiveStreams | None = None,
         admission: EngineerAdmission | None = None,
         half_close_timeout: float = 300.0,
+        edge_info: Callable[[str], Deferred[EdgeOffer]] | None = None,
     ) -> None:
         self.path = path
         self.dialer = dialer
@@ -65,6 +67,9 @@ class EngineerStreams:
         self.admission = admission
         """Stream limits, and telling the connection guard who authenticated (`admission`)."""
         self.half_close_timeout = half_close_timeout
+        self.edge_info = edge_info
+        """Asks an online gateway what it offers (`gateway.relay.edgeinfo`), for the info
+        answer; None: the answer says only whether it is online."""
 
     def stream_requested(self, stream: TunnelStream) -> None:
         assert stream.request is not None
@@ -199,10 +204,33 @@ class EngineerStreams:
         stream.reset(ErrorCodes.INTERNAL_ERROR)
 
     def _gateway_info(self, stream: TunnelStream, info: GatewayInfo) -> None:
-        body = json.dumps(attrs.asdict(info)).encode()
+        """Whether the gateway is online and, when it is, what it offers (its targets and
+        target groups, asked of it now, within `gateway.relay.edgeinfo.INFO_TIMEOUT`)."""
+        if not info.online or self.edge_info is None:
+            self._send_info(stream, info)
+            return
+        asked = self.edge_info(info.gateway)
+        asked.addCallback(lambda offer: self._send_info(stream, _with_offer(info, offer)))
+        asked.addErrback(lambda f: log.failure("answering gateway info", f))
+
+    def _send_info(self, stream: TunnelStream, info: GatewayInfo) -> None:
+        if stream.finished:
+            return
         stream.respond(200, [(b"content-type", b"application/json")])
-        stream.write(body)
+        stream.write(info.to_json())
         stream.loseWriteConnection()
+
+
+def _with_offer(info: GatewayInfo, offer: EdgeOffer) -> GatewayInfo:
+    if offer.problem is not None:
+        return attrs.evolve(info, problem=offer.problem)
+    return attrs.evolve(
+        info,
+        online=offer.online,
+        access_mode=offer.mode,
+        targets=list(offer.targets),
+        groups=dict(offer.groups),
+    )
 
 
 def _peer_host(stream: TunnelStream) -> str:

@@ -36,6 +36,7 @@ from gateway.relay.credentials import TokenFile
 from gateway.relay.desk import SupportDesk
 from gateway.relay.dialer import LocalDialer
 from gateway.relay.directory import MemoryGatewayDirectory
+from gateway.relay.edgeinfo import ask_edge_info
 from gateway.relay.engineers import EngineerStreams
 from gateway.relay.enrollment import EnrollmentDesk, choose_protocol
 from gateway.relay.gateways import GatewayPeer, GatewayTunnels
@@ -138,6 +139,8 @@ class RelayDaemon(MultiService):
             live=self.live_engineers,
             admission=self.engineer_admission,
             half_close_timeout=config.half_close_timeout,
+            # gateway connect --group learns the gateway's target groups from the info answer.
+            edge_info=lambda gateway_id: ask_edge_info(self.tunnels, gateway_id, reactor),
         )
 
         def engineer_connection(addr: object) -> TunnelConnection:

@@ -302,17 +302,37 @@ def test_the_printed_connect_command_works_as_given(demo: Demo) -> None:
     assert body == get(demo.info["processor_url"])[2]
 
 
-def printed_client(output: str) -> tuple[dict[str, str], list[str]]:
-    """The summary's "another engineer client" line, read as a shell would: ``VAR=value``
-    words before the command are its environment."""
+def printed_client(output: str, group: bool = False) -> tuple[dict[str, str], list[str]]:
+    """The summary's "another engineer client" line (``group``: its ``--group`` line), read as
+    a shell would: ``VAR=value`` words before the command are its environment."""
     lines = [line.strip() for line in output.splitlines()]
-    [line] = [line for line in lines if line.startswith("GATEWAY_TOKEN=")]
+    [line] = [
+        line for line in lines if line.startswith("GATEWAY_TOKEN=") and ("--group" in line) == group
+    ]
     words = shlex.split(line)
     env = {}
     while words and "=" in words[0] and not words[0].startswith("-"):
         name, _, value = words.pop(0).partition("=")
         env[name] = value
     return env, words
+
+
+def test_the_printed_group_command_forwards_each_member_on_its_own_port(demo: Demo) -> None:
+    """demo.json's ``connect_group_command``, and the summary's line for it: the target group
+    ``pickit`` at 127.0.0.2, its page there naming its WebSocket on the other member's port."""
+    info = demo.info
+    url = info["connect_group_url"]
+    assert url.startswith("http://127.0.0.2:"), info
+    argv = this_gateway(shlex.split(info["connect_group_command"]))
+    assert argv[argv.index("--group") + 1] == "pickit", argv
+    env, printed_argv = printed_client(demo.output.read_text(), group=True)
+    assert env == {"GATEWAY_TOKEN": info["engineer_token"]}
+    assert "--token" not in printed_argv and "--group" in printed_argv, printed_argv
+    with open(demo.workdir / "logs" / "test-connect-group.log", "wb") as log:
+        body = run_and_fetch(argv, url, log)
+    assert b"demo-processor" in body.lower() or b"<html" in body.lower(), body[:200]
+    ws_port = body.split(b'var wsPort = "')[1].split(b'"')[0].decode()
+    assert ws_port.isdigit() and f":{ws_port}/" not in url, ws_port
 
 
 def test_the_printed_second_client_works_as_printed(demo: Demo) -> None:
@@ -501,9 +521,14 @@ def test_attended_mode_both_ways_in_work_as_printed(workdir: Path) -> None:
 
 
 def printed_client_with(output: Path, flag: str) -> tuple[dict[str, str], list[str]]:
-    """A printed ``GATEWAY_TOKEN=... gateway connect ...`` line that has ``flag``."""
+    """A printed ``GATEWAY_TOKEN=... gateway connect --target ...`` line that has ``flag``
+    (not the target group's ``--group`` line)."""
     lines = [line.strip() for line in output.read_text().splitlines()]
-    [line] = [ln for ln in lines if ln.startswith("GATEWAY_TOKEN=") and f" {flag} " in ln]
+    [line] = [
+        ln
+        for ln in lines
+        if ln.startswith("GATEWAY_TOKEN=") and f" {flag} " in ln and " --group " not in ln
+    ]
     words = shlex.split(line)
     env = {}
     while words and "=" in words[0] and not words[0].startswith("-"):

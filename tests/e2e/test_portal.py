@@ -29,7 +29,8 @@ from gateway.config import parse_address
 from gateway.demo.stack import free_port, processor_args
 from gateway.pki import issue_relay_certificate
 from gateway.relay.credentials import add_engineer
-from tests.helpers.consent import control, control_json
+from tests.helpers.browser import artifact
+from tests.helpers.consent import audit_records, control_json
 from tests.helpers.processes import Stack, fresh_stack, start, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -321,46 +322,59 @@ def test_no_portal_cookie_or_credential_reaches_the_processor(
 def test_in_attended_mode_the_portals_request_is_approved_by_the_plant_and_ended_by_it(
     browser: object, portal: Portal
 ) -> None:
-    """Last in this file: it switches the gateway to attended and back."""
+    """Plant staff act on the gateway's status page only: Approve lets the portal's page open;
+    End closes that page's WebSocket, and the page is the portal's notice from then on.
+
+    It switches the gateway to attended and back."""
     stack = portal.stack
     card = f"#gw-{stack.gateway_id}"
     control_json(stack, "access", "attended")
+    status = browser.new_context()  # type: ignore[attr-defined]
     try:
+        plant = status.new_page()
+        plant.set_default_timeout(TIMEOUT_MS)
+        plant.goto(stack.url("status"))
         page = log_in(browser, portal)
         page.wait_for_selector(f"{card}[data-mode=attended]")  # type: ignore[attr-defined]
         page.fill(f"{card} .reason", "ticket 4711: camera drifts")  # type: ignore[attr-defined]
         page.click(f"{card} .request")  # type: ignore[attr-defined]
         page.wait_for_selector(f"{card} .state:has-text('Waiting for the plant')")  # type: ignore[attr-defined]
-        requests: list[dict[str, object]] = []
-
-        def listed() -> bool:
-            requests[:] = [r for r in control_json(stack, "requests") if r["engineer"] == "erin"]
-            return bool(requests)
-
-        wait_until("the portal's request at the gateway", listed)
-        assert requests[0]["reason"] == "ticket 4711: camera drifts", requests
-        session = control_json(stack, "approve", str(requests[0]["id"]), "--minutes", "30")
+        # The request shows on the status page, live; staff approve it there.
+        request = plant.locator("article.request", has_text="erin asks to connect")
+        request.wait_for()
+        assert "ticket 4711: camera drifts" in request.inner_text()
+        request.get_by_label("For how long").select_option("30")
+        request.get_by_role("button", name="Approve").click()
+        request.wait_for(state="detached")
         # The portal's page polls: the approval shows without a reload.
         page.wait_for_selector(f"{card} .state:has-text('approved')")  # type: ignore[attr-defined]
         assert "min left" in page.inner_text(f"{card} .state")  # type: ignore[attr-defined]
+        approved = [r for r in audit_records(stack, "gateway") if r["event"] == "session.approved"]
+        assert approved and "status page" in approved[-1]["who"], approved
         with page.context.expect_page() as opened:  # type: ignore[attr-defined]
             page.click(f"{card} a.open[data-target=web]")  # type: ignore[attr-defined]
         target = opened.value
         target.set_default_timeout(TIMEOUT_MS)
         target.wait_for_load_state()
         target.wait_for_function("Number(document.getElementById('count').textContent) >= 2")
-        # The plant ends it: the open page's WebSocket closes, and the page is the portal's
-        # notice from then on.
-        ended = control(stack, "end", str(session["id"]), "--reason", "done for today")
-        assert ended.returncode == 0, ended.stderr
+        assert target.inner_text("#state").strip() == "connected"
+        # The plant ends it on the status page: the open page's WebSocket closes, and the page
+        # is the portal's notice from then on.
+        session = plant.locator("article.session", has_text="erin")
+        session.wait_for()
+        session.get_by_role("button", name="End this session").click()
         target.wait_for_function(
             "document.getElementById('state').textContent.trim() !== 'connected'"
         )
         page.wait_for_selector(f"{card} .state:has-text('Session ended')")  # type: ignore[attr-defined]
+        plant.get_by_text("Nobody is connected.").wait_for()
         target.reload()
-        assert "ended" in target.inner_text("#notice"), target.content()
+        notice = target.inner_text("#notice")
+        assert "ended by the plant" in notice, target.content()
+        target.screenshot(path=str(artifact("portal-session-ended-notice.png")))
         page.context.close()  # type: ignore[attr-defined]
     finally:
+        status.close()
         control_json(stack, "access", "unattended")
 
 

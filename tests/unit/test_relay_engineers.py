@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -21,6 +22,7 @@ from gateway.relay.authorisation import EveryAuthenticatedEngineer, IEngineerAut
 from gateway.relay.credentials import Engineer, ICredentialStore
 from gateway.relay.dialer import IGatewayDialer, LocalDialer
 from gateway.relay.directory import GatewayLocation, IGatewayDirectory, MemoryGatewayDirectory
+from gateway.relay.edgeinfo import INFO_TIMEOUT, ask_edge_info
 from gateway.relay.engineers import EngineerStreams
 from gateway.relay.gateways import GatewayTunnels
 from gateway.relay.metrics import RelayMetrics
@@ -34,6 +36,8 @@ from gateway.wire import (
     ENGINEER_HEADER,
     GATEWAY_HEADER,
     GATEWAY_INFO_PATH,
+    INFO_PATH,
+    GroupedEdgeInfo,
     Refusal,
     StreamRefused,
 )
@@ -137,6 +141,7 @@ class RelayWorld:
         *,
         authorisation: IEngineerAuthorisation | None = None,
         directory: IGatewayDirectory | None = None,
+        edge_info: bool = False,
     ) -> None:
         self.clock = Clock()
         self.directory = directory or MemoryGatewayDirectory(self.clock)
@@ -155,6 +160,9 @@ class RelayWorld:
             metrics=self.metrics,
             clock=self.clock,
             new_id=lambda: next(ids),
+            edge_info=(
+                (lambda gw: ask_edge_info(self.tunnels, gw, self.clock)) if edge_info else None
+            ),
         )
         self.handler = DialledWithin(self.engineers, self.dialer)
         self.eng = linked_tunnels(self.handler, self.clock)
@@ -278,6 +286,26 @@ class Silent(AcceptAll):
         self.streams.append(stream)
 
 
+class Informed(AcceptAll):
+    """A gateway that answers the relay's ``GET INFO_PATH`` as a gateway with a group does."""
+
+    def stream_requested(self, stream: TunnelStream) -> None:
+        self.streams.append(stream)
+        assert stream.request is not None
+        if stream.request.path == INFO_PATH:
+            info = GroupedEdgeInfo(
+                id="gw-1",
+                version="1",
+                access_mode="attended",
+                targets=["web", "ui", "ws"],
+                connections=0,
+                groups={"pickit": {"8080": "ui", "9999": "ws"}},
+            )
+            stream.respond(200, [])
+            stream.write(json.dumps(attrs.asdict(info)).encode())
+            stream.loseWriteConnection()
+
+
 class EngineerPathThroughTheRelayTests(SynchronousTestCase):
     def test_the_connect_carries_the_engineer_and_a_connection_id(self) -> None:
         gw_handler = AcceptAll()
@@ -332,6 +360,44 @@ class EngineerPathThroughTheRelayTests(SynchronousTestCase):
         stream, rec = ask(world, method="GET", target="relay", path=GATEWAY_INFO_PATH)
         self.assertEqual(json.loads(rec.received), {"gateway": "gw-1", "online": False})
         self.assertEqual(world.dialer.dials, [])
+
+    def test_gateway_info_tells_an_authorised_engineer_the_gateways_targets_and_groups(
+        self,
+    ) -> None:
+        """``gateway connect --group`` learns the members' ports from the relay's answer, which
+        asks the gateway now; the old fields are as they were."""
+        world = RelayWorld(self, Informed(), edge_info=True)
+        stream, rec = ask(world, method="GET", target="relay", path=GATEWAY_INFO_PATH)
+        self.assertEqual(self.successResultOf(stream.response).status, 200)
+        self.assertEqual(
+            json.loads(rec.received),
+            {
+                "gateway": "gw-1",
+                "online": True,
+                "access_mode": "attended",
+                "targets": ["web", "ui", "ws"],
+                "groups": {"pickit": {"8080": "ui", "9999": "ws"}},
+            },
+        )
+        self.assertEqual(world.dialer.dials, [])
+
+    def test_gateway_info_of_an_offline_gateway_is_the_old_answer(self) -> None:
+        world = RelayWorld(self, Informed(), edge_info=True)
+        world.tunnels.remove("gw-1", world.gw.client)
+        world.directory.gateway_disconnected("gw-1")
+        _, rec = ask(world, method="GET", target="relay", path=GATEWAY_INFO_PATH)
+        self.assertEqual(rec.received, b'{"gateway": "gw-1", "online": false}')
+
+    def test_gateway_info_says_why_when_the_gateway_does_not_answer_in_time(self) -> None:
+        world = RelayWorld(self, Silent(), edge_info=True)
+        stream, rec = ask(world, method="GET", target="relay", path=GATEWAY_INFO_PATH)
+        self.assertNoResult(stream.response)
+        world.clock.advance(INFO_TIMEOUT)
+        settle_all(world.eng, world.gw)
+        self.assertEqual(
+            json.loads(rec.received),
+            {"gateway": "gw-1", "online": True, "problem": "no answer in time"},
+        )
 
     def test_gateway_info_needs_a_good_token(self) -> None:
         world = RelayWorld(self, AcceptAll())

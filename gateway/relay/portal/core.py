@@ -29,6 +29,7 @@ from gateway.relay.admission import EngineerAdmission
 from gateway.relay.authorisation import PatternAuthorisation
 from gateway.relay.credentials import Engineer, TokenFile
 from gateway.relay.dialer import IGatewayDialer
+from gateway.relay.edgeinfo import INFO_TIMEOUT, EdgeOffer, ask_edge_info
 from gateway.relay.gateways import GatewayTunnels
 from gateway.relay.logins import LoginGuard
 from gateway.relay.metrics import RelayMetrics
@@ -38,14 +39,10 @@ from gateway.relay.portal.passwords import verify_password
 from gateway.relay.portal.totp import CodeCheck
 from gateway.relay.refusals import Refused
 from gateway.relay.revocation import LiveStreams
-from gateway.tunnel.errors import TunnelClosed
 from gateway.tunnel.stream import StreamResponse, TunnelStream
-from gateway.wire import INFO_PATH, Refusal, SessionEvent, SessionEventKind, StreamRefused
+from gateway.wire import Refusal, SessionEvent, SessionEventKind, StreamRefused
 
 log = Logger()
-
-INFO_TIMEOUT = 2.0
-MAX_INFO = 64 * 1024
 
 
 @define
@@ -213,45 +210,21 @@ class Portal:
         return self._card(gateway_id)
 
     def _card(self, gateway_id: str) -> Deferred[GatewayCard]:
-        tunnel = self.tunnels.get(gateway_id)
-        if tunnel is None:
-            return succeed(GatewayCard(gateway_id, online=False))
-        try:
-            stream = tunnel.open_stream(gateway_id, method="GET", path=INFO_PATH, end_stream=True)
-        except TunnelClosed as e:
-            return succeed(GatewayCard(gateway_id, online=False, problem=str(e)))
-        done: Deferred[GatewayCard] = Deferred()
-        timer = self.clock.callLater(INFO_TIMEOUT, lambda: finish(None, "no answer in time"))
+        asked = ask_edge_info(self.tunnels, gateway_id, self.clock, INFO_TIMEOUT)
 
-        def finish(body: bytes | None, problem: str | None = None) -> None:
-            if done.called:
-                return
-            if timer.active():
-                timer.cancel()
-            if body is None:
-                if not stream.finished:
-                    stream.abortConnection()
-                done.callback(GatewayCard(gateway_id, online=True, problem=problem))
-                return
-            try:
-                data = json.loads(body)
-                mode = str(data["access_mode"])[:40]
-                targets = [str(t)[:64] for t in data["targets"]][:200]
-                groups = {
-                    str(name)[:64]: {str(port)[:5]: str(m)[:64] for port, m in members.items()}
-                    for name, members in list(dict(data.get("groups") or {}).items())[:50]
-                }
-            except (ValueError, KeyError, TypeError, AttributeError):
-                done.callback(GatewayCard(gateway_id, online=True, problem="unreadable answer"))
-                return
-            self.groups[gateway_id] = groups
-            done.callback(
-                GatewayCard(gateway_id, online=True, mode=mode, targets=targets, groups=groups)
+        def card(offer: EdgeOffer) -> GatewayCard:
+            if offer.problem is None and offer.online:
+                self.groups[gateway_id] = offer.groups
+            return GatewayCard(
+                gateway_id,
+                online=offer.online,
+                mode=offer.mode,
+                targets=offer.targets,
+                problem=offer.problem,
+                groups=offer.groups,
             )
 
-        stream.attach(_Collect(MAX_INFO, finish))
-        stream.response.addErrback(lambda f: finish(None, f.getErrorMessage()))
-        return done
+        return asked.addCallback(card)
 
     # -- streams for the proxy -------------------------------------------------------------------
 
@@ -478,29 +451,6 @@ class Portal:
             self.audit.record(event, who=who, result=result, **details)
         except AuditWriteError as e:
             log.error("audit: cannot record {event}: {error}", event=event, error=str(e))
-
-
-@implementer(IHalfCloseableProtocol)
-class _Collect(Protocol):
-    def __init__(self, limit: int, done: Callable[[bytes | None, str | None], None]) -> None:
-        self._limit, self._done, self._size = limit, done, 0
-        self._parts: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self._limit:
-            self._done(None, "answer too long")
-            return
-        self._parts.append(data)
-
-    def readConnectionLost(self) -> None:
-        self._done(b"".join(self._parts), None)
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._done(None, "the answer broke off")
 
 
 @implementer(IHalfCloseableProtocol)
