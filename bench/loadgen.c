@@ -725,6 +725,9 @@ static http_conn_t *http_dial(void) {
 static void http_close(http_conn_t *c) {
     int fd = c->fd;
     if (c->ssl != NULL) {
+        /* close_notify (not waiting for the server's): a session freed without it is marked
+         * not resumable */
+        SSL_shutdown(c->ssl);
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
