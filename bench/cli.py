@@ -20,7 +20,16 @@ from typing import Any
 
 from bench import machine
 from bench.measure import FULL, MEASURES, QUICK, Loadgen, PathRun, Plan, measure_path
-from bench.paths import Direct, OpenSSH, Ours, OursHttp, OursTcpHttp, Stunnel, TunnelPath
+from bench.paths import (
+    Direct,
+    OpenSSH,
+    Ours,
+    OursHttp,
+    OursPortal,
+    OursTcpHttp,
+    Stunnel,
+    TunnelPath,
+)
 from bench.procs import (
     BenchError,
     Proc,
@@ -34,6 +43,9 @@ from bench.report import (
     FOLLOW_HTTP,
     FOLLOW_TCP,
     METRICS,
+    PORTAL,
+    PORTAL_PEER,
+    PORTAL_TARGETS,
     Column,
     Summary,
     aggregate,
@@ -48,7 +60,15 @@ from bench.report import (
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-PATH_NAMES = ("direct", "stunnel", "openssh", "ours", "ours-tcp-http", "ours-http")
+PATH_NAMES = (
+    "direct",
+    "stunnel",
+    "openssh",
+    "ours",
+    "ours-tcp-http",
+    "ours-http",
+    "ours-portal",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -98,10 +118,11 @@ def build_tools(build_dir: Path) -> tuple[Path, Path]:
     if shutil.which(cc) is None:
         raise BenchError(f"no C compiler ({cc}); run bench/install-deps.sh")
     built = []
-    for name in ("loadgen", "target"):
+    for name, libs in (("loadgen", ["-lssl", "-lcrypto"]), ("target", [])):
         source, exe = BENCH / f"{name}.c", build_dir / name
         if not exe.exists() or exe.stat().st_mtime < source.stat().st_mtime:
-            run_quiet([cc, "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(exe), str(source)])
+            argv = [cc, "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(exe), str(source), *libs]
+            run_quiet(argv)
         built.append(exe)
     return built[0], built[1]
 
@@ -135,6 +156,7 @@ def make_paths(names: Sequence[str], ours_env: dict[str, str]) -> list[TunnelPat
         "ours": Ours(REPO, ours_env),
         "ours-tcp-http": OursTcpHttp(REPO, ours_env),
         "ours-http": OursHttp(REPO, ours_env),
+        "ours-portal": OursPortal(REPO, ours_env),
     }
     return [every[n] for n in PATH_NAMES if n in names]
 
@@ -184,6 +206,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
     summary = aggregate([{name: r.metrics for name, r in run.items()} for run in runs])
     columns = [Column(p.name, p.title, status[p.name], p.measures) for p in paths]
     verdicts = evaluate_targets(summary) if status.get("ours") == "ok" else []
+    portal = (
+        evaluate_targets(summary, PORTAL_TARGETS, PORTAL)
+        if status.get(PORTAL) == "ok" and status.get(PORTAL_PEER) == "ok"
+        else []
+    )
     follow = (
         evaluate_follow(summary)
         if status.get(FOLLOW_TCP) == "ok" and status.get(FOLLOW_HTTP) == "ok"
@@ -208,6 +235,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
         render_targets(verdicts) if verdicts else "",
         errors,
         render_follow(follow) if follow else "",
+        render_targets(portal, "Target (issue 20, browser path)", PORTAL) if portal else "",
     )
     print(markdown)
 
@@ -225,6 +253,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> i
             for path, metrics in summary.items()
         },
         "targets": [dataclasses.asdict(v) for v in verdicts],
+        "portal_targets": [dataclasses.asdict(v) for v in portal],
         "follow": [dataclasses.asdict(f) for f in follow],
         "errors": errors,
         "markdown": markdown,
@@ -247,6 +276,7 @@ def render_markdown(
     targets: str,
     errors: list[str],
     follow: str = "",
+    portal: str = "",
 ) -> str:
     mib = plan.bulk_bytes / (1 << 20)
     taken = {m for c in columns for m in (c.measures or MEASURES)}
@@ -280,6 +310,8 @@ def render_markdown(
         lines += [targets, ""]
     if follow:
         lines += [follow, ""]
+    if portal:
+        lines += [portal, ""]
     for name, s in status.items():
         if s != "ok":
             lines.append(f"- {name}: {s}")

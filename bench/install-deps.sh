@@ -5,6 +5,7 @@
 #                    port with its own config; the system service is not needed)
 #   openssh-client   ssh -N -R and ssh-keygen
 #   gcc libc6-dev    to compile bench/loadgen.c and bench/target.c
+#   libssl-dev       OpenSSL for the load generator's TLS (the portal path, ours-portal)
 #   openssl          the throw-away CA and certificates for stunnel
 #   procps           ps/top for eyeballing runs (the harness reads /proc itself)
 set -eu
@@ -17,7 +18,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
-    stunnel4 openssh-server openssh-client gcc libc6-dev openssl procps
+    stunnel4 openssh-server openssh-client gcc libc6-dev libssl-dev openssl procps
 
 # The Debian package enables and starts the system sshd; the benchmark runs its own on a high
 # port and does not need it. Leave the system's choice alone, but make sure the privilege

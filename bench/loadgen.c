@@ -36,12 +36,25 @@
  *                                          of its answer (after 50 warm-up ones)
  *   loadgen http-get  HOST PORT COUNT SIZE COUNT sequential "GET /bytes/SIZE" (no request body:
  *                                          a browser's GET), timed likewise
+ *   loadgen http-ttfb HOST PORT COUNT      COUNT times in a row: a new connection (with --tls its
+ *                                          handshake), "GET /bytes/64", first byte of the answer;
+ *                                          then the whole answer is checked
+ *
+ * Options before the mode, for the HTTP modes (a browser's way in, e.g. the relay's portal):
+ *   --tls CA_FILE     speak TLS (OpenSSL): the server's chain must verify against CA_FILE and
+ *                     its certificate must name --host (never switched off); TLS 1.2 or later;
+ *                     new connections resume the last session the server offered, as browsers do
+ *   --host NAME       the Host header (default "bench"), the TLS server name and the name checked
+ *   --cookie VALUE    a Cookie header on every request
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -630,16 +643,150 @@ static int mode_wan(const char *dir, unsigned long long bytes, double warmup, do
 
 typedef struct {
     int fd;
+    SSL *ssl;                                 /* with --tls */
     unsigned char buf[HTTP_HEAD_MAX + CHUNK]; /* bytes read past an answer's head */
     size_t have;                              /* of which this many are not yet consumed */
 } http_conn_t;
+
+static const char *http_host = "bench";
+static const char *http_cookie;  /* NULL: no Cookie header */
+static SSL_CTX *tls_ctx;         /* NULL: plain TCP */
+static SSL_SESSION *tls_session; /* the last session the server offered, resumed by new ones */
+static unsigned long tls_handshakes, tls_resumed;
+static char tls_version[32] = "", tls_cipher[64] = "";
+
+static void tls_die(const char *what) {
+    char err[256] = "";
+    unsigned long e = ERR_get_error();
+    if (e != 0)
+        ERR_error_string_n(e, err, sizeof err);
+    die("%s: %s", what, err[0] ? err : (errno ? strerror(errno) : "failed"));
+}
+
+static int tls_new_session(SSL *ssl, SSL_SESSION *session) {
+    (void)ssl;
+    if (tls_session != NULL)
+        SSL_SESSION_free(tls_session);
+    tls_session = session;
+    return 1; /* we keep the reference */
+}
+
+static void tls_setup(const char *ca_file) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (tls_ctx == NULL)
+        tls_die("SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+    if (SSL_CTX_load_verify_locations(tls_ctx, ca_file, NULL) != 1)
+        tls_die("loading the CA file");
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+    SSL_CTX_sess_set_new_cb(tls_ctx, tls_new_session);
+}
+
+/* TLS on a connected socket: server name, chain and host name checked. */
+static SSL *tls_connect(int fd) {
+    SSL *ssl = SSL_new(tls_ctx);
+    if (ssl == NULL)
+        tls_die("SSL_new");
+    if (SSL_set_tlsext_host_name(ssl, http_host) != 1 || SSL_set1_host(ssl, http_host) != 1)
+        tls_die("setting the server name");
+    SSL_set_fd(ssl, fd);
+    if (tls_session != NULL)
+        SSL_set_session(ssl, tls_session);
+    if (SSL_connect(ssl) != 1) {
+        long verify = SSL_get_verify_result(ssl);
+        if (verify != X509_V_OK)
+            die("TLS: the server's certificate does not verify for %s: %s", http_host,
+                X509_verify_cert_error_string(verify));
+        tls_die("TLS handshake");
+    }
+    tls_handshakes++;
+    if (SSL_session_reused(ssl))
+        tls_resumed++;
+    snprintf(tls_version, sizeof tls_version, "%s", SSL_get_version(ssl));
+    snprintf(tls_cipher, sizeof tls_cipher, "%s", SSL_get_cipher_name(ssl));
+    return ssl;
+}
+
+static void http_connect(http_conn_t *c) {
+    c->fd = dial();
+    c->ssl = tls_ctx != NULL ? tls_connect(c->fd) : NULL;
+    c->have = 0;
+}
 
 static http_conn_t *http_dial(void) {
     http_conn_t *c = calloc(1, sizeof *c);
     if (c == NULL)
         die("out of memory");
-    c->fd = dial();
+    http_connect(c);
     return c;
+}
+
+static void http_close(http_conn_t *c) {
+    int fd = c->fd;
+    if (c->ssl != NULL) {
+        /* close_notify (not waiting for the server's): a session freed without it is marked
+         * not resumable */
+        SSL_shutdown(c->ssl);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    close(fd);
+}
+
+static void http_send(http_conn_t *c, const void *data, size_t len) {
+    if (c->ssl == NULL) {
+        send_all(c->fd, data, len);
+        return;
+    }
+    while (len > 0) { /* SSL_write writes all of it unless partial writes are enabled */
+        int n = SSL_write(c->ssl, data, len > INT32_MAX ? INT32_MAX : (int)len);
+        if (n <= 0)
+            tls_die("TLS write");
+        data = (const unsigned char *)data + n;
+        len -= (size_t)n;
+    }
+}
+
+/* recv(2) or SSL_read: > 0 bytes, 0 at the end of the stream, < 0 with errno on failure. */
+static ssize_t http_recv(http_conn_t *c, void *buf, size_t len) {
+    if (c->ssl == NULL)
+        return recv(c->fd, buf, len, 0);
+    errno = 0;
+    int n = SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    if (n > 0)
+        return n;
+    int err = SSL_get_error(c->ssl, n);
+    if (err == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+        errno = EAGAIN; /* SO_RCVTIMEO ran out */
+    else if (err == SSL_ERROR_SYSCALL && errno == 0)
+        return 0; /* closed without close_notify */
+    else if (err != SSL_ERROR_SYSCALL)
+        errno = EPROTO;
+    return -1;
+}
+
+static void http_printf(http_conn_t *c, const char *fmt, ...) {
+    char text[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (len < 0 || (size_t)len >= sizeof text)
+        die("request head too long");
+    http_send(c, text, (size_t)len);
+}
+
+/* The Host (and Cookie) lines of every request, ending the head. */
+static const char *http_common(char *out, size_t size) {
+    int len = snprintf(out, size, "Host: %s\r\n%s%s%s\r\n", http_host,
+                       http_cookie ? "Cookie: " : "", http_cookie ? http_cookie : "",
+                       http_cookie ? "\r\n" : "");
+    if (len < 0 || (size_t)len >= size)
+        die("host or cookie too long");
+    return out;
 }
 
 /* Read one answer's head; check its status line and Content-Length; leave body bytes in buf. */
@@ -654,7 +801,7 @@ static void http_read_head(http_conn_t *c, unsigned long long expect_length, con
         }
         if (c->have >= HTTP_HEAD_MAX)
             die("%s: answer head longer than %d bytes", what, HTTP_HEAD_MAX);
-        ssize_t n = recv(c->fd, c->buf + c->have, HTTP_HEAD_MAX - c->have, 0);
+        ssize_t n = http_recv(c, c->buf + c->have, HTTP_HEAD_MAX - c->have);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -712,7 +859,7 @@ static void http_body(http_conn_t *c, unsigned char *out, unsigned long long len
         } else {
             unsigned long long left = len - got;
             size_t room = left < CHUNK ? (size_t)left : CHUNK;
-            ssize_t n = recv(c->fd, c->buf, room, 0);
+            ssize_t n = http_recv(c, c->buf, room);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n <= 0)
@@ -734,7 +881,8 @@ static void http_body(http_conn_t *c, unsigned char *out, unsigned long long len
 }
 
 static void http_get_bytes(http_conn_t *c, unsigned long long bytes) {
-    send_line(c->fd, "GET /bytes/%llu HTTP/1.1\r\nHost: bench\r\n\r\n", bytes);
+    char common[1024];
+    http_printf(c, "GET /bytes/%llu HTTP/1.1\r\n%s", bytes, http_common(common, sizeof common));
     http_read_head(c, bytes, "http GET");
     http_body(c, NULL, bytes, "http GET");
 }
@@ -742,7 +890,7 @@ static void http_get_bytes(http_conn_t *c, unsigned long long bytes) {
 static void http_echo(http_conn_t *c, unsigned char *req, size_t head_len, size_t size,
                       unsigned char *reply, unsigned long seq) {
     fill_message(req + head_len, size, seq, 0);
-    send_all(c->fd, req, head_len + size);
+    http_send(c, req, head_len + size);
     http_read_head(c, size, "http echo");
     http_body(c, reply, size, "http echo");
     if (memcmp(req + head_len, reply, size) != 0)
@@ -752,10 +900,20 @@ static void http_echo(http_conn_t *c, unsigned char *req, size_t head_len, size_
 }
 
 static size_t http_echo_head(unsigned char *req, size_t size) {
+    char common[1024];
     return (size_t)sprintf((char *)req,
-                           "POST /echo HTTP/1.1\r\nHost: bench\r\n"
-                           "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\n\r\n",
-                           size);
+                           "POST /echo HTTP/1.1\r\n"
+                           "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\n%s",
+                           size, http_common(common, sizeof common));
+}
+
+/* With --tls: what was negotiated, and how many handshakes resumed a session. */
+static void print_tls(void) {
+    if (tls_ctx == NULL)
+        return;
+    printf(", \"tls\": {\"version\": \"%s\", \"cipher\": \"%s\", \"handshakes\": %lu, "
+           "\"resumed\": %lu}",
+           tls_version, tls_cipher, tls_handshakes, tls_resumed);
 }
 
 static int mode_http_bulk(unsigned long long bytes) {
@@ -765,9 +923,11 @@ static int mode_http_bulk(unsigned long long bytes) {
     double seconds = now() - t0;
     if (c->have != 0)
         die("http GET: %zu bytes past the answer", c->have);
-    close(c->fd);
-    printf("{\"mode\": \"http-bulk\", \"bytes\": %llu, \"seconds\": %.6f, \"mb_per_s\": %.3f}\n",
+    http_close(c);
+    printf("{\"mode\": \"http-bulk\", \"bytes\": %llu, \"seconds\": %.6f, \"mb_per_s\": %.3f",
            bytes, seconds, (double)bytes / seconds / 1e6);
+    print_tls();
+    printf("}\n");
     return 0;
 }
 
@@ -782,15 +942,16 @@ static int mode_http_get(unsigned long count, size_t size) {
         if (i >= WARMUP)
             add_sample(&s, now() - t0);
     }
-    close(c->fd);
+    http_close(c);
     printf("{\"mode\": \"http-get\", \"size\": %zu, ", size);
     print_latency("latency", &s);
+    print_tls();
     printf("}\n");
     return 0;
 }
 
 static int mode_http_rtt(unsigned long count, size_t size) {
-    unsigned char *req = malloc(256 + size), *reply = malloc(size ? size : 1);
+    unsigned char *req = malloc(2048 + size), *reply = malloc(size ? size : 1);
     size_t head_len = http_echo_head(req, size);
     samples_t s = {0};
     http_conn_t *c = http_dial();
@@ -800,9 +961,43 @@ static int mode_http_rtt(unsigned long count, size_t size) {
         if (i >= WARMUP)
             add_sample(&s, now() - t0);
     }
-    close(c->fd);
+    http_close(c);
     printf("{\"mode\": \"http-rtt\", \"size\": %zu, ", size);
     print_latency("latency", &s);
+    print_tls();
+    printf("}\n");
+    return 0;
+}
+
+static int mode_http_ttfb(unsigned long count) {
+    samples_t s = {0};
+    http_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        die("out of memory");
+    char common[1024];
+    http_common(common, sizeof common);
+    for (unsigned long i = 0; i < count; i++) {
+        double t0 = now();
+        http_connect(c);
+        http_printf(c, "GET /bytes/%u HTTP/1.1\r\n%s", TTFB_BYTES, common);
+        ssize_t n;
+        do
+            n = http_recv(c, c->buf, HTTP_HEAD_MAX);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            die("http ttfb: connection %lu: %s", i,
+                n == 0 ? "closed" : (errno == EAGAIN ? "timed out" : strerror(errno)));
+        add_sample(&s, now() - t0);
+        c->have = (size_t)n;
+        http_read_head(c, TTFB_BYTES, "http ttfb");
+        http_body(c, NULL, TTFB_BYTES, "http ttfb");
+        if (c->have != 0)
+            die("http ttfb: %zu bytes past answer %lu", c->have, i);
+        http_close(c);
+    }
+    printf("{\"mode\": \"http-ttfb\", ");
+    print_latency("latency", &s);
+    print_tls();
     printf("}\n");
     return 0;
 }
@@ -833,14 +1028,33 @@ static void usage(void) {
                     "       idle HOST PORT CONNS | fair HOST PORT SECONDS SIZE |\n"
                     "       wan HOST PORT down|up BYTES WARMUP RATE SIZE TTFB_EVERY |\n"
                     "       http-bulk HOST PORT BYTES | http-rtt HOST PORT COUNT SIZE |\n"
-                    "       http-get HOST PORT COUNT SIZE\n");
+                    "       http-get HOST PORT COUNT SIZE | http-ttfb HOST PORT COUNT\n"
+                    "options before the mode (HTTP modes): --tls CA_FILE --host NAME "
+                    "--cookie VALUE\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
+    const char *ca_file = NULL;
+    while (argc >= 3 && strncmp(argv[1], "--", 2) == 0) {
+        if (strcmp(argv[1], "--tls") == 0)
+            ca_file = argv[2];
+        else if (strcmp(argv[1], "--host") == 0)
+            http_host = argv[2];
+        else if (strcmp(argv[1], "--cookie") == 0)
+            http_cookie = argv[2];
+        else
+            usage();
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 4)
         usage();
     signal(SIGPIPE, SIG_IGN);
+    if (strpbrk(http_host, "\r\n") != NULL || (http_cookie && strpbrk(http_cookie, "\r\n")))
+        die("--host and --cookie must be one line");
+    if (ca_file != NULL)
+        tls_setup(ca_file);
     const char *mode = argv[1];
     target_addr.sin_family = AF_INET;
     target_addr.sin_port = htons((uint16_t)number(argv[3], "port"));
@@ -850,6 +1064,10 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < PATTERN_LEN; i++)
         pattern[i] = (unsigned char)(i % PATTERN_PERIOD);
 
+    if (strcmp(mode, "http-ttfb") == 0 && argc == 5)
+        return mode_http_ttfb((unsigned long)number(argv[4], "count"));
+    if (tls_ctx != NULL && strncmp(mode, "http-", 5) != 0)
+        die("--tls is for the HTTP modes");
     if (strcmp(mode, "http-bulk") == 0 && argc == 5)
         return mode_http_bulk(number(argv[4], "bytes"));
     if (strcmp(mode, "http-get") == 0 && argc == 6)

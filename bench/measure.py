@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,10 @@ class PathRun:
 class Loadgen:
     binary: Path
 
-    def run(self, mode: str, port: int, *args: int, timeout: float) -> dict[str, Any]:
-        argv = [str(self.binary), mode, "127.0.0.1", str(port), *map(str, args)]
+    def run(
+        self, mode: str, port: int, *args: int, timeout: float, options: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        argv = [str(self.binary), *options, mode, "127.0.0.1", str(port), *map(str, args)]
         try:
             done = subprocess.run(
                 argv, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
@@ -85,6 +87,7 @@ def measure_path(
     out = PathRun()
     tunnel = path.name != "direct"
     prefix = "http-" if path.http else ""  # the load generator's HTTP/1.1 round trip and bulk
+    options = path.loadgen_options()  # e.g. the portal's TLS, host and cookie
 
     def step(name: str, action: Callable[[], None]) -> None:
         try:
@@ -127,21 +130,22 @@ def measure_path(
             out.metrics.update({f"idle_kib:{name}": v for name, v in kib.items()})
 
     def ttfb() -> None:
-        r = loadgen.run("ttfb", port, plan.ttfb_count, timeout=30 + plan.ttfb_count * 0.1)
+        count = plan.ttfb_count
+        r = loadgen.run(path.ttfb_mode, port, count, timeout=30 + count * 0.1, options=options)
         out.raw["ttfb"] = r
         out.metrics["ttfb_p50_ms"] = r["latency"]["p50_ms"]
         out.metrics["ttfb_p99_ms"] = r["latency"]["p99_ms"]
 
     def rtt() -> None:
         n, size = plan.rtt_count, plan.message_size
-        r = loadgen.run(prefix + "rtt", port, n, size, timeout=30 + n * 0.02)
+        r = loadgen.run(prefix + "rtt", port, n, size, timeout=30 + n * 0.02, options=options)
         out.raw["rtt"] = r
         out.metrics["rtt_p50_ms"] = r["latency"]["p50_ms"]
         out.metrics["rtt_p99_ms"] = r["latency"]["p99_ms"]
 
     def getrtt() -> None:  # HTTP paths only: a GET's round trip, no request body
         n, size = plan.rtt_count, plan.message_size
-        r = loadgen.run("http-get", port, n, size, timeout=30 + n * 0.02)
+        r = loadgen.run("http-get", port, n, size, timeout=30 + n * 0.02, options=options)
         out.raw["getrtt"] = r
         out.metrics["getrtt_p50_ms"] = r["latency"]["p50_ms"]
         out.metrics["getrtt_p99_ms"] = r["latency"]["p99_ms"]
@@ -154,7 +158,8 @@ def measure_path(
 
     def bulk() -> None:
         before = snapshot()
-        r = loadgen.run(prefix + "bulk", port, plan.bulk_bytes, timeout=60 + plan.bulk_bytes / 5e6)
+        timeout = 60 + plan.bulk_bytes / 5e6
+        r = loadgen.run(prefix + "bulk", port, plan.bulk_bytes, timeout=timeout, options=options)
         after = snapshot()
         cpu = {name: after[name].cpu_seconds_since(u) for name, u in before.items()}
         out.raw["bulk"] = {**r, "tunnel_cpu_seconds": cpu}

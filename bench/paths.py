@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,12 +19,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench import keys
+from bench import keys, portal
 from bench.procs import BenchError, Proc, Supervisor, echo_probe, free_ports, wait_until
 from gateway.config import Target, TargetKind
 from gateway.demo import stack
 from gateway.demo.stack import PROBE_ERRORS, loopback
 from gateway.demo.tomlfile import Table
+from gateway.pki import issue_relay_certificate
 
 READY_TIMEOUT = 30.0
 GATEWAY_ID = "bench-gw"
@@ -88,6 +90,7 @@ class TunnelPath(ABC):
     title: str  # column heading
     http = False  # the load generator speaks HTTP/1.1 (target.c's HTTP mode) on this path
     measures: tuple[str, ...] = ("idle", "ttfb", "rtt", "conc", "bulk", "fair")  # measure.py
+    ttfb_mode = "ttfb"  # the load generator's new-connection mode (HTTP over TLS: http-ttfb)
 
     def __init__(self) -> None:
         self.procs: list[Proc] = []
@@ -103,6 +106,10 @@ class TunnelPath(ABC):
 
     def roots(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+    def loadgen_options(self) -> list[str]:
+        """Options before the load generator's mode (``--tls``, ``--host``, ``--cookie``)."""
+        return []
 
     def check_alive(self) -> None:
         for proc in self.procs:
@@ -332,6 +339,34 @@ class Ours(TunnelPath):
         return connected == 1.0
 
     def start(self, sup: Supervisor, target_port: int) -> int:
+        ports = self._start_tunnel(sup, target_port)
+        layout, env = self.layout, self.env
+        connect = stack.python_gateway(
+            stack.connect_args(
+                relay=loopback(ports.relay_engineers),
+                ca=layout.ca,
+                gateway_id=GATEWAY_ID,
+                listen=loopback(ports.forward),
+            )
+        )
+        client_env = {**env, "GATEWAY_TOKEN": self.token}
+        self.procs.append(sup.start("connect", connect, cwd=self.repo, env=client_env))
+        self._ready(ports.forward)
+        if "tls" not in self.details:
+            self.details["tls"] = (
+                tls_summary(ports.relay_engineers, layout.ca, []) + " (engineer listener)"
+            )
+        return ports.forward
+
+    def _portal_section(self, ports: stack.Ports) -> Table | None:
+        """relay.toml's ``[portal]``, if the path uses the portal."""
+        return None
+
+    def _before_relay(self) -> None:
+        """After relay.toml is written, before the relay starts."""
+
+    def _start_tunnel(self, sup: Supervisor, target_port: int) -> stack.Ports:
+        """The relay and the gateway, the gateway's tunnel up."""
         p = free_ports(6)
         self.ports = ports = stack.Ports(
             processor=target_port,
@@ -350,6 +385,7 @@ class Ours(TunnelPath):
                 written_by="the benchmark",
                 gateways=BENCH_RELAY_LIMITS["gateways"],
                 engineers=BENCH_RELAY_LIMITS["engineers"],
+                portal=self._portal_section(ports),
             )
         )
         layout.gateway_config.write_text(
@@ -363,6 +399,7 @@ class Ours(TunnelPath):
                 limits=BENCH_STREAM_LIMITS,
             )
         )
+        self._before_relay()
         relay = stack.python_gateway(stack.relay_args(layout.relay_config))
         self.procs.append(sup.start("relay", relay, cwd=self.repo, env=env))
         wait_until(
@@ -371,22 +408,7 @@ class Ours(TunnelPath):
         gateway = stack.python_gateway(stack.run_args(layout.gateway_config))
         self.procs.append(sup.start("gateway", gateway, cwd=self.repo, env=env))
         wait_until(self._gateway_connected, self.procs, READY_TIMEOUT, "gateway tunnel")
-        connect = stack.python_gateway(
-            stack.connect_args(
-                relay=loopback(ports.relay_engineers),
-                ca=layout.ca,
-                gateway_id=GATEWAY_ID,
-                listen=loopback(ports.forward),
-            )
-        )
-        client_env = {**env, "GATEWAY_TOKEN": self.token}
-        self.procs.append(sup.start("connect", connect, cwd=self.repo, env=client_env))
-        self._ready(ports.forward)
-        if "tls" not in self.details:
-            self.details["tls"] = (
-                tls_summary(ports.relay_engineers, layout.ca, []) + " (engineer listener)"
-            )
-        return ports.forward
+        return ports
 
 
 class OursTcpHttp(Ours):
@@ -405,6 +427,107 @@ class OursHttp(Ours):
     kind = TargetKind.HTTP
     http = True
     measures = ("rtt", "getrtt", "bulk")
+
+
+class OursPortal(Ours):
+    """The browser's path: the load generator speaks HTTPS (TLS, HTTP/1.1) to the relay's
+    engineer portal with a logged-in engineer's origin pass, the portal proxies each connection
+    through the tunnel to the gateway, and the gateway to the target: two processes, like
+    stunnel's two hops, no engineer client.
+
+    The engineer's password is set with `gateway relay set-password`; the pass is obtained as a
+    browser obtains it on Open (`bench.portal`), fresh for every run.  The target is allowlisted
+    as `kind = "http"`, as the README configures processor UIs for the portal (so `view` works
+    on it): the gateway follows every request, as on ours-http."""
+
+    name, title = "ours-portal", "ours, portal (HTTPS)"
+    kind = TargetKind.HTTP
+    http = True
+    measures = ("ttfb", "rtt", "getrtt", "bulk")
+    ttfb_mode = "http-ttfb"
+    engineer = "bench"
+    target = "web"
+    domain = "bench.localhost"
+
+    def prepare(self, workdir: Path) -> None:
+        super().prepare(workdir)
+        layout = self.layout
+        self.portal_cert = layout.pki / "portal.pem"
+        self.portal_key = layout.pki / "portal.key"
+        try:
+            issue_relay_certificate(
+                layout.ca,
+                layout.ca_key,
+                self.portal_cert,
+                self.portal_key,
+                names=[self.domain, f"*.{self.domain}"],
+                force=True,
+            )
+        except Exception as e:  # PKIError, OSError
+            raise BenchError(f"cannot make the portal's certificate: {e}") from e
+        self.password = secrets.token_urlsafe(18)
+        self.password_set = False
+        self.pass_token = ""
+
+    @property
+    def origin_host(self) -> str:
+        return f"{self.target}--{GATEWAY_ID}.{self.domain}"
+
+    def loadgen_options(self) -> list[str]:
+        return [
+            *("--tls", str(self.layout.ca), "--host", self.origin_host),
+            *("--cookie", f"{portal.PASS_COOKIE}={self.pass_token}"),
+        ]
+
+    def _portal_section(self, ports: stack.Ports) -> Table | None:
+        return {
+            "listen": loopback(ports.forward),
+            "domain": self.domain,
+            "cert": self.portal_cert,
+            "key": self.portal_key,
+        }
+
+    def _before_relay(self) -> None:
+        if self.password_set:
+            return
+        argv = stack.python_gateway(
+            ["relay", "set-password", self.engineer, "-c", str(self.layout.relay_config)]
+        )
+        try:
+            done = subprocess.run(
+                argv,
+                input=self.password + "\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=self.repo,
+                env=self.env,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BenchError(f"gateway relay set-password: {e}") from e
+        if done.returncode != 0:
+            raise BenchError(f"gateway relay set-password: {done.stderr.strip()[-300:]}")
+        self.password_set = True
+
+    def start(self, sup: Supervisor, target_port: int) -> int:
+        ports = self._start_tunnel(sup, target_port)
+        port, ca = ports.forward, self.layout.ca
+        wait_until(lambda: listening(port), self.procs, READY_TIMEOUT, "portal listener")
+        self.pass_token = portal.log_in(
+            ca, port, self.domain, GATEWAY_ID, self.target, self.engineer, self.password
+        )
+        wait_until(
+            lambda: portal.echo_probe(ca, port, self.origin_host, self.pass_token),
+            self.procs,
+            READY_TIMEOUT,
+            "portal echo",
+        )
+        if "tls" not in self.details:
+            self.details["tls"] = (
+                tls_summary(port, ca, ["-servername", self.origin_host]) + " (portal)"
+            )
+        return port
 
 
 def tls_summary(port: int, ca: Path, extra: list[str]) -> str:

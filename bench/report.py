@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 PEERS = ("stunnel", "openssh")
+PORTAL, PORTAL_PEER = "ours-portal", "stunnel"
+"""The browser's path (issue 20), compared with stunnel's two hops: two processes each."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,11 @@ def render_table(summary: Mapping[str, Mapping[str, Summary]], columns: Sequence
     titles = [c.title for c in columns]
     by_name = {c.name: c for c in columns}
     has_ours = "ours" in by_name
-    peers = [p for p in PEERS if p in by_name] if has_ours else []
+    ratios = [("ours", p) for p in PEERS if p in by_name] if has_ours else []
+    if PORTAL in by_name and PORTAL_PEER in by_name:
+        ratios.append((PORTAL, PORTAL_PEER))
     head = ["Metric (median of runs, min-max)", *titles]
-    head += [f"ours/{by_name[p].title}" for p in peers]
+    head += [f"{ours}/{by_name[p].title}" for ours, p in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in METRICS:
         if not any(c.measures is None or m.measure in c.measures for c in columns):
@@ -137,9 +141,11 @@ def render_table(summary: Mapping[str, Mapping[str, Summary]], columns: Sequence
                 row.append("-")
             else:
                 row.append(cell(summary.get(c.name, {}).get(m.key)))
-        ours = summary.get("ours", {}).get(m.key)
-        for p in peers:
-            row.append(ratio(ours, summary.get(p, {}).get(m.key)))
+        for ours, p in ratios:
+            if not (measured(m, by_name[ours]) and measured(m, by_name[p])):
+                row.append("-")
+                continue
+            row.append(ratio(summary.get(ours, {}).get(m.key), summary.get(p, {}).get(m.key)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -196,10 +202,24 @@ class Verdict:
     unit: str
 
 
-def evaluate_targets(summary: Mapping[str, Mapping[str, Summary]]) -> list[Verdict]:
+PORTAL_TARGETS = (
+    Target("bulk >= stunnel's", "bulk_mb_s", True, 1.0, PORTAL_PEER, "MB/s"),
+    Target("CPU-s/GiB <= 1.5x stunnel's", "bulk_cpu_s_per_gib", False, 1.5, PORTAL_PEER, "s"),
+    Target(
+        "new connection TTFB p50 <= 1.5x stunnel's", "ttfb_p50_ms", False, 1.5, PORTAL_PEER, "ms"
+    ),
+)
+"""Issue 20's targets for the browser's path (the portal), against stunnel in the same run."""
+
+
+def evaluate_targets(
+    summary: Mapping[str, Mapping[str, Summary]],
+    targets: Sequence[Target] = TARGETS,
+    path: str = "ours",
+) -> list[Verdict]:
     verdicts = []
-    for t in TARGETS:
-        ours = summary.get("ours", {}).get(t.key)
+    for t in targets:
+        ours = summary.get(path, {}).get(t.key)
         if t.reference is None:
             limit: float | None = t.factor
         else:
@@ -215,8 +235,10 @@ def evaluate_targets(summary: Mapping[str, Mapping[str, Summary]]) -> list[Verdi
     return verdicts
 
 
-def render_targets(verdicts: Sequence[Verdict]) -> str:
-    lines = ["| Target (issue 8) | ours | limit | met |", "|---|---|---|---|"]
+def render_targets(
+    verdicts: Sequence[Verdict], title: str = "Target (issue 8)", path: str = "ours"
+) -> str:
+    lines = [f"| {title} | {path} | limit | met |", "|---|---|---|---|"]
     for v in verdicts:
         ours = "-" if v.ours is None else f"{fmt(v.ours)} {v.unit}"
         limit = "-" if v.limit is None else f"{fmt(v.limit)} {v.unit}"

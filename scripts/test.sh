@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # (the status page's browser tests, driven by Playwright), prometheus (promtool and a real server
 # scraping the daemons), systemd-container, debootstrap, dpkg-dev and fakeroot (the package and
 # its systemd units; shellcheck for its scripts).
-APT_PACKAGES=(python3-venv squid faketime testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev procps iproute2
+APT_PACKAGES=(python3-venv squid faketime testssl.sh stunnel4 openssh-server openssh-client gcc libc6-dev libssl-dev procps iproute2
   chromium chromium-driver prometheus systemd-container debootstrap dpkg-dev fakeroot shellcheck)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
