@@ -539,56 +539,6 @@ class PortalServiceTests(SynchronousTestCase):
         self.assertEqual(relay.portal.logins.lifetime, 480 * 60)
         self.assertEqual(relay.portal.portal_origin(), "https://portal.example:8444/")
 
-    def test_a_browsers_next_connection_resumes_its_tls_session(self) -> None:
-        """Browsers resume: each new connection to a target's origin then skips the full
-        handshake (session tickets; without them every connection paid for one)."""
-        import socket
-        import ssl
-        import threading
-
-        from OpenSSL import SSL
-
-        from gateway.relay.portal.service import portal_tls
-
-        config = self.config()
-        server_ctx = portal_tls(config.portal).getContext()
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        listener.settimeout(10)
-
-        def serve() -> None:
-            for _ in range(2):
-                sock, _ = listener.accept()  # blocking (pyOpenSSL on a socket with a timeout
-                # would raise WantReadError); the client's own timeouts bound the test
-                conn = SSL.Connection(server_ctx, sock)
-                conn.set_accept_state()
-                try:
-                    conn.do_handshake()
-                    conn.recv(1)
-                    conn.sendall(b"x")
-                    conn.shutdown()
-                except SSL.Error:
-                    pass
-                finally:
-                    sock.close()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, 10)
-        client = ssl.create_default_context(cafile=str(config.gateways.ca))
-        session = None
-        reused = []
-        for _ in range(2):
-            with (
-                socket.create_connection(listener.getsockname(), timeout=10) as raw,
-                client.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
-            ):
-                tls.sendall(b"?")
-                self.assertEqual(tls.recv(1), b"x")  # the ticket arrived before it
-                reused.append(tls.session_reused)
-                session = tls.session
-        self.assertEqual(reused, [False, True])
-
     def test_connections_over_a_sources_limit_are_refused_before_tls(self) -> None:
         from twisted.internet.address import IPv4Address
 

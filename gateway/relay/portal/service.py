@@ -74,7 +74,6 @@ def portal_tls(config: PortalConfig) -> CertificateOptions:
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=TLS12_CIPHERS,
         acceptableProtocols=[b"http/1.1"],
-        enableSessionTickets=True,
     )
 
 
