@@ -20,13 +20,12 @@ from collections.abc import Iterator
 
 from h2.errors import ErrorCodes
 from prometheus_client import Counter, Gauge
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.audit import AuditWriteError, IAuditTrail
+from gateway.periodic import PeriodicService
 from gateway.relay.authorisation import PatternAuthorisation
 from gateway.relay.credentials import Engineer, TokenFile
 from gateway.relay.lastused import LastUsed
@@ -68,7 +67,7 @@ class LiveStreams:
         return len(self._streams)
 
 
-class AccessWatch(Service):
+class AccessWatch(PeriodicService):
     """Keeps the engineers' access current while the relay runs (see the module docstring)."""
 
     name = "engineer-access-watch"
@@ -92,7 +91,6 @@ class AccessWatch(Service):
         self.audit = audit
         self.last_used = last_used
         self.interval = interval
-        self._loop: LoopingCall | None = None
         self._known = {entry.key: entry.name for entry in credentials.entries.values()}
         registry = metrics.registry
         self.file_errors = Counter(
@@ -117,20 +115,11 @@ class AccessWatch(Service):
         self.engineers.set(len(credentials.entries))
         credentials.on_reload = self.file_read
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        stopped = super().stopService()
         if self.last_used is not None:
             self.last_used.flush(keep=self._keep(), force=True)
-        return succeed(None)
+        return stopped
 
     def check(self) -> None:
         """One round; never raises (a LoopingCall stops on the first exception)."""

@@ -10,14 +10,12 @@ New tunnels, renewals and enrollments of a revoked gateway are refused where the
 from __future__ import annotations
 
 from prometheus_client import Counter
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.audit import AuditWriteError, IAuditTrail
 from gateway.enrollment.revocations import Revocations
+from gateway.periodic import PeriodicService
 from gateway.relay.gateways import GatewayTunnels, _peer_serial
 from gateway.relay.metrics import RelayMetrics
 
@@ -26,7 +24,7 @@ log = Logger()
 CHECK_INTERVAL = 0.5
 
 
-class RevocationWatch(Service):
+class RevocationWatch(PeriodicService):
     name = "gateway-revocation-watch"
 
     def __init__(
@@ -44,26 +42,12 @@ class RevocationWatch(Service):
         self.clock = clock
         self.audit = audit
         self.interval = interval
-        self._loop: LoopingCall | None = None
         self._warned: str | None = None
         self.cut = Counter(
             "relay_gateways_revoked_total",
             "Live gateway tunnels closed because the gateway or its certificate was revoked",
             registry=metrics.registry,
         )
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return succeed(None)
 
     def check(self) -> int:
         """One round; never raises.  How many tunnels it closed."""
