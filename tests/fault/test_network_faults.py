@@ -249,7 +249,10 @@ def test_blackholed_tunnel_is_noticed_by_heartbeat_and_recovers(net: Net) -> Non
     healed = time.monotonic()
     net.proxy.pass_through()
     recovered = _wait_recovered(net, before, healed)
-    assert page_works(s.ports["forward"])
+    # The engineer's client resumes its session over the new tunnel within moments.
+    wait_until(
+        "a new engineer connection to work", lambda: page_works(s.ports["forward"]), deadline=10
+    )
     assert download_and_verify(s.ports["forward"], 4 * MiB) == 4 * MiB
     print(f"blackhole: detected in {detected:.1f}s, recovered in {recovered:.1f}s")
 
