@@ -477,6 +477,7 @@ class TunnelConnection(Protocol):
         self.h2.send_headers(stream_id, request, end_stream=end_stream)
         stream = TunnelStream.opened(self, stream_id, end=end_stream)
         self.streams[stream_id] = stream
+        stream.last_credit = self.clock.seconds()
         if self.receive_window != START_STREAM_WINDOW:
             stream.window_grew(self.receive_window)
         self._flush_soon()
@@ -511,12 +512,13 @@ class TunnelConnection(Protocol):
             pass
         self._flush_soon()
 
-    def credit_stream(self, stream: TunnelStream, amount: int) -> None:
+    def credit_stream(self, stream: TunnelStream, amount: int, *, full: bool = True) -> None:
         """The stream's consumer took ``amount`` bytes: let the sender have that much again.
 
         And grow the windows when a window is what holds the sender back, as QUIC
         implementations (and gRPC's BDP probe) do: a stream whose credits come back within two
-        round trips of its last ones uses its whole window every round trip, so the windows of
+        round trips of its last ones uses its whole window every round trip (whole batches only:
+        credits sent by time, `TunnelStream._credit`, say nothing of it), so the windows of
         this connection double (SETTINGS_INITIAL_WINDOW_SIZE, which the sender applies to every
         stream), up to ``STREAM_WINDOW``.  Streams consumed at a slow uplink's pace never get
         there, and what a sender may put ahead of the uplink stays a fraction of a second of it.
@@ -528,10 +530,12 @@ class TunnelConnection(Protocol):
         if self.closed:
             return
         now = self.clock.seconds()
-        if self.receive_window < STREAM_WINDOW and self._growing_to is None:
-            last = stream.last_credit
-            if last is not None and now - last < 2 * self._growth_rtt(stream, now):
-                self._grow_windows(min(2 * self.receive_window, STREAM_WINDOW))
+        if full:
+            if self.receive_window < STREAM_WINDOW and self._growing_to is None:
+                last = stream.last_full_credit
+                if last is not None and now - last < 2 * self._growth_rtt(stream, now):
+                    self._grow_windows(min(2 * self.receive_window, STREAM_WINDOW))
+            stream.last_full_credit = now
         stream.last_credit = now
         try:
             self.h2.increment_flow_control_window(amount, stream.stream_id)
@@ -773,6 +777,7 @@ class TunnelConnection(Protocol):
             self, event.stream_id, request, ended=event.stream_ended is not None
         )
         self.streams[event.stream_id] = stream
+        stream.last_credit = self.clock.seconds()
         if self.receive_window != START_STREAM_WINDOW:
             stream.window_grew(self.receive_window)
         if self.draining:

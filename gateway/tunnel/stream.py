@@ -50,6 +50,8 @@ STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
 them (fewer frames): a quarter of its window, whatever the window.  Less than a batch is credited
 by the connection's idle credit (``StreamOwner.owe_credit``)."""
 START_CREDIT_BATCH = START_STREAM_WINDOW // 4
+CREDIT_INTERVAL = 0.005
+"""Seconds after which consumed bytes are credited even below a batch, while data arrives."""
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -137,6 +139,7 @@ class TunnelStream:
         "finished",
         "headers_sent",
         "last_credit",
+        "last_full_credit",
         "local_closed",
         "protocol",
         "queued",
@@ -172,6 +175,7 @@ class TunnelStream:
         self.receive_window = START_STREAM_WINDOW
         self._batch = START_CREDIT_BATCH
         self.last_credit: float | None = None  # when the connection last credited this stream
+        self.last_full_credit: float | None = None  # ... with a whole batch (windows grow on it)
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
         # the producer is paused once it holds HIGH_WATER bytes).
@@ -471,30 +475,38 @@ class TunnelStream:
         if self._sink_paused:
             self._owed += flow
         elif flow:
-            # self._credit(flow), inline: this runs for every DATA frame.
-            uncredited = self._uncredited
-            self._uncredited = uncredited + flow
-            if uncredited + flow >= self._batch:
-                self._uncredited = 0
-                self.connection.credit_stream(self, uncredited + flow)
-            elif not uncredited:
-                self.connection.owe_credit(self)
+            self._credit(flow)
 
     def _credit(self, flow: int) -> None:
-        """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
-        uncredited = self._uncredited
-        self._uncredited = uncredited + flow
-        if uncredited + flow >= self._batch:
+        """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time,
+        and at least every ``CREDIT_INTERVAL`` while bytes keep coming.
+
+        The interval matters on the relay, whose credit to a gateway waits for the engineer's
+        client (`credit_as_delivered_by`): a client whose window has grown to 16 MiB would
+        otherwise wait for a 4 MiB batch that a gateway behind a slow uplink, with a window of a
+        few hundred KiB, can never send, and the transfer would crawl at the idle credit's
+        pace.  Credit by time keeps every hop's acknowledgements a few milliseconds behind.
+        """
+        uncredited = self._uncredited + flow
+        if uncredited >= self._batch:
             self._uncredited = 0
-            self.connection.credit_stream(self, uncredited + flow)
-        elif not uncredited and flow:
+            self.connection.credit_stream(self, uncredited, full=True)
+            return
+        self._uncredited = uncredited
+        if not uncredited:
+            return
+        last = self.last_credit
+        if last is not None and self.connection.clock.seconds() - last >= CREDIT_INTERVAL:
+            self._uncredited = 0
+            self.connection.credit_stream(self, uncredited, full=False)
+        elif uncredited == flow:
             self.connection.owe_credit(self)
 
     def credit_owed(self) -> None:
         """Send the credit collected below a batch (the connection's idle credit timer)."""
         if self._uncredited and not self.finished:
             amount, self._uncredited = self._uncredited, 0
-            self.connection.credit_stream(self, amount)
+            self.connection.credit_stream(self, amount, full=False)
 
     def ended_by_peer(self) -> None:
         self.remote_closed = True

@@ -8,6 +8,7 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -15,6 +16,7 @@ import gateway.tunnel.stream
 from gateway.tunnel.h2tuning import START_STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.tunnel.stream import (
+    CREDIT_INTERVAL,
     HIGH_WATER,
     LOW_WATER,
     START_CREDIT_BATCH,
@@ -37,6 +39,7 @@ class FakeOwner:
     resets: list[int] = field(factory=list)
     finished: list[int] = field(factory=list)
     owing: list[int] = field(factory=list)
+    clock: Clock = field(factory=Clock)
 
     def send_response(
         self, stream: TunnelStream, status: int, headers: list[tuple[bytes, bytes]], end: bool
@@ -49,7 +52,7 @@ class FakeOwner:
     def reset_stream(self, stream: TunnelStream, code: int) -> None:
         self.resets.append(code)
 
-    def credit_stream(self, stream: TunnelStream, amount: int) -> None:
+    def credit_stream(self, stream: TunnelStream, amount: int, *, full: bool = True) -> None:
         self.credits.append(amount)
 
     def owe_credit(self, stream: TunnelStream) -> None:
@@ -210,6 +213,20 @@ class CreditTests(SynchronousTestCase):
         self.assertEqual(owner.credits, [5])
         stream.credit_owed()
         self.assertEqual(owner.credits, [5])
+
+
+    def test_bytes_still_arriving_are_credited_every_few_milliseconds(self) -> None:
+        """Below a batch, credit goes back by time: on the relay a client with a grown window
+        would otherwise never answer a gateway whose window is a few hundred KiB."""
+        owner = FakeOwner()
+        stream = TunnelStream.requested(owner, 1, REQUEST, ended=False)
+        stream.attach(Recorder())
+        stream.last_credit = owner.clock.seconds()
+        stream.data_received(b"a", 1000)
+        self.assertEqual(owner.credits, [])
+        owner.clock.advance(CREDIT_INTERVAL)
+        stream.data_received(b"b", 1000)
+        self.assertEqual(owner.credits, [2000])
 
 
 class DeliveryTests(SynchronousTestCase):
