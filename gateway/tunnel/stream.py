@@ -51,7 +51,10 @@ them (fewer frames): a quarter of its window, whatever the window.  Less than a 
 by the connection's idle credit (``StreamOwner.owe_credit``)."""
 START_CREDIT_BATCH = START_STREAM_WINDOW // 4
 CREDIT_INTERVAL = 0.005
-"""Seconds after which consumed bytes are credited even below a batch, while data arrives."""
+"""Seconds after which consumed bytes are credited even below a batch, while data arrives..."""
+CREDIT_MIN = 16 * 1024
+"""... once there are at least this many: a stream of small messages (clicks, WebSocket frames)
+sends no WINDOW_UPDATE per message; the idle credit returns its remainder."""
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -496,7 +499,11 @@ class TunnelStream:
         if not uncredited:
             return
         last = self.last_credit
-        if last is not None and self.connection.clock.seconds() - last >= CREDIT_INTERVAL:
+        if (
+            uncredited >= CREDIT_MIN
+            and last is not None
+            and self.connection.clock.seconds() - last >= CREDIT_INTERVAL
+        ):
             self._uncredited = 0
             self.connection.credit_stream(self, uncredited, full=False)
         elif uncredited == flow:

@@ -17,6 +17,7 @@ from gateway.tunnel.h2tuning import START_STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.tunnel.stream import (
     CREDIT_INTERVAL,
+    CREDIT_MIN,
     HIGH_WATER,
     LOW_WATER,
     START_CREDIT_BATCH,
@@ -214,7 +215,6 @@ class CreditTests(SynchronousTestCase):
         stream.credit_owed()
         self.assertEqual(owner.credits, [5])
 
-
     def test_bytes_still_arriving_are_credited_every_few_milliseconds(self) -> None:
         """Below a batch, credit goes back by time: on the relay a client with a grown window
         would otherwise never answer a gateway whose window is a few hundred KiB."""
@@ -222,11 +222,15 @@ class CreditTests(SynchronousTestCase):
         stream = TunnelStream.requested(owner, 1, REQUEST, ended=False)
         stream.attach(Recorder())
         stream.last_credit = owner.clock.seconds()
-        stream.data_received(b"a", 1000)
+        stream.data_received(b"a", CREDIT_MIN)
         self.assertEqual(owner.credits, [])
         owner.clock.advance(CREDIT_INTERVAL)
         stream.data_received(b"b", 1000)
-        self.assertEqual(owner.credits, [2000])
+        self.assertEqual(owner.credits, [CREDIT_MIN + 1000])
+        # Small messages alone wait for the idle credit, not one WINDOW_UPDATE each.
+        owner.clock.advance(CREDIT_INTERVAL)
+        stream.data_received(b"c", 1000)
+        self.assertEqual(owner.credits, [CREDIT_MIN + 1000])
 
 
 class DeliveryTests(SynchronousTestCase):
