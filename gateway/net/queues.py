@@ -172,13 +172,6 @@ class QueueSizer:
         if self.on_frame_size is not None:
             self.on_frame_size(sizes.frame)
 
-    def smoothed_rtt(self) -> float | None:
-        """The kernel's smoothed round-trip time of this socket now (None: no TCP_INFO)."""
-        if self._socket is None:
-            return None
-        info = read_path_info(self._socket)
-        return None if info is None else info.rtt
-
     def waiting_bytes(self) -> int:
         """Bytes in Twisted's write buffer, not yet handed to the kernel.
 

@@ -21,7 +21,6 @@ import h2.events as ev
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError, StreamClosedError
-from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -46,8 +45,6 @@ from gateway.tunnel.h2tuning import (
     LOCAL_SETTINGS,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
-    START_STREAM_WINDOW,
-    STREAM_WINDOW,
     h2_configuration,
     install,
     lean_settings,
@@ -68,11 +65,6 @@ CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
 LAST_CLIENT_STREAM_ID = 2**31 - 1 - 2 * 1000
 """Past this the opener stops opening streams and the connection is replaced."""
 GOAWAY_REASON_LIMIT = 200
-WINDOW_GROWTH_RTT_FLOOR = 0.01
-"""Seconds below which a round-trip time counts as this much when windows grow: on loopback the
-kernel's RTT is microseconds, far less than the time the processes take to pass a credit on."""
-RTT_READ_INTERVAL = 0.05
-"""Seconds between two reads of the socket's RTT (TCP_INFO) while windows grow."""
 IDLE_CREDIT_DELAY = 0.2
 """Seconds within which credit below a batch is sent anyway (``owe_credit``): a small download
 is acknowledged, so the gateway's count of delivered bytes follows it, at one timer per
@@ -168,11 +160,6 @@ class TunnelConnection(Protocol):
         self._flush_call: IDelayedCall | None = None
         self._conn_uncredited = 0
         self._owing: set[TunnelStream] = set()
-        self._rtt = 0.0
-        self._rtt_read_at: float | None = None
-        self.receive_window = START_STREAM_WINDOW
-        """Our streams' receive window, as the peer acknowledged it (it grows: credit_stream)."""
-        self._growing_to: int | None = None
         self._credit_call: IDelayedCall | None = None
         self.is_ready = False
         self.draining = False
@@ -477,9 +464,6 @@ class TunnelConnection(Protocol):
         self.h2.send_headers(stream_id, request, end_stream=end_stream)
         stream = TunnelStream.opened(self, stream_id, end=end_stream)
         self.streams[stream_id] = stream
-        stream.last_credit = self.clock.seconds()
-        if self.receive_window != START_STREAM_WINDOW:
-            stream.window_grew(self.receive_window)
         self._flush_soon()
         return stream
 
@@ -512,70 +496,15 @@ class TunnelConnection(Protocol):
             pass
         self._flush_soon()
 
-    def credit_stream(self, stream: TunnelStream, amount: int, *, full: bool = True) -> None:
-        """The stream's consumer took ``amount`` bytes: let the sender have that much again.
-
-        And grow the windows when a window is what holds the sender back, as QUIC
-        implementations (and gRPC's BDP probe) do: a stream whose credits come back within two
-        round trips of its last ones uses its whole window every round trip (whole batches only:
-        credits sent by time, `TunnelStream._credit`, say nothing of it), so the windows of
-        this connection double (SETTINGS_INITIAL_WINDOW_SIZE, which the sender applies to every
-        stream), up to ``STREAM_WINDOW``.  Streams consumed at a slow uplink's pace never get
-        there, and what a sender may put ahead of the uplink stays a fraction of a second of it.
-        A setting, not extra WINDOW_UPDATE credit: so the sender's WINDOW_UPDATEs still count
-        exactly the bytes delivered (``TunnelStream.delivered``).  On the relay the round trip
-        is the whole path: credits there wait for the engineer's client (see
-        ``TunnelStream.credit_as_delivered_by``).
-        """
+    def credit_stream(self, stream: TunnelStream, amount: int) -> None:
+        """The stream's consumer took ``amount`` bytes: let the sender have that much again."""
         if self.closed:
             return
-        now = self.clock.seconds()
-        if full:
-            if self.receive_window < STREAM_WINDOW and self._growing_to is None:
-                last = stream.last_full_credit
-                if last is not None and now - last < 2 * self._growth_rtt(stream, now):
-                    self._grow_windows(min(2 * self.receive_window, STREAM_WINDOW))
-            stream.last_full_credit = now
-        stream.last_credit = now
         try:
             self.h2.increment_flow_control_window(amount, stream.stream_id)
         except (StreamClosedError, KeyError, ProtocolError):
             return
         self._flush_soon()
-
-    def _grow_windows(self, window: int) -> None:
-        """Offer every stream a ``window``-byte receive window; in force once acknowledged."""
-        self._growing_to = window
-        self.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: window})
-        self._flush_soon()
-
-    def _windows_grown(self) -> None:
-        """The peer acknowledged our larger window: batch credits to its size."""
-        window, self._growing_to = self._growing_to, None
-        if window is None:
-            return
-        self.receive_window = window
-        for stream in self.streams.values():
-            stream.window_grew(window)
-
-    def _growth_rtt(self, stream: TunnelStream, now: float) -> float:
-        rtt = self.path_rtt(now)
-        onward = stream.credited_through
-        if onward is not None and isinstance(onward.connection, TunnelConnection):
-            rtt += onward.connection.path_rtt(now)
-        return max(rtt, WINDOW_GROWTH_RTT_FLOOR)
-
-    def path_rtt(self, now: float) -> float:
-        """The tunnel's round-trip time: the kernel's (read at most every RTT_READ_INTERVAL),
-        else the last heartbeat's, else 0."""
-        if self._rtt_read_at is None or now - self._rtt_read_at >= RTT_READ_INTERVAL:
-            self._rtt_read_at = now
-            sizer = getattr(self.transport, "queue_sizer", None)
-            rtt = sizer.smoothed_rtt() if sizer is not None else None
-            if rtt is None:
-                rtt = self.heartbeat.last_rtt
-            self._rtt = rtt or 0.0
-        return self._rtt
 
     def owe_credit(self, stream: TunnelStream) -> None:
         """Credit ``stream``'s remainder within ``IDLE_CREDIT_DELAY`` (one timer for all)."""
@@ -728,12 +657,6 @@ class TunnelConnection(Protocol):
         elif isinstance(event, ev.PingAckReceived):
             self.heartbeat.ack_received(event.ping_data)
         elif isinstance(event, ev.RemoteSettingsChanged | ev.SettingsAcknowledged):
-            if (
-                isinstance(event, ev.SettingsAcknowledged)
-                and self._growing_to is not None
-                and SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings
-            ):
-                self._windows_grown()
             self._settings_changed()
         elif isinstance(event, ev.ConnectionTerminated):
             self._info(
@@ -777,9 +700,6 @@ class TunnelConnection(Protocol):
             self, event.stream_id, request, ended=event.stream_ended is not None
         )
         self.streams[event.stream_id] = stream
-        stream.last_credit = self.clock.seconds()
-        if self.receive_window != START_STREAM_WINDOW:
-            stream.window_grew(self.receive_window)
         if self.draining:
             stream.refuse(Refusal.SHUTTING_DOWN, "the tunnel is shutting down; try again shortly")
         elif self.handler is None:

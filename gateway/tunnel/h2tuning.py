@@ -21,13 +21,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame
 
 STREAM_WINDOW = 16 * 1024 * 1024
-"""The largest a stream's receive window grows: also the bound on bytes buffered for one
-stalled stream."""
-START_STREAM_WINDOW = 128 * 1024
-"""Where every stream's receive window starts (our SETTINGS_INITIAL_WINDOW_SIZE).  It grows with
-the path (`gateway.tunnel.connection.TunnelConnection.credit_stream`): on loopback to
-``STREAM_WINDOW`` within the first megabytes, on a plant's 10 Mbit/s uplink hardly at all, so that
-an upload waits in the relay for a fraction of a second of the uplink, not for 16 MiB of it."""
+"""Per-stream receive window: also the bound on bytes buffered for one stalled stream."""
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 65_536
@@ -118,7 +112,7 @@ def h2_configuration(*, client_side: bool) -> H2Configuration:
 
 
 LOCAL_SETTINGS = {
-    SettingCodes.INITIAL_WINDOW_SIZE: START_STREAM_WINDOW,
+    SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
     SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
     SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
     SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,

@@ -29,13 +29,8 @@ class StreamOwner(Protocol[StreamT_contra]):
     def reset_stream(self, stream: StreamT_contra, code: int) -> None:
         """Send RST_STREAM with ``code``."""
 
-    @property
-    def clock(self) -> Any:
-        """The connection's clock (`IReactorTime`): streams credit by time too."""
-
-    def credit_stream(self, stream: StreamT_contra, amount: int, *, full: bool = True) -> None:
-        """Let the sender have ``amount`` more bytes on this stream (the stream batches);
-        ``full``: a whole batch (what window growth looks at), not a timely remainder."""
+    def credit_stream(self, stream: StreamT_contra, amount: int) -> None:
+        """Let the sender have ``amount`` more bytes on this stream (the stream batches)."""
 
     def owe_credit(self, stream: StreamT_contra) -> None:
         """The stream holds credit below a batch: have it sent soon (``credit_owed``), so that

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from gateway.logsafe import peer_text
 from gateway.tunnel.errors import StreamReset
-from gateway.tunnel.h2tuning import START_STREAM_WINDOW, STREAM_WINDOW
+from gateway.tunnel.h2tuning import STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
 
@@ -46,15 +46,8 @@ HIGH_WATER = 1024 * 1024
 """Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
 LOW_WATER = 256 * 1024
 STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
-"""Consumed bytes a stream with a fully grown window collects before it sends a WINDOW_UPDATE for
-them (fewer frames): a quarter of its window, whatever the window.  Less than a batch is credited
-by the connection's idle credit (``StreamOwner.owe_credit``)."""
-START_CREDIT_BATCH = START_STREAM_WINDOW // 4
-CREDIT_INTERVAL = 0.005
-"""Seconds after which consumed bytes are credited even below a batch, while data arrives..."""
-CREDIT_MIN = 16 * 1024
-"""... once there are at least this many: a stream of small messages (clicks, WebSocket frames)
-sends no WINDOW_UPDATE per message; the idle credit returns its remainder."""
+"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames).
+Less than a batch is credited by the connection's idle credit (``StreamOwner.owe_credit``)."""
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -119,10 +112,8 @@ class TunnelStream:
     """
 
     __slots__ = (
-        "_batch",
         "_credit_onward",
         "_credits_on_delivery",
-        "_delivered_by",
         "_owed",
         "_pending",
         "_producer",
@@ -141,12 +132,9 @@ class TunnelStream:
         "ended_cleanly",
         "finished",
         "headers_sent",
-        "last_credit",
-        "last_full_credit",
         "local_closed",
         "protocol",
         "queued",
-        "receive_window",
         "remote_closed",
         "request",
         "reset_code",
@@ -172,13 +160,6 @@ class TunnelStream:
         # bytes to it (see credit_as_delivered_by).
         self._credits_on_delivery = False
         self._credit_onward: TunnelStream | None = None
-        self._delivered_by: TunnelStream | None = None
-        # The receive window we grant the sender (it grows with the path: the connection's
-        # credit_stream) and the credit batch that goes with it.
-        self.receive_window = START_STREAM_WINDOW
-        self._batch = START_CREDIT_BATCH
-        self.last_credit: float | None = None  # when the connection last credited this stream
-        self.last_full_credit: float | None = None  # ... with a whole batch (windows grow on it)
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
         # the producer is paused once it holds HIGH_WATER bytes).
@@ -373,18 +354,7 @@ class TunnelStream:
         end to end.  The memory bound is unchanged: one window per stream.
         """
         self._credits_on_delivery = True
-        self._delivered_by = onward
         onward._credit_onward = self
-
-    @property
-    def credited_through(self) -> TunnelStream | None:
-        """The stream whose acknowledgements credit this one (see credit_as_delivered_by)."""
-        return self._delivered_by
-
-    def window_grew(self, window: int) -> None:
-        """The connection granted a larger receive window: batch credits to its size."""
-        self.receive_window = window
-        self._batch = window >> 2
 
     def window_updated(self, delta: int) -> None:
         """The other end credited ``delta`` bytes on this stream (a WINDOW_UPDATE)."""
@@ -478,42 +448,30 @@ class TunnelStream:
         if self._sink_paused:
             self._owed += flow
         elif flow:
-            self._credit(flow)
+            # self._credit(flow), inline: this runs for every DATA frame.
+            uncredited = self._uncredited
+            self._uncredited = uncredited + flow
+            if uncredited + flow >= STREAM_CREDIT_BATCH:
+                self._uncredited = 0
+                self.connection.credit_stream(self, uncredited + flow)
+            elif not uncredited:
+                self.connection.owe_credit(self)
 
     def _credit(self, flow: int) -> None:
-        """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time,
-        and at least every ``CREDIT_INTERVAL`` while bytes keep coming.
-
-        The interval matters on the relay, whose credit to a gateway waits for the engineer's
-        client (`credit_as_delivered_by`): a client whose window has grown to 16 MiB would
-        otherwise wait for a 4 MiB batch that a gateway behind a slow uplink, with a window of a
-        few hundred KiB, can never send, and the transfer would crawl at the idle credit's
-        pace.  Credit by time keeps every hop's acknowledgements a few milliseconds behind.
-        """
-        uncredited = self._uncredited + flow
-        if uncredited >= self._batch:
+        """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
+        uncredited = self._uncredited
+        self._uncredited = uncredited + flow
+        if uncredited + flow >= STREAM_CREDIT_BATCH:
             self._uncredited = 0
-            self.connection.credit_stream(self, uncredited, full=True)
-            return
-        self._uncredited = uncredited
-        if not uncredited:
-            return
-        last = self.last_credit
-        if (
-            uncredited >= CREDIT_MIN
-            and last is not None
-            and self.connection.clock.seconds() - last >= CREDIT_INTERVAL
-        ):
-            self._uncredited = 0
-            self.connection.credit_stream(self, uncredited, full=False)
-        elif uncredited == flow:
+            self.connection.credit_stream(self, uncredited + flow)
+        elif not uncredited and flow:
             self.connection.owe_credit(self)
 
     def credit_owed(self) -> None:
         """Send the credit collected below a batch (the connection's idle credit timer)."""
         if self._uncredited and not self.finished:
             amount, self._uncredited = self._uncredited, 0
-            self.connection.credit_stream(self, amount, full=False)
+            self.connection.credit_stream(self, amount)
 
     def ended_by_peer(self) -> None:
         self.remote_closed = True

@@ -16,10 +16,10 @@ from zope.interface import implementer
 from gateway.net.queues import FASTEST, FRAME_FLOOR, QueueSizer, sizes_for
 from gateway.tunnel.connection import TunnelConnection
 from gateway.tunnel.errors import StreamReset, TunnelClosed
-from gateway.tunnel.h2tuning import START_STREAM_WINDOW, STREAM_WINDOW, h2_configuration
+from gateway.tunnel.h2tuning import STREAM_WINDOW, h2_configuration
 from gateway.tunnel.stream import HIGH_WATER, TunnelStream
 from gateway.wire import Refusal, StreamRefused
-from tests.helpers.tunnel import AcceptAll, Linked, Recorder, linked_tunnels
+from tests.helpers.tunnel import AcceptAll, Recorder, linked_tunnels
 
 
 @implementer(IPushProducer)
@@ -184,8 +184,8 @@ class ErrorContainmentTests(SynchronousTestCase):
         before = t.client.h2.outbound_flow_control_window
         # The answering side resets; the opener keeps sending in flight before it hears.
         t.server.h2.reset_stream(answered.stream_id, ErrorCodes.CANCEL)
-        for _ in range(4):  # a whole (starting) window of it
-            t.client.h2.send_data(stream.stream_id, b"x" * (START_STREAM_WINDOW // 4))
+        for _ in range(4):
+            t.client.h2.send_data(stream.stream_id, b"x" * (1 << 20))
         t.client_io.write(t.client.h2.data_to_send())
         t.settle()
         # Another stream can still move a large amount afterwards.
@@ -258,9 +258,8 @@ class FlowControlTests(SynchronousTestCase):
             stream.write(chunk)
         t.settle()
         received = len(t.handler.recorders[0].received)
-        # The receiver got exactly one (starting) window; the sender holds the rest and paused
-        # its source.
-        self.assertEqual(received, START_STREAM_WINDOW)
+        # The receiver got exactly one window; the sender holds the rest and paused its source.
+        self.assertEqual(received, STREAM_WINDOW)
         self.assertEqual(t.client.h2.local_flow_control_window(stream.stream_id), 0)
         self.assertTrue(producer.paused)
         answered.resumeProducing()
@@ -309,7 +308,6 @@ class FlowControlTests(SynchronousTestCase):
         for s in streams:
             s.attach(Recorder())
         t.settle()
-        t.client.frame_limit = START_STREAM_WINDOW // 4  # several frames in each window
         for s in streams:
             s.write(b"r" * (3 << 20))
         t.clock.advance(0)
@@ -471,54 +469,3 @@ class H2TuningTests(SynchronousTestCase):
         self.assertEqual(
             type(settings._settings[SettingCodes.INITIAL_WINDOW_SIZE]).__name__, "_SettingValues"
         )
-
-
-class WindowGrowthTests(SynchronousTestCase):
-    """Stream windows start small and grow with the path (TunnelConnection.credit_stream)."""
-
-    def _bulk(self, t: Linked, size: int, *, pace: float = 0.0) -> TunnelStream:
-        """Send ``size`` bytes on a new stream, the clock moving ``pace`` seconds per window."""
-        stream = t.client.open_stream("web")
-        stream.attach(Recorder())
-        t.settle()
-        chunk = START_STREAM_WINDOW // 4
-        for _ in range(size // chunk):
-            stream.write(b"b" * chunk)
-            t.settle()
-            if pace:
-                t.clock.advance(pace)
-                t.settle()
-        return stream
-
-    def test_a_window_consumed_quickly_grows_to_the_maximum(self) -> None:
-        t = linked_tunnels()
-        self.assertEqual(t.server.receive_window, START_STREAM_WINDOW)
-        self._bulk(t, 4 * STREAM_WINDOW)
-        self.assertEqual(t.server.receive_window, STREAM_WINDOW)
-        self.assertEqual(t.server.h2.local_settings.initial_window_size, STREAM_WINDOW)
-        self.assertEqual(len(t.handler.recorders[0].received), 4 * STREAM_WINDOW)
-        # A stream opened later starts with the grown window, and batches its credit to it.
-        later = t.client.open_stream("web")
-        later.attach(Recorder())
-        t.settle()
-        self.assertEqual(t.client.h2.local_flow_control_window(later.stream_id), STREAM_WINDOW)
-        t.close()
-
-    def test_a_window_consumed_at_a_slow_uplinks_pace_stays_small(self) -> None:
-        t = linked_tunnels()
-        # 32 KiB every 50 ms: a 5 Mbit/s path whose round trip is well under that.
-        self._bulk(t, 2 * 1024 * 1024, pace=0.05)
-        self.assertEqual(t.server.receive_window, START_STREAM_WINDOW)
-        self.assertEqual(len(t.handler.recorders[0].received), 2 * 1024 * 1024)
-        t.close()
-
-    def test_growing_windows_do_not_count_as_delivered_bytes(self) -> None:
-        t = linked_tunnels()
-        stream = self._bulk(t, 2 * STREAM_WINDOW)
-        t.clock.advance(1)
-        t.settle()
-        self.assertGreater(t.server.receive_window, START_STREAM_WINDOW)
-        # Everything was consumed and credited: delivered is exactly what was sent, not more.
-        self.assertEqual(stream.delivered, 2 * STREAM_WINDOW)
-        self.assertEqual(stream.bytes_acknowledged, 2 * STREAM_WINDOW)
-        t.close()

@@ -8,19 +8,14 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 import gateway.tunnel.stream
-from gateway.tunnel.h2tuning import START_STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.tunnel.stream import (
-    CREDIT_INTERVAL,
-    CREDIT_MIN,
     HIGH_WATER,
     LOW_WATER,
-    START_CREDIT_BATCH,
     STREAM_CREDIT_BATCH,
     StreamRequest,
     TunnelStream,
@@ -40,7 +35,6 @@ class FakeOwner:
     resets: list[int] = field(factory=list)
     finished: list[int] = field(factory=list)
     owing: list[int] = field(factory=list)
-    clock: Clock = field(factory=Clock)
 
     def send_response(
         self, stream: TunnelStream, status: int, headers: list[tuple[bytes, bytes]], end: bool
@@ -53,7 +47,7 @@ class FakeOwner:
     def reset_stream(self, stream: TunnelStream, code: int) -> None:
         self.resets.append(code)
 
-    def credit_stream(self, stream: TunnelStream, amount: int, *, full: bool = True) -> None:
+    def credit_stream(self, stream: TunnelStream, amount: int) -> None:
         self.credits.append(amount)
 
     def owe_credit(self, stream: TunnelStream) -> None:
@@ -175,14 +169,10 @@ class CreditTests(SynchronousTestCase):
         owner = FakeOwner()
         stream = opened(owner)
         stream.attach(Recorder())
-        chunk = START_CREDIT_BATCH // 3 + 1
+        chunk = STREAM_CREDIT_BATCH // 3 + 1
         for _ in range(5):
             stream.data_received(b"d", chunk)
         self.assertEqual(owner.credits, [3 * chunk])
-        stream.window_grew(4 * START_STREAM_WINDOW)  # a grown window: larger batches
-        for _ in range(11):
-            stream.data_received(b"d", chunk)
-        self.assertEqual(owner.credits, [3 * chunk, 12 * chunk])
 
     def test_a_paused_consumer_withholds_credit_until_it_resumes(self) -> None:
         owner = FakeOwner()
@@ -214,23 +204,6 @@ class CreditTests(SynchronousTestCase):
         self.assertEqual(owner.credits, [5])
         stream.credit_owed()
         self.assertEqual(owner.credits, [5])
-
-    def test_bytes_still_arriving_are_credited_every_few_milliseconds(self) -> None:
-        """Below a batch, credit goes back by time: on the relay a client with a grown window
-        would otherwise never answer a gateway whose window is a few hundred KiB."""
-        owner = FakeOwner()
-        stream = TunnelStream.requested(owner, 1, REQUEST, ended=False)
-        stream.attach(Recorder())
-        stream.last_credit = owner.clock.seconds()
-        stream.data_received(b"a", CREDIT_MIN)
-        self.assertEqual(owner.credits, [])
-        owner.clock.advance(CREDIT_INTERVAL)
-        stream.data_received(b"b", 1000)
-        self.assertEqual(owner.credits, [CREDIT_MIN + 1000])
-        # Small messages alone wait for the idle credit, not one WINDOW_UPDATE each.
-        owner.clock.advance(CREDIT_INTERVAL)
-        stream.data_received(b"c", 1000)
-        self.assertEqual(owner.credits, [CREDIT_MIN + 1000])
 
 
 class DeliveryTests(SynchronousTestCase):
