@@ -98,29 +98,9 @@ class EnrollmentDesk:
         if why is not None:
             self._audit("gateway.enrolled", gateway_id, "refused", peer, why=why)
             raise self._refused("enroll", "revoked", why, 403)
-        try:
-            csr = keys.check_csr(csr_pem, gateway_id)
-        except keys.CSRRefused as e:
-            self._audit("gateway.enrolled", gateway_id, "refused", peer, why=str(e))
-            raise self._refused("enroll", "bad-csr", str(e), 400) from None
-        cert = signer.sign(csr)
-        self.requests.labels(kind="enroll", result="ok").inc()
-        self._audit(
-            "gateway.enrolled",
-            gateway_id,
-            "ok",
-            peer,
-            serial=f"{cert.serial_number:x}",
-            not_after=cert.not_valid_after_utc.isoformat(),
+        return self._issue(
+            signer, "enroll", "gateway.enrolled", "gateway.enrolled", gateway_id, csr_pem, peer
         )
-        log.info(
-            "gateway {gw} enrolled from {peer}: certificate {serial:x} until {until}",
-            gw=gateway_id,
-            peer=peer,
-            serial=cert.serial_number,
-            until=cert.not_valid_after_utc.isoformat(),
-        )
-        return keys.certificate_pem(cert)
 
     def renew(self, request: dict[str, Any], peer_cert: Any, peer: str) -> bytes:
         """A new certificate for the gateway that presented ``peer_cert``; else refused."""
@@ -146,25 +126,51 @@ class EnrollmentDesk:
         if why is not None:
             self._audit("gateway.renewal_refused", gateway_id, "refused", peer, why=why)
             raise self._refused("renew", "revoked", why, 403)
+        return self._issue(
+            signer,
+            "renew",
+            "gateway.renewed",
+            "gateway.renewal_refused",
+            gateway_id,
+            csr_pem,
+            peer,
+            previous=f"{current.serial_number:x}",
+        )
+
+    def _issue(
+        self,
+        signer: keys.Signer,
+        kind: str,
+        event: str,
+        refused_event: str,
+        gateway_id: str,
+        csr_pem: str,
+        peer: str,
+        **details: Any,
+    ) -> bytes:
+        """Check the CSR names ``gateway_id``, sign it, count, audit and log it: the certificate.
+        ``kind`` is ``enroll`` or ``renew``; ``event`` the audit record of the new certificate,
+        ``refused_event`` that of a refused CSR."""
         try:
             csr = keys.check_csr(csr_pem, gateway_id)
         except keys.CSRRefused as e:
-            self._audit("gateway.renewal_refused", gateway_id, "refused", peer, why=str(e))
-            raise self._refused("renew", "bad-csr", str(e), 400) from None
+            self._audit(refused_event, gateway_id, "refused", peer, why=str(e))
+            raise self._refused(kind, "bad-csr", str(e), 400) from None
         cert = signer.sign(csr)
-        self.requests.labels(kind="renew", result="ok").inc()
+        self.requests.labels(kind=kind, result="ok").inc()
         self._audit(
-            "gateway.renewed",
+            event,
             gateway_id,
             "ok",
             peer,
             serial=f"{cert.serial_number:x}",
-            previous=f"{current.serial_number:x}",
+            **details,
             not_after=cert.not_valid_after_utc.isoformat(),
         )
         log.info(
-            "gateway {gw} renewed its certificate from {peer}: {serial:x} until {until}",
+            "gateway {gw} {did} from {peer}: certificate {serial:x} until {until}",
             gw=gateway_id,
+            did="enrolled" if kind == "enroll" else "renewed its certificate",
             peer=peer,
             serial=cert.serial_number,
             until=cert.not_valid_after_utc.isoformat(),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import playwright.sync_api as playwright_sync
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -32,8 +33,6 @@ from gateway.relay.credentials import add_engineer
 from tests.helpers.browser import artifact
 from tests.helpers.consent import audit_records, control_json
 from tests.helpers.processes import Stack, fresh_stack, start, wait_until
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.e2e
 
@@ -78,8 +77,7 @@ class Portal:
 
 @pytest.fixture(scope="module")
 def portal() -> Iterator[Portal]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium")
+    assert Path(CHROMIUM).exists(), "Debian's chromium: scripts/test.sh installs it"
     with fresh_stack() as stack:
         pki = stack.pki
         cert, key = pki.directory / "portal.pem", pki.directory / "portal.key"
@@ -421,8 +419,7 @@ def test_gateway_demo_starts_the_portal_and_its_login_opens_a_target_link_direct
 
     from tests.e2e.test_demo import children, start_demo, stop, wait_for_demo
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium")
+    assert Path(CHROMIUM).exists(), "Debian's chromium: scripts/test.sh installs it"
     base = Path(tempfile.mkdtemp(prefix="gateway-demo-portal-"))
     process, output = start_demo(base / "work")
     kids: dict[int, int] = {}
