@@ -172,6 +172,10 @@ class QueueSizer:
         if self.on_frame_size is not None:
             self.on_frame_size(sizes.frame)
 
+    def read_now(self) -> PathInfo | None:
+        """A fresh look at the path (one system call), or None where there is no TCP socket."""
+        return read_path_info(self._socket) if self._socket is not None else None
+
     def waiting_bytes(self) -> int:
         """Bytes in Twisted's write buffer, not yet handed to the kernel.
 
@@ -212,10 +216,8 @@ class PathReport:
 def path_report(tls_transport: Any) -> PathReport | None:
     """A fresh report for the tunnel over ``tls_transport`` (its TLS protocol), or None."""
     sizer: QueueSizer | None = getattr(tls_transport, "queue_sizer", None)
-    if sizer is None or sizer._socket is None:
-        return None
-    info = read_path_info(sizer._socket)
-    if info is None:
+    info = sizer.read_now() if sizer is not None else None
+    if sizer is None or info is None:
         return None
     rate = sizer.rate() or (info.delivery_rate or 0.0)
     return PathReport(

@@ -20,8 +20,16 @@ from h2.connection import H2Connection
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame
 
-STREAM_WINDOW = 16 * 1024 * 1024
-"""Per-stream receive window: also the bound on bytes buffered for one stalled stream."""
+START_STREAM_WINDOW = 1024 * 1024
+"""Per-stream receive window a tunnel starts with: also the bound on bytes buffered for one
+stalled stream until the path shows it needs more.  1 MiB is ~0.8 s of a 10 Mbit/s uplink: more
+than any plant's path needs in flight, and an upload's tail waiting on the relay stays short."""
+MAX_STREAM_WINDOW = 16 * 1024 * 1024
+"""What the window grows to on a fast path (TUNNEL-NOTES.md: 16 MiB for loopback speed)."""
+MIN_TUNING_RTT = 0.010
+"""The round trip the window's auto-tuning assumes at least: on loopback the kernel's RTT is
+tens of microseconds, and the scheduling of a Python reactor, not the wire, is what a window
+must cover there."""
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 65_536
@@ -112,7 +120,7 @@ def h2_configuration(*, client_side: bool) -> H2Configuration:
 
 
 LOCAL_SETTINGS = {
-    SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+    SettingCodes.INITIAL_WINDOW_SIZE: START_STREAM_WINDOW,
     SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
     SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
     SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
+from twisted.internet.interfaces import IReactorTime
+
 StreamT_contra = TypeVar("StreamT_contra", contravariant=True)
 
 
@@ -17,6 +19,18 @@ class StreamOwner(Protocol[StreamT_contra]):
     @property
     def transport(self) -> Any:
         """The connection's own transport (for ``getPeer``/``getHost``), or None."""
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The connection's clock (a stream notes when its first byte arrived)."""
+
+    @property
+    def credit_batch(self) -> int:
+        """Consumed bytes a stream collects before it credits them: a quarter of the
+        connection's current stream window."""
+
+    def path_rtt(self) -> float:
+        """The round trip of this connection's path, in seconds (for the window's tuning)."""
 
     def send_response(
         self, stream: StreamT_contra, status: int, headers: list[tuple[bytes, bytes]], end: bool

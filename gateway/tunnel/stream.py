@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from gateway.logsafe import peer_text
 from gateway.tunnel.errors import StreamReset
-from gateway.tunnel.h2tuning import STREAM_WINDOW
+from gateway.tunnel.h2tuning import START_STREAM_WINDOW
 from gateway.tunnel.owner import StreamOwner
 from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
 
@@ -45,9 +45,11 @@ log = Logger()
 HIGH_WATER = 1024 * 1024
 """Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
 LOW_WATER = 256 * 1024
-STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
-"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames).
-Less than a batch is credited by the connection's idle credit (``StreamOwner.owe_credit``)."""
+STREAM_CREDIT_BATCH = START_STREAM_WINDOW // 4
+"""Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames), on a
+connection whose windows have not grown: the owner's ``credit_batch`` is a quarter of its
+current window.  Less than a batch is credited by the connection's idle credit
+(``StreamOwner.owe_credit``)."""
 REASON_LOG_LIMIT = 200
 _REFUSED_LINE = "stream {sid} to '{target}' refused: {reason}"
 
@@ -113,7 +115,6 @@ class TunnelStream:
 
     __slots__ = (
         "_credit_onward",
-        "_credits_on_delivery",
         "_owed",
         "_pending",
         "_producer",
@@ -127,9 +128,12 @@ class TunnelStream:
         "bytes_received",
         "bytes_sent",
         "connection",
+        "delivered_via",
         "disconnecting",
         "end_requested",
         "ended_cleanly",
+        "epoch_credited",
+        "epoch_started",
         "finished",
         "headers_sent",
         "local_closed",
@@ -156,10 +160,14 @@ class TunnelStream:
         self.bytes_sent = 0  # written to the stream (some may still be queued)
         self.bytes_framed = 0  # sent in DATA frames
         self.bytes_acknowledged = 0  # credited back by the other end (its consumer took them)
-        # Relay: credit our sender when the stream we feed is acknowledged, not when we hand
-        # bytes to it (see credit_as_delivered_by).
-        self._credits_on_delivery = False
+        # Relay: credit our sender when the stream we feed (``delivered_via``) is acknowledged,
+        # not when we hand bytes to it (see credit_as_delivered_by).
+        self.delivered_via: TunnelStream | None = None
         self._credit_onward: TunnelStream | None = None
+        # The window's auto-tuning (the connection's ``credit_stream``): when the epoch began
+        # (-1: no data yet) and what has been credited in it.
+        self.epoch_started = -1.0
+        self.epoch_credited = 0
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
         # the producer is paused once it holds HIGH_WATER bytes).
@@ -353,7 +361,7 @@ class TunnelStream:
         client acknowledges them makes the gateway's window, and its count of delivered bytes,
         end to end.  The memory bound is unchanged: one window per stream.
         """
-        self._credits_on_delivery = True
+        self.delivered_via = onward
         onward._credit_onward = self
 
     def window_updated(self, delta: int) -> None:
@@ -435,11 +443,13 @@ class TunnelStream:
 
     def _deliver(self, data: bytes, flow: int) -> None:
         assert self.protocol is not None
+        if self.epoch_started < 0:
+            self.epoch_started = self.connection.clock.seconds()
         if data:
             self.protocol.dataReceived(data)
         if self.finished:
             return
-        if self._credits_on_delivery:
+        if self.delivered_via is not None:
             # Credited as the stream we feed is acknowledged (window_updated); padding, which
             # is never passed on, at once.
             flow -= len(data)
@@ -451,7 +461,7 @@ class TunnelStream:
             # self._credit(flow), inline: this runs for every DATA frame.
             uncredited = self._uncredited
             self._uncredited = uncredited + flow
-            if uncredited + flow >= STREAM_CREDIT_BATCH:
+            if uncredited + flow >= self.connection.credit_batch:
                 self._uncredited = 0
                 self.connection.credit_stream(self, uncredited + flow)
             elif not uncredited:
@@ -461,7 +471,7 @@ class TunnelStream:
         """Our consumer took ``flow`` bytes: let the sender have them again, a batch at a time."""
         uncredited = self._uncredited
         self._uncredited = uncredited + flow
-        if uncredited + flow >= STREAM_CREDIT_BATCH:
+        if uncredited + flow >= self.connection.credit_batch:
             self._uncredited = 0
             self.connection.credit_stream(self, uncredited + flow)
         elif not uncredited and flow:

@@ -16,7 +16,8 @@ from zope.interface import implementer
 from gateway.net.queues import FASTEST, FRAME_FLOOR, QueueSizer, sizes_for
 from gateway.tunnel.connection import TunnelConnection
 from gateway.tunnel.errors import StreamReset, TunnelClosed
-from gateway.tunnel.h2tuning import STREAM_WINDOW, h2_configuration
+from gateway.tunnel.h2tuning import START_STREAM_WINDOW as STREAM_WINDOW
+from gateway.tunnel.h2tuning import h2_configuration
 from gateway.tunnel.stream import HIGH_WATER, TunnelStream
 from gateway.wire import Refusal, StreamRefused
 from tests.helpers.tunnel import AcceptAll, Recorder, linked_tunnels
@@ -184,8 +185,8 @@ class ErrorContainmentTests(SynchronousTestCase):
         before = t.client.h2.outbound_flow_control_window
         # The answering side resets; the opener keeps sending in flight before it hears.
         t.server.h2.reset_stream(answered.stream_id, ErrorCodes.CANCEL)
-        for _ in range(4):
-            t.client.h2.send_data(stream.stream_id, b"x" * (1 << 20))
+        for _ in range(4):  # a whole stream window
+            t.client.h2.send_data(stream.stream_id, b"x" * (STREAM_WINDOW // 4))
         t.client_io.write(t.client.h2.data_to_send())
         t.settle()
         # Another stream can still move a large amount afterwards.
@@ -308,6 +309,7 @@ class FlowControlTests(SynchronousTestCase):
         for s in streams:
             s.attach(Recorder())
         t.settle()
+        t.client.frame_limit = STREAM_WINDOW // 4  # several frames per stream window
         for s in streams:
             s.write(b"r" * (3 << 20))
         t.clock.advance(0)

@@ -8,6 +8,7 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -29,6 +30,8 @@ class FakeOwner:
     """Records what a stream asks of its connection."""
 
     transport: Any = None
+    clock: Clock = field(factory=Clock)
+    credit_batch: int = STREAM_CREDIT_BATCH
     scheduled: int = 0
     credits: list[int] = field(factory=list)
     responses: list[tuple[int, bool]] = field(factory=list)
@@ -55,6 +58,9 @@ class FakeOwner:
 
     def stream_finished(self, stream: TunnelStream) -> None:
         self.finished.append(stream.stream_id)
+
+    def path_rtt(self) -> float:
+        return 0.05
 
 
 @implementer(IPushProducer)
