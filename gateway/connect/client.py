@@ -55,6 +55,7 @@ from gateway.connect.verdicts import Verdict, dial_is_fatal, refusal_verdict
 from gateway.httppage import error_page, http_request_line, wants_json
 from gateway.logsafe import peer_text
 from gateway.net.endpoints import listen_endpoint, quiet_factory
+from gateway.net.sockets import limit_receive_buffer
 from gateway.reactor import IGatewayReactor
 from gateway.splice import HalfCloseGuard, SpliceEnd, splice
 from gateway.tls import TLSClientEndpoint, client_options
@@ -150,6 +151,8 @@ class LocalConnection(SpliceEnd):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # An upload's bytes wait in our kernel buffers, not ahead of the processor: see there.
+        limit_receive_buffer(self.transport)
         # Hold the browser's bytes until the stream exists (or the plant lets us in).
         self.transport.pauseProducing()
         self.client.local_arrived(self)

@@ -11,6 +11,7 @@ check the client against the contract, not against the relay's code.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -37,6 +38,7 @@ from zope.interface.verify import verifyObject
 from gateway.config import Address
 from gateway.connect import ConnectOptions, EngineerClient, LocalConnection
 from gateway.connect.client import HALF_CLOSE_TIMEOUT
+from gateway.net.sockets import LOCAL_RECEIVE_BUFFER
 from gateway.reactor import IGatewayReactor
 from gateway.tunnel.connection import IStreamHandler, TunnelConnection
 from gateway.tunnel.stream import TunnelStream
@@ -66,6 +68,17 @@ class BrowserTransport(StringTransport):
     def abortConnection(self) -> None:
         self.aborted = True
         super().abortConnection()
+
+
+class SocketBrowserTransport(BrowserTransport):
+    """A browser's connection with a real socket behind it, for the socket options set on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self._sock
 
 
 SessionAnswer = str | tuple[Refusal, str]
@@ -278,6 +291,20 @@ class StreamTests(EngineerClientTestCase):
         self.assertEqual(stream.request.headers["gateway"], "plant7")
         self.assertEqual(body, {})
         self.assertEqual(self.reports, [ONLINE])
+
+    def test_a_local_connection_gets_a_short_receive_buffer(self) -> None:
+        """An upload waits ahead of the plant, not in our kernel buffers (autotuned to MBs)."""
+        self.start()
+        [(_, factory, _, _)] = self.reactor.tcpServers
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        assert isinstance(protocol, LocalConnection)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        transport = SocketBrowserTransport(sock)
+        protocol.makeConnection(transport)
+        self.assertEqual(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 2 * LOCAL_RECEIVE_BUFFER
+        )
 
     def test_bytes_flow_both_ways_through_the_stream(self) -> None:
         self.start()
