@@ -57,9 +57,9 @@ from gateway.tunnel.h2tuning import (
 from gateway.tunnel.heartbeat import Heartbeat
 from gateway.tunnel.scheduler import RoundRobin
 from gateway.tunnel.stream import (
-    LOW_WATER,
     StreamRequest,
     TunnelStream,
+    high_water_for,
     response_from_h2,
 )
 from gateway.wire import Refusal
@@ -168,6 +168,8 @@ class TunnelConnection(Protocol):
         """Our streams' receive window (SETTINGS_INITIAL_WINDOW_SIZE): grows with the path."""
         self.credit_batch = START_STREAM_WINDOW // 4
         self._window_growth_unacked = False
+        self.high_water = high_water_for(self.h2.remote_settings.initial_window_size)
+        """Queued bytes at which a stream pauses its producer: follows the peer's window."""
         self._owing: set[TunnelStream] = set()
         self._credit_call: IDelayedCall | None = None
         self.is_ready = False
@@ -654,7 +656,7 @@ class TunnelConnection(Protocol):
                 chunk = stream.take(size)
                 end = stream.end_requested and not stream.queued
                 self.h2.send_data(sid, chunk, end_stream=end)
-                if stream.queued < LOW_WATER:
+                if stream.queued < self.high_water // 4:
                     stream.drained_below_low_water()
                 if end:
                     stream.sent_everything()
@@ -756,7 +758,8 @@ class TunnelConnection(Protocol):
             for d in waiters:
                 d.callback(self)
             self.observer.tunnel_ready(self)
-        # A new initial window may have unblocked streams.
+        # A new initial window may have unblocked streams, and sizes how much they queue.
+        self.high_water = high_water_for(self.h2.remote_settings.initial_window_size)
         self._window_opened(0)
 
     def _window_opened(self, stream_id: int) -> None:

@@ -29,6 +29,10 @@ class StreamOwner(Protocol[StreamT_contra]):
         """Consumed bytes a stream collects before it credits them: a quarter of the
         connection's current stream window."""
 
+    @property
+    def high_water(self) -> int:
+        """Queued outbound bytes at which a stream pauses its producer (``high_water_for``)."""
+
     def path_rtt(self) -> float:
         """The round trip of this connection's path, in seconds (for the window's tuning)."""
 

@@ -8,8 +8,9 @@ relay, and to a browser's connection in ``gateway connect``.
 
 Backpressure never pauses the shared connection.  Inbound, a stream whose consumer paused it
 withholds its WINDOW_UPDATEs, so the sender stops after one window (the per-stream memory bound).
-Outbound, a stream whose queue passes ``HIGH_WATER`` pauses its producer (e.g. stops reading from
-the processor) until the connection's fair scheduler has drained it below ``LOW_WATER``.
+Outbound, a stream whose queue passes its connection's ``high_water`` pauses its producer (e.g.
+stops reading from the processor) until the connection's fair scheduler has drained it below a
+quarter of that.
 
 The stream owns its queue and its flags; the connection carrying it (a ``StreamOwner``, see
 owner.py) takes bytes with ``take`` and tells it what happened through the methods at the end of
@@ -43,8 +44,24 @@ from gateway.wire import Refusal, StreamRefused, refusal_headers, refused_from
 log = Logger()
 
 HIGH_WATER = 1024 * 1024
-"""Queued outbound bytes at which the stream's producer is paused: one maximum-size frame."""
-LOW_WATER = 256 * 1024
+"""The most queued outbound bytes at which a stream's producer is paused: one maximum-size frame
+(a fast path, whose peer's stream window has grown to 4 MiB or more)."""
+LOW_WATER = HIGH_WATER // 4
+MIN_HIGH_WATER = 64 * 1024
+"""The fewest: on any path a queue this long refills faster than a credit batch drains it."""
+
+
+def high_water_for(peer_window: int) -> int:
+    """Queued bytes at which a stream pauses its producer, given the peer's stream window.
+
+    More than a quarter of the window (the peer's credit batch) only waits: the window lets
+    nothing more out until the next credit.  On a slow path the window stays small, and bytes
+    queued here would be bytes an engineer's application believes sent (an upload's tail) or a
+    processor's bytes read ahead of a slow engineer.
+    """
+    return min(HIGH_WATER, max(MIN_HIGH_WATER, peer_window // 4))
+
+
 STREAM_CREDIT_BATCH = START_STREAM_WINDOW // 4
 """Consumed bytes a stream collects before it sends a WINDOW_UPDATE for them (fewer frames), on a
 connection whose windows have not grown: the owner's ``credit_batch`` is a quarter of its
@@ -170,7 +187,7 @@ class TunnelStream:
         self.epoch_credited = 0
         self.disconnecting = False
         # Outbound: what the application wrote and the scheduler has not sent yet (a short list:
-        # the producer is paused once it holds HIGH_WATER bytes).
+        # the producer is paused once it holds the connection's high_water bytes).
         self._queue: list[bytes] = []
         self.queued = 0
         self.headers_sent = request is None  # a client's request headers go out at open
@@ -298,7 +315,11 @@ class TunnelStream:
         self._queue.append(data)
         self.queued += len(data)
         self.bytes_sent += len(data)
-        if self.queued >= HIGH_WATER and self._producer is not None and not self._producer_paused:
+        if (
+            self.queued >= self.connection.high_water
+            and self._producer is not None
+            and not self._producer_paused
+        ):
             self._producer_paused = True
             self._producer.pauseProducing()
         self.connection.schedule(self)
@@ -378,7 +399,7 @@ class TunnelStream:
             raise ValueError("tunnel streams take push producers only")
         self._producer = producer
         self._producer_paused = False
-        if self.queued >= HIGH_WATER:
+        if self.queued >= self.connection.high_water:
             self._producer_paused = True
             producer.pauseProducing()
 

@@ -18,7 +18,7 @@ from gateway.tunnel.connection import TunnelConnection
 from gateway.tunnel.errors import StreamReset, TunnelClosed
 from gateway.tunnel.h2tuning import START_STREAM_WINDOW as STREAM_WINDOW
 from gateway.tunnel.h2tuning import h2_configuration
-from gateway.tunnel.stream import HIGH_WATER, TunnelStream
+from gateway.tunnel.stream import TunnelStream
 from gateway.wire import Refusal, StreamRefused
 from tests.helpers.tunnel import AcceptAll, Recorder, linked_tunnels
 
@@ -293,14 +293,14 @@ class FlowControlTests(SynchronousTestCase):
         producer = FakeProducer()
         stream.registerProducer(producer, True)
         t.client.pauseProducing()  # the TLS transport is full: nothing leaves the queue
-        stream.write(b"q" * HIGH_WATER)
+        stream.write(b"q" * t.client.high_water)
         t.settle()
         self.assertTrue(producer.paused)
         self.assertEqual(t.handler.recorders[0].received, b"")
         t.client.resumeProducing()
         t.settle()
         self.assertFalse(producer.paused)
-        self.assertEqual(len(t.handler.recorders[0].received), HIGH_WATER)
+        self.assertEqual(len(t.handler.recorders[0].received), t.client.high_water)
         t.close()
 
     def test_round_robin_sends_one_frame_per_stream_per_turn(self) -> None:

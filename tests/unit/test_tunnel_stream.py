@@ -32,6 +32,7 @@ class FakeOwner:
     transport: Any = None
     clock: Clock = field(factory=Clock)
     credit_batch: int = STREAM_CREDIT_BATCH
+    high_water: int = HIGH_WATER
     scheduled: int = 0
     credits: list[int] = field(factory=list)
     responses: list[tuple[int, bool]] = field(factory=list)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.tunnel.h2tuning import MAX_STREAM_WINDOW, MIN_TUNING_RTT, START_STREAM_WINDOW
-from gateway.tunnel.stream import TunnelStream
+from gateway.tunnel.stream import HIGH_WATER, MIN_HIGH_WATER, TunnelStream, high_water_for
 from tests.helpers.tunnel import Linked, Recorder, linked_tunnels
 
 MiB = 1 << 20
@@ -145,3 +145,27 @@ class WindowGrowthTests(SynchronousTestCase):
         self.assertEqual(len(t.handler.recorders[1].received), MAX_STREAM_WINDOW)
         self.assertEqual(t.client.h2.local_flow_control_window(stalled.stream_id), 0)
         t.close()
+
+
+class QueueLengthTests(SynchronousTestCase):
+    """What a stream queues before pausing its producer follows the peer's window."""
+
+    def test_a_small_window_means_a_short_queue(self) -> None:
+        t = linked_tunnels()
+        self.assertEqual(t.client.high_water, START_STREAM_WINDOW // 4)
+        t.close()
+
+    def test_the_queue_lengthens_as_the_peer_window_grows(self) -> None:
+        t = linked_tunnels()
+        stream, _ = open_answered(t)
+        for _ in range(16):
+            stream.write(b"f" * MiB)
+            t.settle()
+        self.assertEqual(t.client.h2.remote_settings.initial_window_size, MAX_STREAM_WINDOW)
+        self.assertEqual(t.client.high_water, HIGH_WATER)
+        t.close()
+
+    def test_bounds(self) -> None:
+        self.assertEqual(high_water_for(65_535), MIN_HIGH_WATER)
+        self.assertEqual(high_water_for(START_STREAM_WINDOW), START_STREAM_WINDOW // 4)
+        self.assertEqual(high_water_for(64 * MiB), HIGH_WATER)
