@@ -41,11 +41,8 @@ def limit_unsent(transport: Any) -> None:
     waits in our own buffers, where the fair scheduler can still put small frames first.
     """
     option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    handle = getattr(transport, "getHandle", None)
-    if option is None or handle is None:
-        return
-    with contextlib.suppress(OSError):
-        handle().setsockopt(socket.IPPROTO_TCP, option, UNSENT_LOW_WATER)
+    if option is not None:
+        _set_option(transport, socket.IPPROTO_TCP, option, UNSENT_LOW_WATER)
 
 
 def limit_receive_buffer(transport: Any, size: int = LOCAL_RECEIVE_BUFFER) -> None:
@@ -60,8 +57,13 @@ def limit_receive_buffer(transport: Any, size: int = LOCAL_RECEIVE_BUFFER) -> No
     with 64-128 KiB (stunnel 2.1-2.9 s).  128 KiB (256 KiB as Linux counts it) still keeps a
     loopback or LAN upload at hundreds of MB/s: the tunnel reads it ~1 MiB at a time.
     """
+    _set_option(transport, socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _set_option(transport: Any, level: int, option: int, value: int) -> None:
+    """``setsockopt`` on the transport's socket; nothing where it has none (not TCP, a test)."""
     handle = getattr(transport, "getHandle", None)
     if handle is None:
         return
     with contextlib.suppress(OSError, AttributeError):
-        handle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        handle().setsockopt(level, option, value)

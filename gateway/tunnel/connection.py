@@ -168,8 +168,9 @@ class TunnelConnection(Protocol):
         """Our streams' receive window (SETTINGS_INITIAL_WINDOW_SIZE): grows with the path."""
         self.credit_batch = START_STREAM_WINDOW // 4
         self._window_growth_unacked = False
-        self.high_water = high_water_for(self.h2.remote_settings.initial_window_size)
+        self.high_water = 0
         """Queued bytes at which a stream pauses its producer: follows the peer's window."""
+        self._follow_peer_window()
         self._owing: set[TunnelStream] = set()
         self._credit_call: IDelayedCall | None = None
         self.is_ready = False
@@ -759,8 +760,11 @@ class TunnelConnection(Protocol):
                 d.callback(self)
             self.observer.tunnel_ready(self)
         # A new initial window may have unblocked streams, and sizes how much they queue.
-        self.high_water = high_water_for(self.h2.remote_settings.initial_window_size)
+        self._follow_peer_window()
         self._window_opened(0)
+
+    def _follow_peer_window(self) -> None:
+        self.high_water = high_water_for(self.h2.remote_settings.initial_window_size)
 
     def _window_opened(self, stream_id: int) -> None:
         if self._scheduler.window_opened(stream_id, self.streams):

@@ -23,6 +23,13 @@ def open_answered(t: Linked) -> tuple[TunnelStream, TunnelStream]:
     return stream, t.handler.streams[-1]
 
 
+def push(t: Linked, stream: TunnelStream, mib: int) -> None:
+    """Write ``mib`` MiB on ``stream`` a MiB at a time, the clock standing still (a fast path)."""
+    for _ in range(mib):
+        stream.write(b"f" * MiB)
+        t.settle()
+
+
 class _OnwardConnection:
     def __init__(self, rtt: float) -> None:
         self.rtt = rtt
@@ -49,9 +56,7 @@ class WindowGrowthTests(SynchronousTestCase):
     def test_a_window_limited_stream_grows_the_window_to_the_maximum(self) -> None:
         t = linked_tunnels()
         stream, _ = open_answered(t)
-        for _ in range(16):
-            stream.write(b"f" * MiB)
-            t.settle()
+        push(t, stream, 16)
         self.assertEqual(len(t.handler.recorders[0].received), 16 * MiB)
         self.assertEqual(t.server.stream_window, MAX_STREAM_WINDOW)
         self.assertEqual(t.server.credit_batch, MAX_STREAM_WINDOW // 4)
@@ -121,9 +126,7 @@ class WindowGrowthTests(SynchronousTestCase):
         """The sender's count of delivered bytes stays what the receiver's consumer took."""
         t = linked_tunnels()
         stream, _ = open_answered(t)
-        for _ in range(12):
-            stream.write(b"d" * MiB)
-            t.settle()
+        push(t, stream, 12)
         t.clock.advance(0.5)  # the idle credit of the last, partial batch
         t.settle()
         self.assertEqual(t.server.stream_window, MAX_STREAM_WINDOW)
@@ -134,9 +137,7 @@ class WindowGrowthTests(SynchronousTestCase):
     def test_a_stalled_stream_holds_at_most_the_grown_window(self) -> None:
         t = linked_tunnels()
         fast, _ = open_answered(t)
-        for _ in range(16):
-            fast.write(b"f" * MiB)
-            t.settle()
+        push(t, fast, 16)
         stalled, answered = open_answered(t)
         answered.pauseProducing()
         for _ in range(20):
@@ -158,9 +159,7 @@ class QueueLengthTests(SynchronousTestCase):
     def test_the_queue_lengthens_as_the_peer_window_grows(self) -> None:
         t = linked_tunnels()
         stream, _ = open_answered(t)
-        for _ in range(16):
-            stream.write(b"f" * MiB)
-            t.settle()
+        push(t, stream, 16)
         self.assertEqual(t.client.h2.remote_settings.initial_window_size, MAX_STREAM_WINDOW)
         self.assertEqual(t.client.high_water, HIGH_WATER)
         t.close()
